@@ -1,0 +1,35 @@
+/**
+ * The smallest socket shape the core needs. A transport adapter wraps its socket in it;
+ * the core never imports a socket library.
+ */
+export interface Connection {
+  /** Sends one text frame. May throw; the core treats a throw as "not delivered". */
+  send(text: string): void;
+  /** Closes the socket with a WebSocket close code and reason. */
+  close(code: number, reason: string): void;
+  /** Bytes queued but not yet written to the network. */
+  readonly bufferedAmount: number;
+}
+
+/**
+ * What the core gives back for an opened {@link Connection}: the transport calls
+ * `message` for each frame received and `closed` once when the socket closes.
+ */
+export interface ConnectionHandlers {
+  /** The server-side id of the connection (the one sent in `welcome`). */
+  readonly id: string;
+  /** Hands the core one received frame. Never throws. */
+  message(data: string | Uint8Array, isBinary: boolean): void;
+  /** Tells the core the socket closed. Idempotent. */
+  closed(code: number, reason: string): void;
+  /** Settles once auto-join is done and `welcome` was sent (or the connection closed). */
+  readonly ready: Promise<void>;
+}
+
+/** A read-only view of one open connection, as the inspection APIs return it. */
+export interface ConnectionInfo {
+  readonly id: string;
+  readonly user: string;
+  readonly rooms: readonly string[];
+  readonly openedAt: number;
+}

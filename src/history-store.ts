@@ -1,0 +1,99 @@
+import type { MaybePromise } from './membership-loader.js';
+
+/** One message as a room's history keeps it; the `message` frame carries the same fields. */
+export interface StoredMessage {
+  readonly room: string;
+  /** Unique message id. */
+  readonly id: string;
+  /** Position in the room: 1 for the first message, each next one higher by exactly 1. */
+  readonly seq: number;
+  /** The sending user's id, or null for the server. */
+  readonly from: string | null;
+  readonly data: unknown;
+  /** When it was accepted, in ms since the epoch. */
+  readonly ts: number;
+}
+
+/**
+ * Assigns each room's `seq` and keeps a bounded recent history so clients can `resume`.
+ * Methods may answer synchronously (the in-memory store does, which keeps the broadcast
+ * path free of promises) or with a promise (a store over the network).
+ */
+export interface HistoryStore {
+  /** Gives the message the room's next `seq`, keeps it, and returns it. */
+  append(message: Omit<StoredMessage, 'seq'>): MaybePromise<StoredMessage>;
+  /** The room's latest `seq`; 0 when it has none. */
+  latestSeq(room: string): MaybePromise<number>;
+  /**
+   * The messages of `room` with `afterSeq < seq <= untilSeq` (no upper bound without
+   * `untilSeq`), oldest first; `null` when the history no longer reaches back to
+   * `afterSeq + 1`, or when `afterSeq` is beyond anything this store has seen.
+   */
+  since(room: string, afterSeq: number, untilSeq?: number): MaybePromise<StoredMessage[] | null>;
+}
+
+/** A fixed-capacity ring of one room's newest messages. */
+class RoomHistory {
+  latest = 0;
+  private readonly ring: (StoredMessage | undefined)[];
+  private size = 0;
+
+  constructor(private readonly capacity: number) {
+    this.ring = new Array<StoredMessage | undefined>(capacity);
+  }
+
+  push(message: StoredMessage): void {
+    this.latest = message.seq;
+    if (this.capacity === 0) return;
+    this.ring[message.seq % this.capacity] = message;
+    if (this.size < this.capacity) this.size++;
+  }
+
+  since(afterSeq: number, untilSeq: number): StoredMessage[] | null {
+    if (afterSeq > this.latest) return null;
+    const oldest = this.latest - this.size + 1;
+    if (afterSeq + 1 < oldest) return null;
+    const until = Math.min(untilSeq, this.latest);
+    const out: StoredMessage[] = [];
+    for (let seq = afterSeq + 1; seq <= until; seq++) {
+      const message = this.ring[seq % this.capacity];
+      if (message) out.push(message);
+    }
+    return out;
+  }
+}
+
+/**
+ * The default {@link HistoryStore}: per-room `seq` and the newest `limit` messages of each
+ * room, in this process's memory. History is lost when the process exits; a client that
+ * resumes against a restarted process gets `history_gap` and refetches from the app.
+ */
+export class InMemoryHistoryStore implements HistoryStore {
+  private readonly rooms = new Map<string, RoomHistory>();
+
+  /** @param limit Messages kept per room. @default 500 */
+  constructor(readonly limit = 500) {
+    if (!Number.isInteger(limit) || limit < 0) throw new RangeError('history limit must be a whole number >= 0');
+  }
+
+  append(message: Omit<StoredMessage, 'seq'>): StoredMessage {
+    let history = this.rooms.get(message.room);
+    if (!history) {
+      history = new RoomHistory(this.limit);
+      this.rooms.set(message.room, history);
+    }
+    const stored: StoredMessage = { ...message, seq: history.latest + 1 };
+    history.push(stored);
+    return stored;
+  }
+
+  latestSeq(room: string): number {
+    return this.rooms.get(room)?.latest ?? 0;
+  }
+
+  since(room: string, afterSeq: number, untilSeq = Number.MAX_SAFE_INTEGER): StoredMessage[] | null {
+    const history = this.rooms.get(room);
+    if (!history) return afterSeq === 0 ? [] : null;
+    return history.since(afterSeq, untilSeq);
+  }
+}

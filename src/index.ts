@@ -1,0 +1,27 @@
+export { RoomManager } from './room-manager.js';
+export type {
+  BroadcastOptions,
+  JoinReason,
+  LeaveReason,
+  RoomManagerEvents,
+  RoomManagerStats,
+} from './room-manager.js';
+export type { RoomManagerOptions, PublishContext, SafeParser } from './options.js';
+export type { Authenticator, Handshake, Principal } from './authenticator.js';
+export type { MembershipLoader, MaybePromise } from './membership-loader.js';
+export type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
+export type { DeliveryReport } from './delivery-report.js';
+export { InMemoryHistoryStore, type HistoryStore, type StoredMessage } from './history-store.js';
+export { silentLogger, type Logger, type LogFn } from './logger.js';
+export {
+  ERROR_CODES,
+  HandshakeError,
+  OptionsError,
+  RoomwireError,
+  isHandshakeError,
+  isRoomwireError,
+  type ErrorCode,
+  type HandshakeStatus,
+} from './errors.js';
+export { TimeoutError } from './timeout.js';
+export * from './protocol/index.js';

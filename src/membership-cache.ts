@@ -1,0 +1,159 @@
+import type { MembershipLoader } from './membership-loader.js';
+import { withTimeout } from './timeout.js';
+
+/** The participants of a room as the broadcast path sees them. */
+export interface MembersSnapshot {
+  /** The participant user ids; null when the loader failed and nothing was known before. */
+  readonly users: ReadonlySet<string> | null;
+  /** True when the loader failed and `users` is the last known answer (or null). */
+  readonly stale: boolean;
+}
+
+interface Entry {
+  members: Set<string> | undefined;
+  expiresAt: number;
+  loading: Promise<void> | undefined;
+  /** addMember/removeMember calls made while a load was in flight, replayed onto its answer. */
+  pendingOps: [add: boolean, user: string][] | undefined;
+  /** Bumped by invalidate(); a load that started before it is used once but not kept fresh. */
+  generation: number;
+  stale: boolean;
+}
+
+/** Options of {@link MembershipCache}. */
+export interface MembershipCacheOptions {
+  ttlMs: number;
+  timeoutMs: number;
+  maxRooms: number;
+  onError: (room: string, error: unknown) => void;
+  now?: () => number;
+}
+
+/**
+ * Caches `membersOf(room)` per room so ensure-participants costs a lookup, not a loader
+ * call, per broadcast. Concurrent misses share one loader call; `addMember` and
+ * `removeMember` apply at once, also to a load already in flight.
+ */
+export class MembershipCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly now: () => number;
+
+  constructor(
+    private readonly loader: MembershipLoader,
+    private readonly options: MembershipCacheOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /** The cached participants, fresh or not, without calling the loader. */
+  peek(room: string): ReadonlySet<string> | undefined {
+    return this.entries.get(room)?.members;
+  }
+
+  /** The room's participants: synchronously when cached and fresh, else after one load. */
+  load(room: string): MembersSnapshot | Promise<MembersSnapshot> {
+    const entry = this.entries.get(room);
+    if (entry?.members && entry.expiresAt > this.now()) return { users: entry.members, stale: false };
+    const target = entry ?? this.create(room);
+    target.loading ??= this.fetch(room, target);
+    return target.loading.then(() => ({ users: target.members ?? null, stale: target.stale }));
+  }
+
+  /** Adds `user` to the cached participants of `room` (no-op for a room not cached). */
+  add(room: string, user: string): void {
+    this.apply(room, true, user);
+  }
+
+  /** Removes `user` from the cached participants of `room`. */
+  remove(room: string, user: string): void {
+    this.apply(room, false, user);
+  }
+
+  /** Forgets the cached answer for `room`: the next broadcast asks the loader again. */
+  invalidate(room: string): void {
+    const entry = this.entries.get(room);
+    if (!entry) return;
+    if (entry.loading) {
+      entry.generation++;
+      entry.expiresAt = 0;
+    } else {
+      this.entries.delete(room);
+    }
+  }
+
+  /** Number of rooms cached. */
+  get size(): number {
+    return this.entries.size;
+  }
+
+  private apply(room: string, add: boolean, user: string): void {
+    const entry = this.entries.get(room);
+    if (!entry) return;
+    if (entry.members) {
+      if (add) entry.members.add(user);
+      else entry.members.delete(user);
+    }
+    if (entry.loading) (entry.pendingOps ??= []).push([add, user]);
+  }
+
+  private create(room: string): Entry {
+    if (this.entries.size >= this.options.maxRooms) {
+      // Evict the oldest room that is not loading; insertion order approximates age.
+      for (const [name, old] of this.entries) {
+        if (!old.loading) {
+          this.entries.delete(name);
+          break;
+        }
+      }
+    }
+    const entry: Entry = {
+      members: undefined,
+      expiresAt: 0,
+      loading: undefined,
+      pendingOps: undefined,
+      generation: 0,
+      stale: false,
+    };
+    this.entries.set(room, entry);
+    return entry;
+  }
+
+  private async fetch(room: string, entry: Entry): Promise<void> {
+    const generation = entry.generation;
+    try {
+      const answer = await withTimeout(
+        Promise.resolve().then(() => this.loader.membersOf(room)),
+        this.options.timeoutMs,
+        `membersOf(${JSON.stringify(room)})`,
+      );
+      const members = toStringSet(answer);
+      for (const [add, user] of entry.pendingOps ?? []) {
+        if (add) members.add(user);
+        else members.delete(user);
+      }
+      entry.members = members;
+      entry.stale = false;
+      entry.expiresAt = generation === entry.generation ? this.now() + this.options.ttlMs : 0;
+    } catch (error) {
+      entry.stale = true;
+      entry.expiresAt = 0;
+      this.options.onError(room, error);
+    } finally {
+      entry.pendingOps = undefined;
+      entry.loading = undefined;
+    }
+  }
+}
+
+/** Validates a loader's answer: an iterable of strings (user ids or room names). */
+export function toStringSet(answer: unknown): Set<string> {
+  if (answer === null || typeof answer !== 'object' || !(Symbol.iterator in answer)) {
+    throw new TypeError('membership loader must return an iterable of strings');
+  }
+  const set = new Set<string>();
+  for (const item of answer as Iterable<unknown>) {
+    if (typeof item !== 'string') throw new TypeError('membership loader returned a non-string value');
+    set.add(item);
+  }
+  return set;
+}

@@ -1,0 +1,156 @@
+import { z } from 'zod';
+import type { Authenticator, Principal } from './authenticator.js';
+import { OptionsError } from './errors.js';
+import type { HistoryStore } from './history-store.js';
+import type { Logger } from './logger.js';
+import type { MaybePromise, MembershipLoader } from './membership-loader.js';
+
+/** What an `onPublish` hook is told about a client's publish. */
+export interface PublishContext {
+  /** The publishing user. */
+  readonly user: Principal;
+  /** The publishing connection's id. */
+  readonly connectionId: string;
+  readonly room: string;
+  /** The client's `data`, after `publishSchema` when one is set. */
+  readonly data: unknown;
+  /** The client message id, when the client sent one. */
+  readonly cid: string | undefined;
+}
+
+/**
+ * Any validator with zod's `safeParse` shape (zod 3 or 4, or a compatible library).
+ */
+export interface SafeParser {
+  safeParse(input: unknown): { success: true; data: unknown } | { success: false; error: unknown };
+}
+
+/** Options of the `RoomManager`. */
+export interface RoomManagerOptions {
+  /** Turns each upgrade's handshake into a principal, or refuses it. */
+  authenticate: Authenticator;
+  /** The application's source of truth about participants. */
+  membership: MembershipLoader;
+  /** A pino-compatible logger. @default silent */
+  logger?: Logger | undefined;
+  /**
+   * Messages kept per room for `resume` with the in-memory store, or a
+   * {@link HistoryStore} of your own. @default 500
+   */
+  history?: number | HistoryStore | undefined;
+  /** How long a room's `membersOf` answer is trusted. @default 30000 */
+  membershipTtlMs?: number | undefined;
+  /** How long a membership loader call may take before it counts as failed. @default 5000 */
+  loaderTimeoutMs?: number | undefined;
+  /** Rooms whose `membersOf` answer is cached at once. @default 10000 */
+  membershipCacheSize?: number | undefined;
+  /** Largest frame a client may send, in bytes; a larger one closes the connection with 1009. @default 1048576 */
+  maxFrameBytes?: number | undefined;
+  /** Largest `publish.data`, in bytes of JSON; a larger one gets `too_large`. @default 65536 */
+  maxMessageBytes?: number | undefined;
+  /** Rooms one connection may be in. @default 1000 */
+  maxRoomsPerConnection?: number | undefined;
+  /** Open connections one user may have; one more is refused with 403 at the upgrade. @default 100 */
+  maxConnectionsPerUser?: number | undefined;
+  /** The heartbeat interval announced in `welcome` and used by transports' ping sweeps. @default 25000 */
+  heartbeatMs?: number | undefined;
+  /** Send `presence` frames when a participant's first connection opens or last one closes. @default false */
+  presence?: boolean | undefined;
+  /** How long a publish `cid` is remembered for idempotency. @default 300000 */
+  dedupeWindowMs?: number | undefined;
+  /** How long `close()` waits for connections to close before dropping them. @default 5000 */
+  closeTimeoutMs?: number | undefined;
+  /** Validates a client's `publish.data`; a failure is answered with `bad_request`. */
+  publishSchema?: SafeParser | undefined;
+  /**
+   * Runs before a client's publish is broadcast: store, transform or refuse it (throw a
+   * `RoomwireError`). What it returns is the broadcast `data`. Not called for a repeated `cid`.
+   */
+  onPublish?: ((context: PublishContext) => MaybePromise<unknown>) | undefined;
+}
+
+const isFunction = (value: unknown): boolean => typeof value === 'function';
+const fn = (what: string) => z.custom<(...args: never[]) => unknown>(isFunction, { message: `${what} must be a function` });
+const positiveInt = z.number().int().positive();
+const timeMs = z.number().int().min(0).or(z.literal(Number.POSITIVE_INFINITY));
+
+const optionsSchema = z.object({
+  authenticate: fn('authenticate'),
+  membership: z.object({
+    roomsOf: fn('membership.roomsOf'),
+    membersOf: fn('membership.membersOf'),
+    canJoin: fn('membership.canJoin').optional(),
+  }, { message: 'membership must be a MembershipLoader { roomsOf, membersOf, canJoin? }' }),
+  logger: z
+    .object({ debug: fn('logger.debug'), info: fn('logger.info'), warn: fn('logger.warn'), error: fn('logger.error') })
+    .optional(),
+  history: z
+    .union([
+      z.number().int().min(0),
+      z.object({ append: fn('history.append'), latestSeq: fn('history.latestSeq'), since: fn('history.since') }),
+    ])
+    .optional(),
+  membershipTtlMs: timeMs.optional(),
+  loaderTimeoutMs: timeMs.optional(),
+  membershipCacheSize: positiveInt.optional(),
+  maxFrameBytes: positiveInt.optional(),
+  maxMessageBytes: positiveInt.optional(),
+  maxRoomsPerConnection: positiveInt.optional(),
+  maxConnectionsPerUser: positiveInt.or(z.literal(Number.POSITIVE_INFINITY)).optional(),
+  heartbeatMs: positiveInt.optional(),
+  presence: z.boolean().optional(),
+  dedupeWindowMs: timeMs.optional(),
+  closeTimeoutMs: timeMs.optional(),
+  publishSchema: z.object({ safeParse: fn('publishSchema.safeParse') }).optional(),
+  onPublish: fn('onPublish').optional(),
+});
+
+/** The options with every default filled in. */
+export interface ResolvedOptions {
+  authenticate: Authenticator;
+  membership: MembershipLoader;
+  logger: Logger | undefined;
+  history: number | HistoryStore;
+  membershipTtlMs: number;
+  loaderTimeoutMs: number;
+  membershipCacheSize: number;
+  maxFrameBytes: number;
+  maxMessageBytes: number;
+  maxRoomsPerConnection: number;
+  maxConnectionsPerUser: number;
+  heartbeatMs: number;
+  presence: boolean;
+  dedupeWindowMs: number;
+  closeTimeoutMs: number;
+  publishSchema: SafeParser | undefined;
+  onPublish: ((context: PublishContext) => MaybePromise<unknown>) | undefined;
+}
+
+/** Validates the options and fills in defaults; throws {@link OptionsError} naming each bad option. */
+export function resolveOptions(options: RoomManagerOptions): ResolvedOptions {
+  const parsed = optionsSchema.safeParse(options);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((issue) => `  - ${issue.path.map(String).join('.') || 'options'}: ${issue.message}`);
+    throw new OptionsError(`invalid RoomManager options:\n${lines.join('\n')}`);
+  }
+  // The schema checked shapes; the original objects are kept so methods keep their `this`.
+  return {
+    authenticate: options.authenticate,
+    membership: options.membership,
+    logger: options.logger,
+    history: options.history ?? 500,
+    membershipTtlMs: options.membershipTtlMs ?? 30_000,
+    loaderTimeoutMs: options.loaderTimeoutMs ?? 5_000,
+    membershipCacheSize: options.membershipCacheSize ?? 10_000,
+    maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024,
+    maxMessageBytes: options.maxMessageBytes ?? 64 * 1024,
+    maxRoomsPerConnection: options.maxRoomsPerConnection ?? 1000,
+    maxConnectionsPerUser: options.maxConnectionsPerUser ?? 100,
+    heartbeatMs: options.heartbeatMs ?? 25_000,
+    presence: options.presence ?? false,
+    dedupeWindowMs: options.dedupeWindowMs ?? 5 * 60_000,
+    closeTimeoutMs: options.closeTimeoutMs ?? 5_000,
+    publishSchema: options.publishSchema,
+    onPublish: options.onPublish,
+  };
+}

@@ -1,0 +1,28 @@
+/** The protocol version this library speaks; sent as `welcome.protocol`. */
+export const PROTOCOL_VERSION = 1;
+
+/** The WebSocket subprotocol of protocol v1. */
+export const SUBPROTOCOL = 'roomwire.v1';
+
+/** Longest room name, in JavaScript string length. */
+export const MAX_ROOM_LENGTH = 256;
+
+/** Longest `ref` a client may attach to a frame. */
+export const MAX_REF_LENGTH = 64;
+
+/** Longest client message id (`cid`) of a `publish`. */
+export const MAX_CID_LENGTH = 64;
+
+/** WebSocket close codes of PROTOCOL.md, "Closing". */
+export const CloseCode = {
+  /** Server shutting down; reconnect elsewhere. */
+  GoingAway: 1001,
+  /** Policy: credentials expired or revoked. */
+  PolicyViolation: 1008,
+  /** Frame larger than the server's frame limit. */
+  MessageTooBig: 1009,
+  /** Internal error. */
+  InternalError: 1011,
+  /** Too slow: could not keep up, or kept exceeding its rate limit. */
+  TooSlow: 4008,
+} as const;

@@ -1,0 +1,220 @@
+import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { WebSocketServer, type WebSocket } from 'ws';
+import type { Connection } from '../connection.js';
+import type { Handshake } from '../authenticator.js';
+import type { RoomManager } from '../room-manager.js';
+import { CloseCode, SUBPROTOCOL } from '../protocol/limits.js';
+
+/** The part of an `http.Server` (or `https.Server`) the adapter uses. */
+export interface UpgradeSource {
+  on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+  off(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+  listenerCount(event: 'upgrade'): number;
+}
+
+/** Options of {@link attachWebSocket}. */
+export interface WebSocketAdapterOptions {
+  /** The HTTP server whose `upgrade` requests are served. */
+  server: UpgradeSource;
+  /** The path WebSocket upgrades are served on; other paths are left to other listeners. @default '/' */
+  path?: string | undefined;
+  /**
+   * Origins allowed to connect (browsers send `Origin`); others get 403 before any
+   * WebSocket exists. Requests without an `Origin` header (non-browser clients) pass.
+   * Either a list of exact origins or a function. @default every origin
+   */
+  allowedOrigins?: readonly string[] | ((origin: string) => boolean) | undefined;
+  /**
+   * Ping every connection each `heartbeatMs` (from the manager) with one sweep, and
+   * terminate one that did not answer the previous ping. @default true
+   */
+  heartbeat?: boolean | undefined;
+  /** permessage-deflate compression; costs CPU per message. @default false */
+  perMessageDeflate?: boolean | undefined;
+  /** How long `close()` waits for sockets to close before terminating them. @default 5000 */
+  closeTimeoutMs?: number | undefined;
+}
+
+/** What {@link attachWebSocket} returns: a handle to detach and close its connections. */
+export interface WebSocketAdapter {
+  /** Open WebSocket connections served by this adapter. */
+  readonly clients: ReadonlySet<WebSocket>;
+  /**
+   * Stops serving upgrades and closes this adapter's connections with 1001, waiting for
+   * them up to `closeTimeoutMs`. The manager itself stays open.
+   */
+  close(): Promise<void>;
+  /** Same as `close()`, for `await using`. */
+  [Symbol.asyncDispose](): Promise<void>;
+}
+
+const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' };
+
+/** Answers an upgrade on the raw socket, before any WebSocket exists. */
+function refuse(socket: Duplex, status: number, code: string, message: string): void {
+  if (socket.destroyed) return;
+  const body = JSON.stringify({ error: { code, message } });
+  const headers = [
+    `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}`,
+    'Connection: close',
+    'Content-Type: application/json; charset=utf-8',
+    `Content-Length: ${Buffer.byteLength(body)}`,
+  ];
+  if (status === 401) headers.push('WWW-Authenticate: Bearer');
+  socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
+}
+
+/** The HTTP status an authentication failure maps to: 403 when the error says so, else 401. */
+function statusOf(error: unknown): 401 | 403 {
+  return typeof error === 'object' && error !== null && (error as { status?: unknown }).status === 403 ? 403 : 401;
+}
+
+function originAllowed(allowed: WebSocketAdapterOptions['allowedOrigins'], origin: string | undefined): boolean {
+  if (allowed === undefined || origin === undefined) return true;
+  return typeof allowed === 'function' ? allowed(origin) : allowed.includes(origin);
+}
+
+/**
+ * Serves a {@link RoomManager} over `ws` on an HTTP server's upgrades. Each upgrade is
+ * authenticated first: missing or invalid credentials get HTTP 401 and refused ones 403,
+ * on the raw socket, before any WebSocket exists. The `roomwire.v1` subprotocol is
+ * selected when offered (never a `bearer.<token>` entry).
+ *
+ * @example
+ * ```ts
+ * import { createServer } from 'node:http';
+ * import { RoomManager } from 'roomwire';
+ * import { attachWebSocket } from 'roomwire/ws';
+ *
+ * declare const rooms: RoomManager;
+ * const server = createServer();
+ * const adapter = attachWebSocket(rooms, { server, path: '/ws' });
+ * server.listen(8080);
+ * // on shutdown:
+ * await rooms.close();
+ * await adapter.close();
+ * ```
+ */
+export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterOptions): WebSocketAdapter {
+  const { server, path = '/', allowedOrigins, heartbeat = true, perMessageDeflate = false, closeTimeoutMs = 5_000 } = options;
+  const { maxFrameBytes, heartbeatMs } = manager.limits;
+  const wss = new WebSocketServer({
+    noServer: true,
+    maxPayload: maxFrameBytes,
+    perMessageDeflate,
+    handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
+  });
+  const clients = new Set<WebSocket>();
+  const unanswered = new Set<WebSocket>();
+  let closing: Promise<void> | undefined;
+
+  const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
+    clients.add(ws);
+    const connection: Connection = {
+      send(text) {
+        // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
+        if (ws.readyState !== ws.OPEN) throw new Error('socket is not open');
+        ws.send(text);
+      },
+      close(code, reason) {
+        ws.close(code, reason);
+      },
+      get bufferedAmount() {
+        return ws.bufferedAmount;
+      },
+    };
+    const handlers = manager.open(connection, principal);
+    ws.on('message', (data, isBinary) => {
+      handlers.message(Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data, isBinary);
+    });
+    ws.on('pong', () => unanswered.delete(ws));
+    // ws reports protocol errors (a frame over maxPayload: 1009) and then closes; the close handler cleans up.
+    ws.on('error', () => {});
+    ws.on('close', (code, reason) => {
+      clients.delete(ws);
+      unanswered.delete(ws);
+      handlers.closed(code, reason.toString());
+    });
+  };
+
+  const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const url = request.url ?? '/';
+    const query = url.indexOf('?');
+    const pathname = query === -1 ? url : url.slice(0, query);
+    if (pathname !== path) {
+      // Another listener may serve this path; when none exists, do not leave the socket hanging.
+      if (server.listenerCount('upgrade') <= 1) refuse(socket, 404, 'not_found', 'no WebSocket endpoint on this path');
+      return;
+    }
+    socket.on('error', () => socket.destroy());
+    if (closing) {
+      refuse(socket, 403, 'shutting_down', 'server shutting down');
+      return;
+    }
+    if (!originAllowed(allowedOrigins, request.headers.origin)) {
+      refuse(socket, 403, 'forbidden', 'origin not allowed');
+      return;
+    }
+    const handshake: Handshake = { url, headers: request.headers, remoteAddress: request.socket.remoteAddress };
+    manager.authenticate(handshake).then(
+      (principal) => {
+        if (socket.destroyed) return;
+        wss.handleUpgrade(request, socket, head, (ws) => accept(ws, principal));
+      },
+      (error: unknown) => {
+        const status = statusOf(error);
+        const message = error instanceof Error ? error.message : 'unauthorized';
+        refuse(socket, status, status === 401 ? 'unauthorized' : 'forbidden', message);
+      },
+    );
+  };
+  server.on('upgrade', onUpgrade);
+
+  let sweep: ReturnType<typeof setInterval> | undefined;
+  if (heartbeat) {
+    sweep = setInterval(() => {
+      for (const ws of clients) {
+        if (unanswered.has(ws)) {
+          ws.terminate();
+          continue;
+        }
+        unanswered.add(ws);
+        ws.ping();
+      }
+    }, heartbeatMs);
+    sweep.unref?.();
+  }
+
+  const shutdown = async (): Promise<void> => {
+    server.off('upgrade', onUpgrade);
+    if (sweep) clearInterval(sweep);
+    const open = [...clients];
+    await Promise.race([
+      Promise.all(
+        open.map(
+          (ws) =>
+            new Promise<void>((resolve) => {
+              if (ws.readyState === ws.CLOSED) return resolve();
+              ws.once('close', () => resolve());
+              ws.close(CloseCode.GoingAway, 'server shutting down');
+            }),
+        ),
+      ),
+      new Promise<void>((resolve) => setTimeout(resolve, closeTimeoutMs).unref()),
+    ]);
+    for (const ws of clients) ws.terminate();
+    await new Promise<void>((resolve) => wss.close(() => resolve()));
+  };
+
+  return {
+    clients,
+    close() {
+      closing ??= shutdown();
+      return closing;
+    },
+    [Symbol.asyncDispose]() {
+      return this.close();
+    },
+  };
+}
