@@ -1,6 +1,18 @@
+import { fileURLToPath } from 'node:url';
 import { defineConfig } from 'vitest/config';
 
+const src = (path: string) => fileURLToPath(new URL(`./src/${path}`, import.meta.url));
+
 export default defineConfig({
+  resolve: {
+    // Tests and examples import the package by its name; in the repository that is the source.
+    alias: [
+      { find: /^roomwire$/, replacement: src('index.ts') },
+      { find: /^roomwire\/ws$/, replacement: src('transports/ws.ts') },
+      { find: /^roomwire\/auth\/jwt$/, replacement: src('auth/jwt.ts') },
+      { find: /^roomwire\/client$/, replacement: src('client/index.ts') },
+    ],
+  },
   test: {
     include: ['test/**/*.test.ts'],
     testTimeout: 20_000,
