@@ -1,12 +1,12 @@
-import { defineConfig } from 'tsup';
+import { defineConfig, type Options } from 'tsup';
 
-const shared = {
-  format: ['esm', 'cjs'] as const,
+const shared: Options = {
+  format: ['esm', 'cjs'],
   dts: true,
   sourcemap: true,
   // Peer dependencies (ws, jose) and runtime dependencies stay external: nothing is bundled.
   skipNodeModulesBundle: true,
-  outExtension: ({ format }: { format: string }) => ({ js: format === 'cjs' ? '.cjs' : '.js' }),
+  outExtension: ({ format }) => ({ js: format === 'cjs' ? '.cjs' : '.js' }),
 };
 
 export default defineConfig([
