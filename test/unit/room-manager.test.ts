@@ -1,0 +1,301 @@
+import { describe, expect, it, vi } from 'vitest';
+import { RoomManager, RoomwireError, type DeliveryReport, type RoomManagerOptions } from '../../src/index.js';
+import { FakeConnection, openFake, settle } from '../helpers/fake-connection.js';
+import { MembershipTable } from '../helpers/server.js';
+
+function manager(table: MembershipTable, options: Partial<RoomManagerOptions> = {}): RoomManager {
+  return new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, ...options });
+}
+
+describe('RoomManager core (in-memory connections)', () => {
+  it('sends welcome first, listing the auto-joined rooms', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'], b: ['alice', 'bob'], c: ['bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    expect(alice.frames[0]).toMatchObject({ type: 'welcome', protocol: 1, user: { id: 'alice' }, heartbeatMs: 25_000 });
+    expect((alice.frames[0]!.rooms as string[]).sort()).toEqual(['a', 'b']);
+    expect(rooms.roomsOf(alice.handlers.id).sort()).toEqual(['a', 'b']);
+  });
+
+  it('handles frames that arrive before welcome after it, in order', async () => {
+    let release!: () => void;
+    const table = new MembershipTable({ a: ['alice'] });
+    const slow = { ...table, roomsOf: (user: { id: string }) => new Promise<string[]>((resolve) => (release = () => resolve(table.roomsOf(user)))), membersOf: (room: string) => table.membersOf(room) };
+    const rooms = manager(table, { membership: slow });
+    const alice = new FakeConnection();
+    alice.handlers = rooms.open(alice, { id: 'alice' });
+    alice.receive({ type: 'ping', ref: 'p1' });
+    alice.receive({ type: 'publish', room: 'a', data: 1, ref: 'x' });
+    await settle();
+    expect(alice.frames).toEqual([]);
+    release();
+    await alice.handlers.ready;
+    await settle();
+    expect(alice.frames.map((f) => f.type)).toEqual(['welcome', 'pong', 'ack']);
+  });
+
+  it('connects the user when roomsOf throws, reports it, and ensure-participants repairs membership', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'] });
+    const broken = { roomsOf: () => Promise.reject(new Error('db down')), membersOf: (room: string) => table.membersOf(room) };
+    const rooms = manager(table, { membership: broken });
+    const errors: string[] = [];
+    rooms.on('error', (_error, context) => errors.push(context.phase));
+    const alice = await openFake(rooms, 'alice');
+    expect(alice.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+    expect(errors).toEqual(['roomsOf']);
+    const report = await rooms.broadcast('a', 'hello');
+    expect(report).toMatchObject({ participants: 2, online: 1, delivered: 1, added: 1, failed: 0 });
+    expect(alice.frames.slice(1)).toMatchObject([
+      { type: 'joined', room: 'a', seq: 0 },
+      { type: 'message', room: 'a', seq: 1, data: 'hello', from: null },
+    ]);
+  });
+
+  it('connects the user when roomsOf hangs past loaderTimeoutMs', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    const hanging = { roomsOf: () => new Promise<string[]>(() => {}), membersOf: (room: string) => table.membersOf(room) };
+    const rooms = manager(table, { membership: hanging, loaderTimeoutMs: 20 });
+    const alice = await openFake(rooms, 'alice');
+    expect(alice.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+  });
+
+  it('retries a send that threw through the fallback and reports it, without duplicates', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const bobTab2 = await openFake(rooms, 'bob');
+    bob.failNext = 1;
+    const reports: DeliveryReport[] = [];
+    rooms.on('delivery', (report) => reports.push(report));
+    const report = await rooms.broadcast('a', { n: 1 });
+    expect(report).toMatchObject({ participants: 2, online: 2, reached: 2, delivered: 3, viaFallback: 1, failed: 0 });
+    expect(reports).toEqual([report]);
+    for (const connection of [alice, bob, bobTab2]) expect(connection.of('message')).toHaveLength(1);
+  });
+
+  it('reports a connection that fails on both paths as failed and keeps serving the others', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    bob.failing = true;
+    const report = await rooms.broadcast('a', 'x');
+    expect(report).toMatchObject({ delivered: 1, viaFallback: 0, failed: 1, reached: 1, online: 2 });
+    expect(alice.of('message')).toHaveLength(1);
+  });
+
+  it('sends directly to a participant connection that could not enter the room (room limit)', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'], b: ['bob'] }), { maxRoomsPerConnection: 1 });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const inRoom = rooms.roomsOf(bob.handlers.id);
+    expect(inRoom).toHaveLength(1);
+    const other = inRoom[0] === 'a' ? 'b' : 'a';
+    const report = await rooms.broadcast(other, 'direct');
+    expect(report.viaFallback).toBe(1);
+    expect(bob.of('message')).toMatchObject([{ room: other, data: 'direct' }]);
+  });
+
+  it('never re-adds a connection that left, until it joins again', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'leave', room: 'a', ref: 'l' });
+    await settle();
+    expect(alice.frames.at(-1)).toEqual({ type: 'left', room: 'a', ref: 'l' });
+    await rooms.broadcast('a', 1);
+    expect(alice.of('message')).toHaveLength(0);
+    alice.receive({ type: 'join', room: 'a', ref: 'j' });
+    await settle();
+    expect(alice.frames.at(-1)).toEqual({ type: 'joined', room: 'a', seq: 1, ref: 'j' });
+    await rooms.broadcast('a', 2);
+    expect(alice.of('message')).toMatchObject([{ seq: 2, data: 2 }]);
+  });
+
+  it('admits a non-participant through canJoin and keeps it through ensure-participants, until removeMember', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    table.canJoinRooms.add('a');
+    const rooms = manager(table);
+    const eve = await openFake(rooms, 'eve');
+    eve.receive({ type: 'join', room: 'a', ref: 'j' });
+    await settle();
+    expect(eve.frames.at(-1)).toMatchObject({ type: 'joined', room: 'a', ref: 'j' });
+    await rooms.broadcast('a', 'one');
+    expect(eve.of('message')).toHaveLength(1);
+    rooms.removeMember('a', 'eve');
+    expect(eve.frames.at(-1)).toEqual({ type: 'left', room: 'a' });
+    await rooms.broadcast('a', 'two');
+    expect(eve.of('message')).toHaveLength(1);
+  });
+
+  it('refuses a join the loader and canJoin do not allow with forbidden', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }));
+    const eve = await openFake(rooms, 'eve');
+    eve.receive({ type: 'join', room: 'a', ref: 'j' });
+    eve.receive({ type: 'publish', room: 'a', data: 'sneaky', ref: 'p' });
+    await settle();
+    expect(eve.frames.slice(1)).toMatchObject([
+      { type: 'error', code: 'forbidden', room: 'a', ref: 'j' },
+      { type: 'error', code: 'forbidden', room: 'a', ref: 'p' },
+    ]);
+    expect(rooms.stats().messages).toBe(0);
+  });
+
+  it('takes users the loader no longer lists out of the room before the broadcast', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'] });
+    const rooms = manager(table, { membershipTtlMs: 0 });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    table.remove('a', 'bob');
+    const report = await rooms.broadcast('a', 'secret');
+    expect(report).toMatchObject({ removed: 1, delivered: 1 });
+    expect(bob.frames.at(-1)).toEqual({ type: 'left', room: 'a' });
+    expect(bob.of('message')).toHaveLength(0);
+  });
+
+  it('uses the last known participants when the loader fails, and says so in the report', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'] });
+    let fail = false;
+    const flaky = { roomsOf: (user: { id: string }) => table.roomsOf(user), membersOf: (room: string) => (fail ? Promise.reject(new Error('down')) : table.membersOf(room)) };
+    const rooms = manager(table, { membership: flaky, membershipTtlMs: 0 });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await rooms.broadcast('a', 1);
+    fail = true;
+    const report = await rooms.broadcast('a', 2);
+    expect(report).toMatchObject({ stale: true, participants: 2, delivered: 2 });
+    expect(bob.of('message')).toHaveLength(2);
+  });
+
+  it('keeps seq in order per room when the membership loader is slow', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    const slow = { roomsOf: (user: { id: string }) => table.roomsOf(user), membersOf: async (room: string) => { await settle(10); return table.membersOf(room); } };
+    const rooms = manager(table, { membership: slow, membershipTtlMs: 0 });
+    const alice = await openFake(rooms, 'alice');
+    await Promise.all([1, 2, 3, 4, 5].map((n) => rooms.broadcast('a', n)));
+    expect(alice.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]]);
+  });
+
+  it('runs the publish hook once per cid, transforms data, and answers a repeat with the first ack', async () => {
+    const onPublish = vi.fn(({ data }: { data: unknown }) => ({ stored: data }));
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), { onPublish });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    alice.receive({ type: 'publish', room: 'a', data: 'hi', cid: 'c1', ref: 'one' });
+    alice.receive({ type: 'publish', room: 'a', data: 'hi', cid: 'c1', ref: 'two' });
+    await settle();
+    const acks = alice.of('ack');
+    expect(acks).toHaveLength(2);
+    expect(acks[0]).toMatchObject({ ref: 'one', seq: 1 });
+    expect(acks[1]).toMatchObject({ ref: 'two', seq: 1, id: acks[0]!.id });
+    expect(onPublish).toHaveBeenCalledTimes(1);
+    expect(bob.of('message')).toMatchObject([{ data: { stored: 'hi' }, from: 'alice' }]);
+  });
+
+  it('turns a RoomwireError from the hook into an error frame and lets the client retry the cid', async () => {
+    let refuse = true;
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), {
+      onPublish: ({ data }) => {
+        if (refuse) throw new RoomwireError('forbidden', 'archived', { details: { why: 'archived' } });
+        return data;
+      },
+    });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    alice.receive({ type: 'publish', room: 'a', data: 'x', cid: 'c', ref: 'r1' });
+    await settle();
+    expect(alice.frames.at(-1)).toEqual({ type: 'error', code: 'forbidden', message: 'archived', ref: 'r1', room: 'a', details: { why: 'archived' } });
+    refuse = false;
+    alice.receive({ type: 'publish', room: 'a', data: 'x', cid: 'c', ref: 'r2' });
+    await settle();
+    expect(alice.frames.at(-1)).toMatchObject({ type: 'ack', ref: 'r2', seq: 1 });
+    expect(bob.of('message')).toHaveLength(1);
+  });
+
+  it('answers a hook that throws something else with internal and keeps the connection', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }), { onPublish: () => { throw new Error('db exploded'); } });
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'publish', room: 'a', data: 'x', ref: 'r' });
+    await settle();
+    expect(alice.frames.at(-1)).toMatchObject({ type: 'error', code: 'internal', ref: 'r', room: 'a' });
+    expect(alice.closedWith).toBeUndefined();
+    expect(alice.frames.at(-1)!.message).not.toContain('exploded');
+  });
+
+  it('validates publish data with publishSchema', async () => {
+    const schema = { safeParse: (input: unknown) => (typeof input === 'object' && input !== null && 'content' in input ? { success: true as const, data: input } : { success: false as const, error: { issues: [{ path: ['content'], message: 'Required' }] } }) };
+    const rooms = manager(new MembershipTable({ a: ['alice'] }), { publishSchema: schema });
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'publish', room: 'a', data: { nope: 1 }, ref: 'r' });
+    await settle();
+    expect(alice.frames.at(-1)).toMatchObject({ type: 'error', code: 'bad_request', ref: 'r', details: { issues: [{ path: 'content', message: 'Required' }] } });
+  });
+
+  it('answers data over maxMessageBytes with too_large', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxMessageBytes: 100 });
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'publish', room: 'a', data: 'x'.repeat(200), ref: 'r' });
+    alice.receive({ type: 'publish', room: 'a', data: 'x'.repeat(50), ref: 'ok' });
+    await settle();
+    expect(alice.frames.slice(1)).toMatchObject([{ type: 'error', code: 'too_large', ref: 'r' }, { type: 'ack', ref: 'ok' }]);
+  });
+
+  it('closes a frame over maxFrameBytes with 1009', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'publish', room: 'a', data: 'x'.repeat(100) });
+    await settle();
+    expect(alice.closedWith).toEqual({ code: 1009, reason: 'frame too large' });
+    expect(rooms.stats().connections).toBe(0);
+  });
+
+  it('sends presence when a participant’s first connection opens and last one closes', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), { presence: true });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const bob2 = await openFake(rooms, 'bob');
+    bob.handlers.closed(1000, '');
+    expect(alice.of('presence')).toEqual([{ type: 'presence', room: 'a', user: 'bob', event: 'online' }]);
+    bob2.handlers.closed(1000, '');
+    expect(alice.of('presence')).toEqual([
+      { type: 'presence', room: 'a', user: 'bob', event: 'online' },
+      { type: 'presence', room: 'a', user: 'bob', event: 'offline' },
+    ]);
+  });
+
+  it('closes every connection with 1001 on close() and refuses new ones', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }));
+    const alice = await openFake(rooms, 'alice');
+    await rooms.close();
+    expect(alice.closedWith).toEqual({ code: 1001, reason: 'server shutting down' });
+    expect(rooms.stats().connections).toBe(0);
+    const late = new FakeConnection();
+    late.handlers = rooms.open(late, { id: 'alice' });
+    expect(late.closedWith?.code).toBe(1001);
+    await expect(rooms.authenticate({ url: '/', headers: {} })).rejects.toMatchObject({ status: 403 });
+  });
+
+  it('closes a connection with 1008 when its credentials expire', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice'] }));
+    const alice = new FakeConnection();
+    alice.handlers = rooms.open(alice, { id: 'alice', expiresAt: Date.now() + 30 });
+    await alice.handlers.ready;
+    await settle(60);
+    expect(alice.closedWith).toEqual({ code: 1008, reason: 'credentials expired' });
+  });
+
+  it('keeps the inspection APIs in step with connections', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'], b: ['alice'] }));
+    const alice = await openFake(rooms, 'alice');
+    await openFake(rooms, 'alice');
+    expect(rooms.onlineUsers()).toEqual(['alice']);
+    expect(rooms.connectionsOf('alice')).toHaveLength(2);
+    expect(await rooms.membersOnline('a')).toEqual(['alice']);
+    expect(rooms.stats()).toMatchObject({ connections: 2, users: 1, rooms: 2, messages: 0 });
+    alice.handlers.closed(1000, '');
+    expect(rooms.connectionsOf('alice')).toHaveLength(1);
+  });
+
+  it('rejects an invalid room name in broadcast', async () => {
+    const rooms = manager(new MembershipTable());
+    await expect(rooms.broadcast('', 1)).rejects.toMatchObject({ name: 'RoomwireError', code: 'bad_request' });
+    await expect(rooms.broadcast('x'.repeat(257), 1)).rejects.toMatchObject({ code: 'bad_request' });
+  });
+});
