@@ -19,6 +19,8 @@ export interface DeliveryReport {
   readonly viaFallback: number;
   /** Connections that should have received it and could not be sent to, even by the fallback. */
   readonly failed: number;
+  /** Connections closed with 4008 because their unsent bytes passed `maxBufferedBytes`. */
+  readonly slow: number;
   /** Connections added to the room by ensure-participants before this broadcast. */
   readonly added: number;
   /** Connections taken out of the room because their user is no longer a participant. */

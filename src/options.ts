@@ -25,6 +25,12 @@ export interface SafeParser {
   safeParse(input: unknown): { success: true; data: unknown } | { success: false; error: unknown };
 }
 
+/** A token bucket: `burst` frames at once, refilled at `perSecond`. */
+export interface RateLimit {
+  burst: number;
+  perSecond: number;
+}
+
 /** Options of the `RoomManager`. */
 export interface RoomManagerOptions {
   /** Turns each upgrade's handshake into a principal, or refuses it. */
@@ -60,6 +66,21 @@ export interface RoomManagerOptions {
   dedupeWindowMs?: number | undefined;
   /** How long `close()` waits for connections to close before dropping them. @default 5000 */
   closeTimeoutMs?: number | undefined;
+  /** Publishes one connection may make; excess gets `rate_limited`. `false` turns it off. @default { burst: 100, perSecond: 20 } */
+  publishRate?: RateLimit | false | undefined;
+  /** `join`, `leave` and `resume` frames one connection may send; excess gets `rate_limited`. @default { burst: 50, perSecond: 10 } */
+  joinRate?: RateLimit | false | undefined;
+  /**
+   * How many `rate_limited` answers a connection may collect (refilled over time) before
+   * it is closed with 4008 for sustained abuse. @default { burst: 50, perSecond: 1 }
+   */
+  rateLimitStrikes?: RateLimit | undefined;
+  /**
+   * A connection whose unsent bytes pass this mark when a broadcast reaches it is closed
+   * with 4008 ("too slow") instead of growing the server's memory. The default holds about
+   * 20 s of a slow 3G link. @default 1048576
+   */
+  maxBufferedBytes?: number | undefined;
   /** Validates a client's `publish.data`; a failure is answered with `bad_request`. */
   publishSchema?: SafeParser | undefined;
   /**
@@ -73,6 +94,8 @@ const isFunction = (value: unknown): boolean => typeof value === 'function';
 const fn = (what: string) => z.custom<(...args: never[]) => unknown>(isFunction, { message: `${what} must be a function` });
 const positiveInt = z.number().int().positive();
 const timeMs = z.number().int().min(0).or(z.literal(Number.POSITIVE_INFINITY));
+
+const rateLimit = z.object({ burst: positiveInt, perSecond: z.number().positive() });
 
 const optionsSchema = z.object({
   authenticate: fn('authenticate'),
@@ -101,6 +124,10 @@ const optionsSchema = z.object({
   presence: z.boolean().optional(),
   dedupeWindowMs: timeMs.optional(),
   closeTimeoutMs: timeMs.optional(),
+  publishRate: rateLimit.or(z.literal(false)).optional(),
+  joinRate: rateLimit.or(z.literal(false)).optional(),
+  rateLimitStrikes: rateLimit.optional(),
+  maxBufferedBytes: positiveInt.optional(),
   publishSchema: z.object({ safeParse: fn('publishSchema.safeParse') }).optional(),
   onPublish: fn('onPublish').optional(),
 });
@@ -122,6 +149,10 @@ export interface ResolvedOptions {
   presence: boolean;
   dedupeWindowMs: number;
   closeTimeoutMs: number;
+  publishRate: RateLimit | false;
+  joinRate: RateLimit | false;
+  rateLimitStrikes: RateLimit;
+  maxBufferedBytes: number;
   publishSchema: SafeParser | undefined;
   onPublish: ((context: PublishContext) => MaybePromise<unknown>) | undefined;
 }
@@ -150,6 +181,10 @@ export function resolveOptions(options: RoomManagerOptions): ResolvedOptions {
     presence: options.presence ?? false,
     dedupeWindowMs: options.dedupeWindowMs ?? 5 * 60_000,
     closeTimeoutMs: options.closeTimeoutMs ?? 5_000,
+    publishRate: options.publishRate ?? { burst: 100, perSecond: 20 },
+    joinRate: options.joinRate ?? { burst: 50, perSecond: 10 },
+    rateLimitStrikes: options.rateLimitStrikes ?? { burst: 50, perSecond: 1 },
+    maxBufferedBytes: options.maxBufferedBytes ?? 1024 * 1024,
     publishSchema: options.publishSchema,
     onPublish: options.onPublish,
   };

@@ -15,6 +15,8 @@ import { encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
 import { withTimeout } from './timeout.js';
+import { TokenBucket } from './token-bucket.js';
+import type { RateLimit } from './options.js';
 
 /** Why a connection entered a room. */
 export type JoinReason = 'auto' | 'join' | 'ensure' | 'member' | 'server';
@@ -35,6 +37,10 @@ export interface RoomManagerEvents {
   message: (message: StoredMessage) => void;
   /** What a broadcast reached. */
   delivery: (report: DeliveryReport) => void;
+  /** A connection could not keep up (its unsent bytes passed `maxBufferedBytes`) and was closed with 4008. */
+  slow: (event: { connectionId: string; user: string; bufferedAmount: number }) => void;
+  /** A connection was refused a frame by its rate limit (`kind`), or closed with 4008 for sustained abuse (`closed`). */
+  rateLimited: (event: { connectionId: string; user: string; kind: 'publish' | 'join'; closed: boolean }) => void;
   /** Something failed that the manager recovered from (a loader call, a send, a hook). */
   error: (error: Error, context: { phase: string; connectionId?: string; room?: string; user?: string }) => void;
 }
@@ -89,6 +95,9 @@ interface ConnState {
   /** The tail of this connection's frame handling; frames are handled in arrival order. */
   queue: Promise<void> | undefined;
   inflight: number;
+  readonly publishBucket: TokenBucket | undefined;
+  readonly joinBucket: TokenBucket | undefined;
+  readonly strikes: TokenBucket;
   /** Marks set by a broadcast, so its fallback can tell who the room broadcast reached. */
   lastMessageId: string;
   lastFailedId: string;
@@ -251,6 +260,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       early: [],
       queue: undefined,
       inflight: 0,
+      publishBucket: bucket(this.options.publishRate),
+      joinBucket: bucket(this.options.joinRate),
+      strikes: new TokenBucket(this.options.rateLimitStrikes.burst, this.options.rateLimitStrikes.perSecond),
       lastMessageId: '',
       lastFailedId: '',
       openedAt: Date.now(),
@@ -379,6 +391,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.send(conn, frame.ref === undefined ? { type: 'pong' } : { type: 'pong', ref: frame.ref });
       return;
     }
+    const limiter = frame.type === 'publish' ? conn.publishBucket : conn.joinBucket;
+    if (limiter && !limiter.take()) {
+      this.refuseOverLimit(conn, frame.type === 'publish' ? 'publish' : 'join', frame.ref);
+      return;
+    }
     if (conn.inflight >= MAX_INFLIGHT_FRAMES) {
       this.sendError(conn, 'rate_limited', 'too many frames waiting; slow down', { ref: frame.ref });
       return;
@@ -400,6 +417,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     void tail.then(() => {
       if (conn.queue === tail) conn.queue = undefined;
     });
+  }
+
+  /** Answers `rate_limited`; a connection that keeps at it is closed with 4008. */
+  private refuseOverLimit(conn: ConnState, kind: 'publish' | 'join', ref: string | undefined): void {
+    if (conn.strikes.take()) {
+      this.sendError(conn, 'rate_limited', `too many ${kind} frames; slow down`, { ref });
+      this.emit('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: false });
+      return;
+    }
+    this.logger.warn({ user: conn.user.id, connectionId: conn.id, kind }, `closing connection ${conn.id} of user ${conn.user.id}: kept exceeding its ${kind} rate limit`);
+    this.emit('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: true });
+    this.drop(conn, CloseCode.TooSlow, 'rate limit exceeded');
+  }
+
+  /** Closes a connection and forgets it at once, without waiting for the close handshake. */
+  private drop(conn: ConnState, code: number, reason: string): void {
+    safeClose(conn.socket, code, reason);
+    this.release(conn, code, reason);
   }
 
   private handle(conn: ConnState, frame: ClientFrame, size: number): Promise<void> {
@@ -623,9 +658,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const text = encodeServerFrame({ type: 'message', room, id, seq, from: message.from, data: message.data, ts: message.ts });
     let delivered = 0;
     let roomFailures = 0;
+    let slow = 0;
+    const maxBuffered = this.options.maxBufferedBytes;
     if (state) {
       for (const [conn, membership] of state.conns) {
         if (conn === except) continue;
+        if (conn.socket.bufferedAmount > maxBuffered) {
+          // Growing its buffer further would cost every other connection memory and time.
+          this.dropSlow(conn);
+          slow++;
+          continue;
+        }
         try {
           conn.socket.send(text);
           conn.lastMessageId = id;
@@ -660,6 +703,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           }
           if (conn.left.has(room)) continue;
           if (conn.lastFailedId === id) roomFailures--;
+          if (conn.socket.bufferedAmount > maxBuffered) {
+            this.dropSlow(conn);
+            slow++;
+            continue;
+          }
           try {
             conn.socket.send(text);
             conn.lastMessageId = id;
@@ -689,6 +737,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       delivered,
       viaFallback,
       failed,
+      slow,
       added,
       removed,
       stale: snapshot.stale,
@@ -701,6 +750,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.emit('message', message);
     this.emit('delivery', report);
     return report;
+  }
+
+  private dropSlow(conn: ConnState): void {
+    const bufferedAmount = conn.socket.bufferedAmount;
+    this.logger.warn({ user: conn.user.id, connectionId: conn.id, bufferedAmount }, `closing connection ${conn.id} of user ${conn.user.id}: too slow (${bufferedAmount} bytes unsent)`);
+    this.emit('slow', { connectionId: conn.id, user: conn.user.id, bufferedAmount });
+    this.drop(conn, CloseCode.TooSlow, 'too slow');
   }
 
   /**
@@ -961,6 +1017,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.logger.warn({ ...context, phase, err }, `${phase} failed: ${err.message}`);
     this.emit('error', err, { phase, ...context });
   }
+}
+
+function bucket(limit: RateLimit | false): TokenBucket | undefined {
+  return limit === false ? undefined : new TokenBucket(limit.burst, limit.perSecond);
 }
 
 function trySend(conn: ConnState, text: string): boolean {

@@ -299,3 +299,59 @@ describe('RoomManager core (in-memory connections)', () => {
     await expect(rooms.broadcast('x'.repeat(257), 1)).rejects.toMatchObject({ code: 'bad_request' });
   });
 });
+
+describe('RoomManager limits', () => {
+  it('answers publishes over the rate limit with rate_limited, then closes sustained abuse with 4008', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), {
+      publishRate: { burst: 3, perSecond: 0.001 },
+      rateLimitStrikes: { burst: 2, perSecond: 0.001 },
+    });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const events: boolean[] = [];
+    rooms.on('rateLimited', (event) => events.push(event.closed));
+    for (let i = 0; i < 3; i++) alice.receive({ type: 'publish', room: 'a', data: i, ref: `p${i}` });
+    await settle();
+    for (let i = 3; i < 6; i++) alice.receive({ type: 'publish', room: 'a', data: i, ref: `p${i}` });
+    await settle();
+    expect(alice.frames.slice(1).map((f) => [f.type, f.code ?? null, f.ref])).toEqual([
+      ['ack', null, 'p0'],
+      ['ack', null, 'p1'],
+      ['ack', null, 'p2'],
+      ['error', 'rate_limited', 'p3'],
+      ['error', 'rate_limited', 'p4'],
+    ]);
+    expect(alice.closedWith).toEqual({ code: 4008, reason: 'rate limit exceeded' });
+    expect(events).toEqual([false, false, true]);
+    expect(bob.of('message')).toHaveLength(3);
+    expect(rooms.connectionsOf('alice')).toEqual([]);
+  });
+
+  it('rate-limits joins separately from publishes, and can be turned off', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    const rooms = manager(table, { joinRate: { burst: 1, perSecond: 0.001 }, publishRate: false });
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'join', room: 'a', ref: 'j1' });
+    alice.receive({ type: 'join', room: 'a', ref: 'j2' });
+    for (let i = 0; i < 150; i++) alice.receive({ type: 'publish', room: 'a', data: i });
+    await settle();
+    expect(alice.of('error')).toMatchObject([{ code: 'rate_limited', ref: 'j2' }]);
+    expect(alice.of('ack')).toHaveLength(150);
+  });
+
+  it('closes a connection that cannot keep up with 4008 and keeps delivering to the others', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob', 'carol'] }), { maxBufferedBytes: 1000 });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const carol = await openFake(rooms, 'carol');
+    const slow: string[] = [];
+    rooms.on('slow', (event) => slow.push(event.user));
+    bob.bufferedAmount = 5000; // bob stopped reading
+    const report = await rooms.broadcast('a', 'news');
+    expect(report).toMatchObject({ slow: 1, delivered: 2, failed: 0 });
+    expect(bob.closedWith).toEqual({ code: 4008, reason: 'too slow' });
+    expect(slow).toEqual(['bob']);
+    expect(carol.of('message')).toHaveLength(1);
+    expect(rooms.onlineUsers().sort()).toEqual(['alice', 'carol']);
+  });
+});
