@@ -106,6 +106,18 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
   });
   const clients = new Set<WebSocket>();
+  // A broadcast hands every connection the same string in a row: encode it to bytes once,
+  // not once per recipient. ws sends server frames unmasked, so the shared buffer is never
+  // written to.
+  let lastText = '';
+  let lastBytes = Buffer.alloc(0);
+  const toBytes = (text: string): Buffer => {
+    if (text !== lastText) {
+      lastBytes = Buffer.from(text);
+      lastText = text;
+    }
+    return lastBytes;
+  };
   const unanswered = new Set<WebSocket>();
   let closing: Promise<void> | undefined;
 
@@ -115,7 +127,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       send(text) {
         // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
         if (ws.readyState !== ws.OPEN) throw new Error('socket is not open');
-        ws.send(text);
+        ws.send(toBytes(text), { binary: false });
       },
       close(code, reason) {
         ws.close(code, reason);
