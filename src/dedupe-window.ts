@@ -9,6 +9,7 @@ export class DedupeWindow<V> {
   constructor(
     private readonly windowMs: number,
     private readonly now: () => number = Date.now,
+    private readonly maxEntries = Number.POSITIVE_INFINITY,
   ) {}
 
   /** The live value for `key`, if any. */
@@ -21,6 +22,10 @@ export class DedupeWindow<V> {
   set(key: string, value: V): void {
     this.prune();
     this.entries.delete(key);
+    if (this.entries.size >= this.maxEntries) {
+      const oldest = this.entries.keys().next();
+      if (!oldest.done) this.entries.delete(oldest.value);
+    }
     this.entries.set(key, { value, expiresAt: this.now() + this.windowMs });
   }
 

@@ -112,6 +112,8 @@ interface RoomState {
   tail: Promise<void> | undefined;
 }
 
+/** Publish cids remembered at once; the oldest are forgotten first past this. */
+const MAX_DEDUPE_ENTRIES = 100_000;
 /** Frames one connection may have waiting for handling before more are refused. */
 const MAX_INFLIGHT_FRAMES = 256;
 /** Longest delay setTimeout accepts. */
@@ -164,7 +166,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly logging: boolean;
   private readonly history: HistoryStore;
   private readonly membership: MembershipCache;
-  private readonly dedupe: DedupeWindow<Promise<StoredMessage>>;
+  /** Only the ack of each cid is kept, never its data: the window may hold many messages. */
+  private readonly dedupe: DedupeWindow<Promise<{ id: string; seq: number }>>;
   private readonly nextId = createIdGenerator();
   private readonly users = new Map<string, UserState>();
   private readonly conns = new Map<string, ConnState>();
@@ -187,7 +190,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       maxRooms: this.options.membershipCacheSize,
       onError: (room, error) => this.reportError('membersOf', error, { room }),
     });
-    this.dedupe = new DedupeWindow(this.options.dedupeWindowMs);
+    this.dedupe = new DedupeWindow(this.options.dedupeWindowMs, Date.now, MAX_DEDUPE_ENTRIES);
   }
 
   /** The limits transports enforce before the core sees a frame. */
@@ -225,11 +228,22 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (principal.expiresAt !== undefined && principal.expiresAt <= Date.now()) {
       throw HandshakeError.unauthorized('credentials expired');
     }
+    this.assertCanOpen(principal);
+    return principal;
+  }
+
+  /**
+   * Throws a 403 {@link HandshakeError} when the principal may not open one more
+   * connection now (its user is at `maxConnectionsPerUser`, or the manager is closing).
+   * `authenticate` checks it; a transport checks it again synchronously right before it
+   * completes the upgrade and calls `open`, so concurrent upgrades cannot overshoot.
+   */
+  assertCanOpen(principal: Principal): void {
+    if (this.closing) throw HandshakeError.forbidden('server shutting down');
     const user = this.users.get(principal.id);
     if (user && user.conns.size >= this.options.maxConnectionsPerUser) {
       throw HandshakeError.forbidden(`too many connections for this user (at most ${this.options.maxConnectionsPerUser})`);
     }
-    return principal;
   }
 
   /**
@@ -501,13 +515,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const key = cid === undefined ? undefined : `${conn.user.id}\n${room}\n${cid}`;
     let accepted = key === undefined ? undefined : this.dedupe.get(key);
     if (!accepted) {
-      accepted = this.acceptPublish(conn, frame);
+      accepted = this.acceptPublish(conn, frame).then(({ id, seq }) => ({ id, seq }));
       if (key !== undefined) {
         this.dedupe.set(key, accepted);
         accepted.catch(() => this.dedupe.delete(key));
       }
     }
-    let message: StoredMessage;
+    let message: { id: string; seq: number };
     try {
       message = await accepted;
     } catch (error) {
@@ -561,12 +575,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     const withRef = ref === undefined ? {} : { ref };
-    const answered: Record<string, { replayed: number }> = {};
+    // Room names are client strings: a null prototype keeps `__proto__` an ordinary key.
+    const answered: Record<string, { replayed: number }> = Object.create(null) as Record<string, { replayed: number }>;
     for (const [room, afterSeq] of entries) {
       if (conn.state === 'closed') return;
-      if (!conn.rooms.has(room) && !(await this.isParticipant(room, conn.user.id))) {
-        this.sendError(conn, 'forbidden', 'not allowed to read this room', { ref, room });
-        continue;
+      if (!conn.rooms.has(room)) {
+        // Reading a room the connection is not in asks the loader: it costs a join token.
+        if (conn.joinBucket && !conn.joinBucket.take()) {
+          this.sendError(conn, 'rate_limited', 'too many rooms to check; resume them later', { ref, room });
+          continue;
+        }
+        if (!(await this.isParticipant(room, conn.user.id))) {
+          this.sendError(conn, 'forbidden', 'not allowed to read this room', { ref, room });
+          continue;
+        }
       }
       // In room order, so no broadcast interleaves with the replay; messages sent live to
       // this connection since it entered the room are not replayed again.

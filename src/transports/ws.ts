@@ -1,3 +1,10 @@
+/**
+ * The `ws` transport: serves a `RoomManager` over the [ws](https://github.com/websockets/ws)
+ * library on a Node HTTP server, authenticating each upgrade before it becomes a WebSocket.
+ * Needs the optional peer dependency `ws`.
+ *
+ * @module roomwire/ws
+ */
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -8,8 +15,11 @@ import { CloseCode, SUBPROTOCOL } from '../protocol/limits.js';
 
 /** The part of an `http.Server` (or `https.Server`) the adapter uses. */
 export interface UpgradeSource {
+  /** Adds the adapter's `upgrade` listener. */
   on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+  /** Removes it again when the adapter closes. */
   off(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
+  /** Tells whether another listener may serve paths the adapter does not (else they get 404). */
   listenerCount(event: 'upgrade'): number;
 }
 
@@ -172,6 +182,15 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     manager.authenticate(handshake).then(
       (principal) => {
         if (socket.destroyed) return;
+        // Authentication was asynchronous: other upgrades of this user may have opened
+        // since. ws completes the upgrade and calls back synchronously, so checking here
+        // leaves no gap before open() counts the connection.
+        try {
+          manager.assertCanOpen(principal);
+        } catch (error) {
+          refuse(socket, 403, 'forbidden', error instanceof Error ? error.message : 'forbidden');
+          return;
+        }
         wss.handleUpgrade(request, socket, head, (ws) => accept(ws, principal));
       },
       (error: unknown) => {
