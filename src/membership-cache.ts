@@ -17,6 +17,8 @@ interface Entry {
   pendingOps: [add: boolean, user: string][] | undefined;
   /** Bumped by invalidate(); a load that started before it is used once but not kept fresh. */
   generation: number;
+  /** Changes whenever `members` does. */
+  stamp: number;
   stale: boolean;
 }
 
@@ -36,6 +38,7 @@ export interface MembershipCacheOptions {
  */
 export class MembershipCache {
   private readonly entries = new Map<string, Entry>();
+  private stamps = 0;
   private readonly now: () => number;
 
   constructor(
@@ -48,6 +51,14 @@ export class MembershipCache {
   /** The cached participants, fresh or not, without calling the loader. */
   peek(room: string): ReadonlySet<string> | undefined {
     return this.entries.get(room)?.members;
+  }
+
+  /**
+   * A number that changes whenever the cached participants of `room` change; -1 for a
+   * room not cached. Lets a caller reuse work derived from an unchanged set.
+   */
+  stamp(room: string): number {
+    return this.entries.get(room)?.stamp ?? -1;
   }
 
   /** The room's participants: synchronously when cached and fresh, else after one load. */
@@ -92,6 +103,7 @@ export class MembershipCache {
     if (entry.members) {
       if (add) entry.members.add(user);
       else entry.members.delete(user);
+      entry.stamp = ++this.stamps;
     }
     if (entry.loading) (entry.pendingOps ??= []).push([add, user]);
   }
@@ -112,6 +124,7 @@ export class MembershipCache {
       loading: undefined,
       pendingOps: undefined,
       generation: 0,
+      stamp: ++this.stamps,
       stale: false,
     };
     this.entries.set(room, entry);
@@ -132,6 +145,7 @@ export class MembershipCache {
         else members.delete(user);
       }
       entry.members = members;
+      entry.stamp = ++this.stamps;
       entry.stale = false;
       entry.expiresAt = generation === entry.generation ? this.now() + this.options.ttlMs : 0;
     } catch (error) {

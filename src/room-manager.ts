@@ -68,6 +68,7 @@ export interface RoomManagerStats {
 }
 
 interface Membership {
+  readonly conn: ConnState;
   mode: 'member' | 'admitted';
   /** The seq of the first message sent live to this connection in the room; 0 before any. */
   firstSeq: number;
@@ -98,8 +99,7 @@ interface ConnState {
   readonly publishBucket: TokenBucket | undefined;
   readonly joinBucket: TokenBucket | undefined;
   readonly strikes: TokenBucket;
-  /** Marks set by a broadcast, so its fallback can tell who the room broadcast reached. */
-  lastMessageId: string;
+  /** The id of the last message whose send to this connection threw, for the fallback. */
   lastFailedId: string;
   readonly openedAt: number;
   expiryTimer: ReturnType<typeof setTimeout> | undefined;
@@ -107,9 +107,24 @@ interface ConnState {
 
 interface RoomState {
   readonly name: string;
-  readonly conns: Map<ConnState, Membership>;
+  readonly members: Set<Membership>;
   /** The tail of this room's ordered work (broadcasts, joins, replays). */
   tail: Promise<void> | undefined;
+  /** What the last reconciliation found; reused while nothing it depends on changed. */
+  survey: RoomSurvey | undefined;
+}
+
+/** The room's participants as seen by the last reconciliation. */
+interface RoomSurvey {
+  /** `RoomManager.topology` and the membership stamp it was taken at. */
+  readonly topology: number;
+  readonly stamp: number;
+  /** Participants with an open connection. */
+  readonly online: number;
+  /** Participants with at least one open connection in the room. */
+  readonly inRoom: number;
+  /** Open participant connections neither in the room nor gone by `leave`: only the fallback reaches them. */
+  readonly missing: number;
 }
 
 /** Publish cids remembered at once; the oldest are forgotten first past this. */
@@ -173,6 +188,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly conns = new Map<string, ConnState>();
   private readonly rooms = new Map<string, RoomState>();
   private messageCount = 0;
+  /**
+   * Bumped whenever a connection opens, closes, enters or leaves a room: a broadcast
+   * reconciles its room again only when this or the room's participants changed.
+   */
+  private topology = 0;
   private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
 
@@ -277,7 +297,6 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       publishBucket: bucket(this.options.publishRate),
       joinBucket: bucket(this.options.joinRate),
       strikes: new TokenBucket(this.options.rateLimitStrikes.burst, this.options.rateLimitStrikes.perSecond),
-      lastMessageId: '',
       lastFailedId: '',
       openedAt: Date.now(),
       expiryTimer: undefined,
@@ -328,6 +347,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     conn.state = 'open';
     conn.user.open++;
+    this.topology++;
     this.send(conn, {
       type: 'welcome',
       protocol: PROTOCOL_VERSION,
@@ -363,6 +383,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (conn.state === 'closed') return;
     const wasOpen = conn.state === 'open';
     conn.state = 'closed';
+    this.topology++;
     conn.early = undefined;
     if (conn.expiryTimer) clearTimeout(conn.expiryTimer);
     const user = conn.user;
@@ -648,29 +669,16 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     // The cache's current set, so an addMember/removeMember made while this broadcast
     // awaited its seq is already honoured.
     const users = this.membership.peek(room) ?? snapshot.users;
+    const state = this.roomState(room);
     let added = 0;
     let removed = 0;
+    let survey = state.survey;
     if (users) {
-      for (const userId of users) {
-        const user = this.users.get(userId);
-        if (!user) continue;
-        for (const conn of user.conns) {
-          if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room)) continue;
-          if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
-          this.addToRoom(conn, room, 'member', 'ensure');
-          // Its seq tells the client where the room stands; the message follows.
-          this.send(conn, { type: 'joined', room, seq: seq - 1 });
-          added++;
-        }
-      }
-    }
-    const state = this.rooms.get(room);
-    if (users && state) {
-      for (const [conn, membership] of state.conns) {
-        if (membership.mode === 'member' && !users.has(conn.user.id)) {
-          this.removeFromRoom(conn, room, true, 'removed');
-          removed++;
-        }
+      const stamp = this.membership.stamp(room);
+      if (!survey || survey.topology !== this.topology || survey.stamp !== stamp || stamp < 0) {
+        [added, removed] = this.reconcile(state, users, seq);
+        survey = this.surveyRoom(room, users, stamp);
+        state.survey = survey;
       }
     }
     if (this.logging) {
@@ -682,36 +690,36 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     let roomFailures = 0;
     let slow = 0;
     const maxBuffered = this.options.maxBufferedBytes;
-    if (state) {
-      for (const [conn, membership] of state.conns) {
-        if (conn === except) continue;
-        if (conn.socket.bufferedAmount > maxBuffered) {
-          // Growing its buffer further would cost every other connection memory and time.
-          this.dropSlow(conn);
-          slow++;
-          continue;
-        }
-        try {
-          conn.socket.send(text);
-          conn.lastMessageId = id;
-          if (membership.firstSeq === 0) membership.firstSeq = seq;
-          delivered++;
-        } catch (error) {
-          conn.lastFailedId = id;
-          roomFailures++;
-          this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room });
-        }
+    for (const membership of state.members) {
+      const conn = membership.conn;
+      if (conn === except) continue;
+      if (conn.socket.bufferedAmount > maxBuffered) {
+        // Growing its buffer further would cost every other connection memory and time.
+        this.dropSlow(conn);
+        slow++;
+        continue;
+      }
+      try {
+        conn.socket.send(text);
+        if (membership.firstSeq === 0) membership.firstSeq = seq;
+        delivered++;
+      } catch (error) {
+        conn.lastFailedId = id;
+        roomFailures++;
+        this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room });
       }
     }
 
-    // Fallback: every open connection of an online participant that the room broadcast
-    // did not reach (a send that threw, a connection missing from the room) is sent the
-    // message directly, once. Connections that left the room are not in it and get nothing.
-    let online = 0;
-    let reached = 0;
+    let online = survey?.online ?? 0;
+    let reached = survey?.inRoom ?? 0;
     let viaFallback = 0;
     let failed = 0;
-    if (users) {
+    if (users && (roomFailures > 0 || slow > 0 || (survey?.missing ?? 0) > 0)) {
+      // Fallback: every open connection of an online participant that the room broadcast
+      // did not reach (a send that threw, a connection that could not be in the room) is
+      // sent the message directly, once. Connections that left the room get nothing.
+      online = 0;
+      reached = 0;
       for (const userId of users) {
         const user = this.users.get(userId);
         if (!user || user.open === 0) continue;
@@ -719,7 +727,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         let got = false;
         for (const conn of user.conns) {
           if (conn.state !== 'open') continue;
-          if (conn === except || conn.lastMessageId === id) {
+          if (conn === except || (conn.rooms.has(room) && conn.lastFailedId !== id)) {
             got = true;
             continue;
           }
@@ -732,7 +740,6 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           }
           try {
             conn.socket.send(text);
-            conn.lastMessageId = id;
             const membership = conn.rooms.get(room);
             if (membership && membership.firstSeq === 0) membership.firstSeq = seq;
             delivered++;
@@ -774,6 +781,56 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return report;
   }
 
+  /**
+   * Ensure participants: adds open connections of participants that are missing (and did
+   * not leave) and takes out those whose user is no longer a participant.
+   * @returns how many connections were added and removed.
+   */
+  private reconcile(state: RoomState, users: ReadonlySet<string>, seq: number): [added: number, removed: number] {
+    const room = state.name;
+    let added = 0;
+    let removed = 0;
+    for (const userId of users) {
+      const user = this.users.get(userId);
+      if (!user) continue;
+      for (const conn of user.conns) {
+        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room)) continue;
+        if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
+        this.addToRoom(conn, room, 'member', 'ensure');
+        // Its seq tells the client where the room stands; the message follows.
+        this.send(conn, { type: 'joined', room, seq: seq - 1 });
+        added++;
+      }
+    }
+    for (const membership of state.members) {
+      if (membership.mode === 'member' && !users.has(membership.conn.user.id)) {
+        this.removeFromRoom(membership.conn, room, true, 'removed');
+        removed++;
+      }
+    }
+    return [added, removed];
+  }
+
+  /** Counts what the fallback and the report need to know about the room's participants. */
+  private surveyRoom(room: string, users: ReadonlySet<string>, stamp: number): RoomSurvey {
+    let online = 0;
+    let inRoom = 0;
+    let missing = 0;
+    for (const userId of users) {
+      const user = this.users.get(userId);
+      if (!user || user.open === 0) continue;
+      online++;
+      let any = false;
+      for (const conn of user.conns) {
+        if (conn.state !== 'open') continue;
+        if (conn.rooms.has(room)) any = true;
+        else if (!conn.left.has(room)) missing++;
+      }
+      if (any) inRoom++;
+    }
+    return { topology: this.topology, stamp, online, inRoom, missing };
+  }
+
   private dropSlow(conn: ConnState): void {
     const bufferedAmount = conn.socket.bufferedAmount;
     this.logger.warn({ user: conn.user.id, connectionId: conn.id, bufferedAmount }, `closing connection ${conn.id} of user ${conn.user.id}: too slow (${bufferedAmount} bytes unsent)`);
@@ -794,7 +851,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     void tail.then(() => {
       if (state.tail !== tail) return;
       state.tail = undefined;
-      if (state.conns.size === 0 && this.rooms.get(room) === state) this.rooms.delete(room);
+      if (state.members.size === 0 && this.rooms.get(room) === state) this.rooms.delete(room);
     });
     return run;
   }
@@ -804,25 +861,29 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private roomState(room: string): RoomState {
     let state = this.rooms.get(room);
     if (!state) {
-      state = { name: room, conns: new Map(), tail: undefined };
+      state = { name: room, members: new Set(), tail: undefined, survey: undefined };
       this.rooms.set(room, state);
     }
     return state;
   }
 
   private addToRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason): void {
-    const membership: Membership = { mode, firstSeq: 0 };
+    const membership: Membership = { conn, mode, firstSeq: 0 };
     conn.rooms.set(room, membership);
-    this.roomState(room).conns.set(conn, membership);
+    this.roomState(room).members.add(membership);
+    this.topology++;
     this.emit('join', { connectionId: conn.id, user: conn.user.id, room, reason });
   }
 
   private removeFromRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
-    if (!conn.rooms.delete(room)) return;
+    const membership = conn.rooms.get(room);
+    if (!membership) return;
+    conn.rooms.delete(room);
+    this.topology++;
     const state = this.rooms.get(room);
     if (state) {
-      state.conns.delete(conn);
-      if (state.conns.size === 0 && !state.tail) this.rooms.delete(room);
+      state.members.delete(membership);
+      if (state.members.size === 0 && !state.tail) this.rooms.delete(room);
     }
     if (notify) this.send(conn, { type: 'left', room });
     this.emit('leave', { connectionId: conn.id, user: conn.user.id, room, reason });
@@ -961,7 +1022,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /** Counts of connections, users, rooms and messages. */
   stats(): RoomManagerStats {
     let rooms = 0;
-    for (const state of this.rooms.values()) if (state.conns.size > 0) rooms++;
+    for (const state of this.rooms.values()) if (state.members.size > 0) rooms++;
     return {
       connections: this.conns.size,
       users: this.onlineUsers().length,
@@ -1011,7 +1072,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const state = this.rooms.get(room);
       if (!state) continue;
       const text = encodeServerFrame({ type: 'presence', room, user: conn.user.id, event });
-      for (const other of state.conns.keys()) {
+      for (const { conn: other } of state.members) {
         if (other.user !== conn.user) trySend(other, text);
       }
     }

@@ -59,6 +59,9 @@ export interface WebSocketAdapter {
   [Symbol.asyncDispose](): Promise<void>;
 }
 
+/** Sends a Buffer as a text frame. */
+const TEXT_FRAME = { binary: false } as const;
+
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' };
 
 /** Answers an upgrade on the raw socket, before any WebSocket exists. */
@@ -137,7 +140,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       send(text) {
         // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
         if (ws.readyState !== ws.OPEN) throw new Error('socket is not open');
-        ws.send(toBytes(text), { binary: false });
+        ws.send(toBytes(text), TEXT_FRAME);
       },
       close(code, reason) {
         ws.close(code, reason);

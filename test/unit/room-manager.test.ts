@@ -72,6 +72,20 @@ describe('RoomManager core (in-memory connections)', () => {
     for (const connection of [alice, bob, bobTab2]) expect(connection.of('message')).toHaveLength(1);
   });
 
+  it('still falls back when a send throws in a room whose reconciliation was reused', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    expect(await rooms.broadcast('a', 1)).toMatchObject({ delivered: 2, viaFallback: 0, online: 2, reached: 2 });
+    bob.failNext = 1;
+    expect(await rooms.broadcast('a', 2)).toMatchObject({ delivered: 2, viaFallback: 1, online: 2, reached: 2, failed: 0 });
+    const aliceTab2 = await openFake(rooms, 'alice');
+    expect(await rooms.broadcast('a', 3)).toMatchObject({ delivered: 3, online: 2, reached: 2 });
+    expect(alice.of('message')).toHaveLength(3);
+    expect(bob.of('message').map((m) => m.data)).toEqual([1, 2, 3]);
+    expect(aliceTab2.of('message').map((m) => m.data)).toEqual([3]);
+  });
+
   it('reports a connection that fails on both paths as failed and keeps serving the others', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
     const alice = await openFake(rooms, 'alice');
