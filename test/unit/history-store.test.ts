@@ -1,0 +1,140 @@
+import { describe, expect, it } from 'vitest';
+import { InMemoryHistoryStore, type StoredMessage } from '../../src/index.js';
+
+let ids = 0;
+function append(store: InMemoryHistoryStore, room: string, data: unknown = null): StoredMessage {
+  return store.append({ room, id: `m${++ids}`, from: 'alice', data, ts: 1_700_000_000_000 + ids });
+}
+
+function fill(store: InMemoryHistoryStore, room: string, count: number): StoredMessage[] {
+  return Array.from({ length: count }, (_, i) => append(store, room, i + 1));
+}
+
+const seqs = (messages: StoredMessage[] | null) => messages?.map((m) => m.seq) ?? null;
+
+describe('InMemoryHistoryStore: seq', () => {
+  it('starts at 1 and goes up by exactly 1 per message', () => {
+    const store = new InMemoryHistoryStore(10);
+    expect(store.latestSeq('a')).toBe(0);
+    const stored = fill(store, 'a', 25);
+    expect(stored.map((m) => m.seq)).toEqual(Array.from({ length: 25 }, (_, i) => i + 1));
+    expect(store.latestSeq('a')).toBe(25);
+  });
+
+  it('keeps the fields it was given and adds seq', () => {
+    const store = new InMemoryHistoryStore();
+    const stored = store.append({ room: 'a', id: 'x1', from: null, data: { text: 'hi' }, ts: 42 });
+    expect(stored).toEqual({ room: 'a', id: 'x1', from: null, data: { text: 'hi' }, ts: 42, seq: 1 });
+    expect(store.since('a', 0)).toEqual([stored]);
+  });
+
+  it('counts each room on its own', () => {
+    const store = new InMemoryHistoryStore(3);
+    expect(append(store, 'a').seq).toBe(1);
+    expect(append(store, 'b').seq).toBe(1);
+    expect(append(store, 'a').seq).toBe(2);
+    expect(append(store, 'a').seq).toBe(3);
+    expect(append(store, 'b').seq).toBe(2);
+    expect(store.latestSeq('a')).toBe(3);
+    expect(store.latestSeq('b')).toBe(2);
+    expect(store.latestSeq('c')).toBe(0);
+    expect(seqs(store.since('b', 0))).toEqual([1, 2]);
+    expect(store.since('b', 0)!.every((m) => m.room === 'b')).toBe(true);
+  });
+
+  it('keeps counting when it keeps nothing (limit 0)', () => {
+    const store = new InMemoryHistoryStore(0);
+    expect(fill(store, 'a', 3).map((m) => m.seq)).toEqual([1, 2, 3]);
+    expect(store.latestSeq('a')).toBe(3);
+  });
+
+  it.each([-1, 1.5, Number.NaN])('refuses the limit %s', (limit) => {
+    expect(() => new InMemoryHistoryStore(limit)).toThrow(RangeError);
+  });
+
+  it('keeps 500 messages per room by default', () => {
+    const store = new InMemoryHistoryStore();
+    expect(store.limit).toBe(500);
+    fill(store, 'a', 600);
+    expect(store.since('a', 100)).toHaveLength(500);
+    expect(store.since('a', 99)).toBeNull();
+  });
+});
+
+describe('InMemoryHistoryStore: since', () => {
+  it('returns exactly the messages after a seq, oldest first', () => {
+    const store = new InMemoryHistoryStore(10);
+    const stored = fill(store, 'a', 6);
+    expect(store.since('a', 0)).toEqual(stored);
+    expect(store.since('a', 3)).toEqual(stored.slice(3));
+    expect(seqs(store.since('a', 5))).toEqual([6]);
+    expect(store.since('a', 4)!.map((m) => m.data)).toEqual([5, 6]);
+  });
+
+  it('returns nothing (not a gap) for the latest seq', () => {
+    const store = new InMemoryHistoryStore(10);
+    fill(store, 'a', 4);
+    expect(store.since('a', 4)).toEqual([]);
+  });
+
+  it('stops at untilSeq', () => {
+    const store = new InMemoryHistoryStore(10);
+    fill(store, 'a', 8);
+    expect(seqs(store.since('a', 2, 5))).toEqual([3, 4, 5]);
+    expect(seqs(store.since('a', 0, 1))).toEqual([1]);
+    expect(seqs(store.since('a', 5, 5))).toEqual([]);
+    expect(seqs(store.since('a', 6, 100))).toEqual([7, 8]);
+  });
+
+  it('answers after the ring wrapped around, in order', () => {
+    const store = new InMemoryHistoryStore(4);
+    const stored = fill(store, 'a', 11);
+    expect(store.since('a', 7)).toEqual(stored.slice(7));
+    expect(seqs(store.since('a', 8, 10))).toEqual([9, 10]);
+  });
+
+  it('answers null (a gap) when the ring no longer reaches back to afterSeq + 1', () => {
+    const store = new InMemoryHistoryStore(3);
+    fill(store, 'a', 5); // keeps 3, 4, 5
+    expect(seqs(store.since('a', 2))).toEqual([3, 4, 5]);
+    expect(store.since('a', 1)).toBeNull();
+    expect(store.since('a', 0)).toBeNull();
+    expect(store.since('a', 1, 4)).toBeNull();
+  });
+
+  it('answers null when afterSeq is beyond the latest seq', () => {
+    const store = new InMemoryHistoryStore(10);
+    fill(store, 'a', 3);
+    expect(store.since('a', 4)).toBeNull();
+    expect(store.since('a', 1000)).toBeNull();
+  });
+
+  it('for a room it never saw: nothing after 0, a gap after anything else', () => {
+    const store = new InMemoryHistoryStore(10);
+    expect(store.since('nowhere', 0)).toEqual([]);
+    expect(store.since('nowhere', 1)).toBeNull();
+  });
+
+  it('with limit 0: nothing for the latest seq, a gap for anything older', () => {
+    const store = new InMemoryHistoryStore(0);
+    fill(store, 'a', 3);
+    expect(store.since('a', 3)).toEqual([]);
+    expect(store.since('a', 2)).toBeNull();
+    expect(store.since('a', 0)).toBeNull();
+    expect(store.since('a', 4)).toBeNull();
+  });
+
+  it('returns the message objects it stored, one per seq (property of a long run)', () => {
+    const store = new InMemoryHistoryStore(7);
+    const stored: StoredMessage[] = [];
+    for (let i = 0; i < 50; i++) {
+      stored.push(append(store, 'a', i));
+      const latest = stored.length;
+      for (let after = 0; after <= latest + 1; after++) {
+        const answer = store.since('a', after);
+        if (after > latest || after < latest - 7) expect(answer).toBeNull();
+        else expect(answer).toEqual(stored.slice(after));
+      }
+    }
+  });
+});
