@@ -46,6 +46,8 @@ export interface RoomManagerOptions {
   history?: number | HistoryStore | undefined;
   /** How long a room's `membersOf` answer is trusted. @default 30000 */
   membershipTtlMs?: number | undefined;
+  /** How long the authenticator may take before the upgrade is refused with 401. @default 10000 */
+  authTimeoutMs?: number | undefined;
   /** How long a membership loader call may take before it counts as failed. @default 5000 */
   loaderTimeoutMs?: number | undefined;
   /** Rooms whose `membersOf` answer is cached at once. @default 10000 */
@@ -97,7 +99,8 @@ const timeMs = z.number().int().min(0).or(z.literal(Number.POSITIVE_INFINITY));
 
 const rateLimit = z.object({ burst: positiveInt, perSecond: z.number().positive() });
 
-const optionsSchema = z.object({
+// Strict: a misspelled option is named in the error rather than silently ignored.
+const optionsSchema = z.strictObject({
   authenticate: fn('authenticate'),
   membership: z.object({
     roomsOf: fn('membership.roomsOf'),
@@ -114,6 +117,7 @@ const optionsSchema = z.object({
     ])
     .optional(),
   membershipTtlMs: timeMs.optional(),
+  authTimeoutMs: timeMs.optional(),
   loaderTimeoutMs: timeMs.optional(),
   membershipCacheSize: positiveInt.optional(),
   maxFrameBytes: positiveInt.optional(),
@@ -139,6 +143,7 @@ export interface ResolvedOptions {
   logger: Logger | undefined;
   history: number | HistoryStore;
   membershipTtlMs: number;
+  authTimeoutMs: number;
   loaderTimeoutMs: number;
   membershipCacheSize: number;
   maxFrameBytes: number;
@@ -171,6 +176,7 @@ export function resolveOptions(options: RoomManagerOptions): ResolvedOptions {
     logger: options.logger,
     history: options.history ?? 500,
     membershipTtlMs: options.membershipTtlMs ?? 30_000,
+    authTimeoutMs: options.authTimeoutMs ?? 10_000,
     loaderTimeoutMs: options.loaderTimeoutMs ?? 5_000,
     membershipCacheSize: options.membershipCacheSize ?? 10_000,
     maxFrameBytes: options.maxFrameBytes ?? 1024 * 1024,

@@ -14,7 +14,7 @@ import { decodeClientFrame } from './protocol/decode.js';
 import { encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
-import { withTimeout } from './timeout.js';
+import { TimeoutError, withTimeout } from './timeout.js';
 import { TokenBucket } from './token-bucket.js';
 import type { RateLimit } from './options.js';
 
@@ -234,11 +234,16 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (this.closing) throw HandshakeError.forbidden('server shutting down');
     let principal: Principal;
     try {
-      principal = await this.options.authenticate(handshake);
+      // A hung authenticator must not hold the upgrade's socket open forever.
+      principal = await withTimeout(
+        Promise.resolve().then(() => this.options.authenticate(handshake)),
+        this.options.authTimeoutMs,
+        'authenticate',
+      );
     } catch (error) {
       if (isHandshakeError(error)) throw error;
       this.reportError('authenticate', error, {});
-      throw HandshakeError.unauthorized('authentication failed', { cause: error });
+      throw HandshakeError.unauthorized(error instanceof TimeoutError ? 'authentication timed out' : 'authentication failed', { cause: error });
     }
     if (typeof principal !== 'object' || principal === null || typeof principal.id !== 'string' || principal.id === '') {
       const error = new TypeError('authenticator must return a principal with a non-empty string id');

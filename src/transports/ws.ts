@@ -64,6 +64,9 @@ const TEXT_FRAME = { binary: false } as const;
 
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' };
 
+/** The paths each server's roomwire adapters serve, so they can tell which upgrades nobody serves. */
+const adaptersByServer = new WeakMap<UpgradeSource, Map<string, object>>();
+
 /** Answers an upgrade on the raw socket, before any WebSocket exists. */
 function refuse(socket: Duplex, status: number, code: string, message: string): void {
   if (socket.destroyed) return;
@@ -168,8 +171,14 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     const query = url.indexOf('?');
     const pathname = query === -1 ? url : url.slice(0, query);
     if (pathname !== path) {
-      // Another listener may serve this path; when none exists, do not leave the socket hanging.
-      if (server.listenerCount('upgrade') <= 1) refuse(socket, 404, 'not_found', 'no WebSocket endpoint on this path');
+      // Another listener may serve this path. When every listener is a roomwire adapter and
+      // none serves it, the first adapter answers 404 so the socket is not left hanging.
+      const adapters = adaptersByServer.get(server);
+      if (!adapters || adapters.has(pathname)) return;
+      const first = adapters.values().next().value;
+      if (first === self && server.listenerCount('upgrade') <= adapters.size) {
+        refuse(socket, 404, 'not_found', 'no WebSocket endpoint on this path');
+      }
       return;
     }
     socket.on('error', () => socket.destroy());
@@ -203,6 +212,11 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       },
     );
   };
+  const self = {};
+  let adapters = adaptersByServer.get(server);
+  if (!adapters) adaptersByServer.set(server, (adapters = new Map()));
+  if (adapters.has(path)) throw new Error(`roomwire: a WebSocket adapter already serves ${path} on this server`);
+  adapters.set(path, self);
   server.on('upgrade', onUpgrade);
 
   let sweep: ReturnType<typeof setInterval> | undefined;
@@ -222,6 +236,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
 
   const shutdown = async (): Promise<void> => {
     server.off('upgrade', onUpgrade);
+    if (adaptersByServer.get(server)?.get(path) === self) adaptersByServer.get(server)?.delete(path);
     if (sweep) clearInterval(sweep);
     const open = [...clients];
     await Promise.race([

@@ -392,3 +392,31 @@ describe('frame size limit', () => {
     expect((await alice.request({ type: 'ping' })).type).toBe('pong');
   });
 });
+
+describe('upgrade: two adapters on one server', () => {
+  it('serves both paths and answers 404 for a path neither serves', async () => {
+    const s = await startServer({ membership: table() });
+    const { RoomManager } = await import('../../src/index.js');
+    const { attachWebSocket } = await import('../../src/transports/ws.js');
+    const other = new RoomManager({ authenticate: () => ({ id: 'bot' }), membership: table() });
+    const adapter = attachWebSocket(other, { server: s.server, path: '/bots' });
+    try {
+      expect(() => attachWebSocket(other, { server: s.server, path: '/bots' })).toThrow(/already serves/);
+      expect(await upgradeStatus(`ws://127.0.0.1:${s.port}/bots`)).toBe(101);
+      expect(await upgradeStatus(`ws://127.0.0.1:${s.port}/ws?token=${await tokenFor('alice')}`)).toBe(101);
+      expect(await upgradeStatus(`ws://127.0.0.1:${s.port}/nowhere`)).toBe(404);
+    } finally {
+      await other.close();
+      await adapter.close();
+    }
+  });
+});
+
+describe('upgrade: a hung authenticator', () => {
+  it('is refused with 401 after authTimeoutMs instead of holding the socket', async () => {
+    const s = await startServer({ membership: table(), authTimeoutMs: 50, authenticate: () => new Promise<never>(() => {}) });
+    const answer = await rawUpgrade(s, '/ws');
+    expect(answer.status).toBe(401);
+    expect(JSON.parse(answer.body)).toEqual({ error: { code: 'unauthorized', message: 'authentication timed out' } });
+  });
+});

@@ -158,3 +158,11 @@ describe('RoomManager options', () => {
     for (const name of ['authenticate', 'membership.membersOf', 'maxFrameBytes', 'presence']) expect(message).toContain(name);
   });
 });
+
+describe('RoomManager options: typos', () => {
+  it('names a misspelled option instead of ignoring it', () => {
+    const options = { authenticate: () => ({ id: 'a' }), membership: { roomsOf: () => [], membersOf: () => [] }, maxFramesBytes: 10 };
+    expect(() => new RoomManager(options as unknown as RoomManagerOptions)).toThrow(OptionsError);
+    expect(() => new RoomManager(options as unknown as RoomManagerOptions)).toThrow(/maxFramesBytes/);
+  });
+});
