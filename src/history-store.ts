@@ -1,7 +1,9 @@
+import { randomBytes } from 'node:crypto';
 import type { MaybePromise } from './membership-loader.js';
 
 /** One message as a room's history keeps it; the `message` frame carries the same fields. */
 export interface StoredMessage {
+  /** The room it was published into. */
   readonly room: string;
   /** Unique message id. */
   readonly id: string;
@@ -9,6 +11,7 @@ export interface StoredMessage {
   readonly seq: number;
   /** The sending user's id, or null for the server. */
   readonly from: string | null;
+  /** The JSON value broadcast. */
   readonly data: unknown;
   /** When it was accepted, in ms since the epoch. */
   readonly ts: number;
@@ -20,6 +23,13 @@ export interface StoredMessage {
  * path free of promises) or with a promise (a store over the network).
  */
 export interface HistoryStore {
+  /**
+   * Names this store's seq numbering; must change whenever seqs restart from 1 (a new
+   * in-memory store). Sent in `welcome` so a client resuming against a restarted server
+   * gets `history_gap` instead of messages that only look like the ones it missed.
+   * A durable store whose seqs never restart may leave it out.
+   */
+  readonly epoch?: string | undefined;
   /** Gives the message the room's next `seq`, keeps it, and returns it. */
   append(message: Omit<StoredMessage, 'seq'>): MaybePromise<StoredMessage>;
   /** The room's latest `seq`; 0 when it has none. */
@@ -69,6 +79,8 @@ class RoomHistory {
  * resumes against a restarted process gets `history_gap` and refetches from the app.
  */
 export class InMemoryHistoryStore implements HistoryStore {
+  /** Random per store: seqs restart with every new store. */
+  readonly epoch = randomBytes(8).toString('base64url');
   private readonly rooms = new Map<string, RoomHistory>();
 
   /** @param limit Messages kept per room. @default 500 */

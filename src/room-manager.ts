@@ -358,6 +358,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       protocol: PROTOCOL_VERSION,
       connectionId: conn.id,
       user: { id: conn.user.id },
+      ...(this.history.epoch === undefined ? {} : { epoch: this.history.epoch }),
       rooms: joined,
       heartbeatMs: this.options.heartbeatMs,
     });
@@ -601,6 +602,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     const withRef = ref === undefined ? {} : { ref };
+    // Seqs from another numbering (a restarted in-memory history) name other messages.
+    const otherEpoch = frame.epoch !== undefined && this.history.epoch !== undefined && frame.epoch !== this.history.epoch;
     // Room names are client strings: a null prototype keeps `__proto__` an ordinary key.
     const answered: Record<string, { replayed: number }> = Object.create(null) as Record<string, { replayed: number }>;
     for (const [room, afterSeq] of entries) {
@@ -621,7 +624,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.inRoomOrder(room, async () => {
         const membership = conn.rooms.get(room);
         const until = membership && membership.firstSeq > 0 ? membership.firstSeq - 1 : undefined;
-        const messages = await this.history.since(room, afterSeq, until);
+        const messages = otherEpoch && afterSeq > 0 ? null : await this.history.since(room, afterSeq, until);
         if (messages === null) {
           this.sendError(conn, 'history_gap', 'history no longer reaches back that far; refetch this room', { ref, room });
           return;

@@ -55,6 +55,7 @@ export const clientFrameSchemas = {
   resume: z.object({
     type: z.literal('resume'),
     rooms: roomSeqsSchema,
+    epoch: jsString(0, MAX_REF_LENGTH, 'epoch').optional(),
     ref: refSchema.optional(),
   }),
   /** The schema of {@link PingFrame}. */

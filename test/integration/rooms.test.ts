@@ -229,3 +229,22 @@ describe('rooms over real WebSockets', () => {
     }
   }, 60_000);
 });
+
+describe('resume across seq numberings', () => {
+  it('answers history_gap when the client resumes with the epoch of another numbering', async () => {
+    const s = await startServer({ membership: new MembershipTable({ chat: ['alice', 'bob'] }) });
+    await s.manager.broadcast('chat', 1);
+    await s.manager.broadcast('chat', 2);
+    const bob = await connect(s.url, 'bob');
+    const epoch = bob.welcome.epoch as string;
+    expect(epoch).toMatch(/^[\w-]+$/);
+    expect(await bob.request({ type: 'resume', rooms: { chat: 1 }, epoch })).toMatchObject({ type: 'message', seq: 2 });
+    expect(await bob.request({ type: 'resume', rooms: { chat: 1 }, epoch: 'from-a-restarted-server' })).toMatchObject({
+      type: 'error',
+      code: 'history_gap',
+      room: 'chat',
+    });
+    // Nothing seen (seq 0) is the same under any numbering: the whole history is replayed.
+    expect(await bob.request({ type: 'resume', rooms: { chat: 0 }, epoch: 'other' })).toMatchObject({ type: 'message', seq: 1 });
+  });
+});
