@@ -1,0 +1,189 @@
+import type { IncomingHttpHeaders } from 'node:http';
+import { pino, type Logger as PinoLogger } from 'pino';
+import type { Authenticator, RoomManager } from 'roomwire';
+import { API_ERRORS, API_ROUTES, ApiError, type ApiContext, type ApiErrorCode, type ApiReply, type ApiRoute } from './api.js';
+import { chatAuthenticator, resolveJwtSecret, userOfRequest } from './auth.js';
+import { ChatDatabase, DEFAULT_DATABASE_PATH } from './database.js';
+import { PAGE_ASSETS, bundleClient, type PageAsset } from './page.js';
+import { createRoomManager } from './realtime.js';
+
+/** Where the chat's WebSocket is served. */
+export const WS_PATH = '/api/v1/ws/chat';
+
+/** Largest request body either framework accepts; a larger one is answered 413 `too_large`. */
+export const BODY_LIMIT_BYTES = 1024 * 1024;
+
+/**
+ * A request as the shared app needs it, whatever framework received it. `body` is the raw
+ * text (undefined when there is none): the app parses JSON itself so that malformed JSON
+ * gets the same 400 from Express and Fastify.
+ */
+export interface ChatRequest {
+  headers: IncomingHttpHeaders;
+  params: unknown;
+  query: unknown;
+  body: unknown;
+}
+
+/** A response ready to write: status, headers and the payload text (none for 204). */
+export interface ChatResponse {
+  status: number;
+  headers: Record<string, string>;
+  payload: string | undefined;
+}
+
+/** One route for a framework to register; `handle` never throws. */
+export interface ChatRoute {
+  method: 'GET' | 'POST' | 'DELETE';
+  path: string;
+  handle(request: ChatRequest): Promise<ChatResponse>;
+}
+
+/** Options of {@link createChatApp}. Each falls back to its environment variable. */
+export interface ChatAppOptions {
+  /** A SQLite file or `:memory:`. @default `DATABASE_PATH`, else `data/chat.db` under the repository root */
+  databasePath?: string | undefined;
+  /** The HS256 secret tokens are signed and checked with. @default `JWT_SECRET`, else a demo secret (with a warning) */
+  jwtSecret?: string | undefined;
+  /** @default a pino logger at `LOG_LEVEL` (info) */
+  logger?: PinoLogger | undefined;
+}
+
+/** The chat, minus the framework: what `examples/express` and `examples/fastify` wire up. */
+export interface ChatApp {
+  readonly db: ChatDatabase;
+  readonly manager: RoomManager;
+  readonly logger: PinoLogger;
+  /** The page, its assets and every API route, in registration order. */
+  readonly routes: readonly ChatRoute[];
+  /** The answer for a path no route serves. */
+  notFound(): ChatResponse;
+  /** The answer for an error the framework raised before a route ran (a body too large, say). */
+  errorResponse(error: unknown): ChatResponse;
+  /** Closes the database. Close the manager and the HTTP server first. */
+  close(): void;
+}
+
+const JSON_TYPE = 'application/json; charset=utf-8';
+
+function json(status: number, body: unknown): ChatResponse {
+  if (body === undefined) return { status, headers: {}, payload: undefined };
+  return { status, headers: { 'content-type': JSON_TYPE, 'cache-control': 'no-store' }, payload: JSON.stringify(body) };
+}
+
+function errorBody(code: ApiErrorCode, message: string, status: number = API_ERRORS[code]): ChatResponse {
+  return json(status, { error: { code, message } });
+}
+
+/** The status a framework put on its own errors (body-parser's `status`, Fastify's `statusCode`). */
+function frameworkStatus(error: unknown): number | undefined {
+  if (typeof error !== 'object' || error === null) return undefined;
+  const { status, statusCode } = error as { status?: unknown; statusCode?: unknown };
+  const value = typeof statusCode === 'number' ? statusCode : status;
+  return typeof value === 'number' && value >= 400 && value < 600 ? value : undefined;
+}
+
+function parseJsonBody(body: unknown): unknown {
+  if (body === undefined || body === null) return undefined;
+  if (typeof body !== 'string') return body;
+  if (body.trim() === '') return undefined;
+  try {
+    return JSON.parse(body) as unknown;
+  } catch {
+    throw new ApiError('bad_request', 'the body is not valid JSON');
+  }
+}
+
+function stringRecord(value: unknown): Record<string, string> {
+  const out: Record<string, string> = {};
+  if (typeof value === 'object' && value !== null) {
+    for (const [key, item] of Object.entries(value)) if (typeof item === 'string') out[key] = item;
+  }
+  return out;
+}
+
+/** A pino logger at `LOG_LEVEL` (default info). */
+export function createLogger(): PinoLogger {
+  return pino({ level: process.env.LOG_LEVEL ?? 'info' });
+}
+
+/**
+ * Builds the chat: opens (and on first start seeds) the database, makes the JWT
+ * authenticator and the {@link RoomManager}, and returns the routes a framework registers.
+ * Starts bundling the roomwire client for the page in the background.
+ *
+ * @example
+ * ```ts
+ * const chat = createChatApp({ databasePath: ':memory:' });
+ * for (const route of chat.routes) register(route.method, route.path, route.handle);
+ * attachWebSocket(chat.manager, { server, path: WS_PATH });
+ * ```
+ */
+export function createChatApp(options: ChatAppOptions = {}): ChatApp {
+  const logger = options.logger ?? createLogger();
+  const jwtSecret = options.jwtSecret ?? resolveJwtSecret(process.env, logger);
+  const db = new ChatDatabase(options.databasePath ?? process.env.DATABASE_PATH ?? DEFAULT_DATABASE_PATH);
+  const authenticate: Authenticator = chatAuthenticator(db, jwtSecret);
+  const manager = createRoomManager({ db, authenticate, logger: logger.child({ component: 'roomwire' }) });
+  const context: ApiContext = { db, manager, jwtSecret, logger };
+
+  const failure = (error: unknown): ChatResponse => {
+    if (error instanceof ApiError) return errorBody(error.code, error.message);
+    const status = frameworkStatus(error);
+    if (status === 413) return errorBody('too_large', `the body is larger than ${BODY_LIMIT_BYTES} bytes`);
+    if (status !== undefined && status < 500) return errorBody('bad_request', 'the request could not be read', 400);
+    logger.error({ err: error }, 'request failed');
+    return errorBody('internal', 'internal error');
+  };
+
+  const apiRoute = (route: ApiRoute): ChatRoute => ({
+    method: route.method,
+    path: route.path,
+    async handle(request) {
+      try {
+        let user: string | undefined;
+        if (route.auth) {
+          user = await userOfRequest(authenticate, request.headers);
+          if (user === undefined) throw new ApiError('unauthorized', 'a valid Bearer token is required');
+        }
+        const reply: ApiReply = await route.handler(context, {
+          user,
+          params: stringRecord(request.params),
+          query: (request.query ?? {}) as Record<string, unknown>,
+          body: parseJsonBody(request.body),
+        });
+        return json(reply.status, reply.body);
+      } catch (error) {
+        return failure(error);
+      }
+    },
+  });
+
+  const assetRoute = (asset: PageAsset): ChatRoute => ({
+    method: 'GET',
+    path: asset.path,
+    async handle() {
+      try {
+        return { status: 200, headers: { 'content-type': asset.contentType, 'cache-control': 'no-cache' }, payload: await asset.load() };
+      } catch (error) {
+        logger.error({ err: error, path: asset.path }, 'page asset unavailable');
+        return errorBody('internal', `${asset.path} is unavailable; see the server log`);
+      }
+    },
+  });
+
+  // Bundling takes a moment: start now so the first page load does not wait for it.
+  bundleClient().catch((error: unknown) => {
+    logger.warn({ err: error }, 'could not bundle the roomwire client for the page (the API works without it)');
+  });
+
+  return {
+    db,
+    manager,
+    logger,
+    routes: [...PAGE_ASSETS.map(assetRoute), ...API_ROUTES.map(apiRoute)],
+    notFound: () => errorBody('not_found', 'no such route'),
+    errorResponse: failure,
+    close: () => db.close(),
+  };
+}

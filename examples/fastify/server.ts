@@ -1,0 +1,34 @@
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
+import { attachWebSocket } from 'roomwire/ws';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, type ChatResponse } from '../chat/app.js';
+import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
+
+function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): FastifyReply {
+  return reply.code(status).headers(headers).send(payload);
+}
+
+/**
+ * Starts the chat demo on Fastify 5: the shared app's routes, and roomwire's WebSocket on
+ * Fastify's node:http server (`app.server`) at `/api/v1/ws/chat`.
+ *
+ * @returns the listening server; `close()` it to stop (tests pass `port: 0`).
+ */
+export async function startFastifyChat(options: StartOptions = {}): Promise<RunningChatServer> {
+  const chat = createChatApp(options);
+  const app = Fastify({ loggerInstance: chat.logger, bodyLimit: BODY_LIMIT_BYTES });
+  // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+  const toRequest = (req: FastifyRequest) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body });
+  for (const route of chat.routes) {
+    app.route({ method: route.method, url: route.path, handler: async (req, reply) => send(reply, await route.handle(toRequest(req))) });
+  }
+  app.setNotFoundHandler((_req, reply) => send(reply, chat.notFound()));
+  app.setErrorHandler((error, _req, reply) => send(reply, chat.errorResponse(error)));
+
+  const adapter = attachWebSocket(chat.manager, { server: app.server, path: WS_PATH });
+  await app.listen({ port: options.port ?? DEFAULT_PORT, host: options.host ?? DEFAULT_HOST });
+  return running(chat, app.server, adapter, () => app.close());
+}
+
+if (isMain(import.meta.url)) await runFromCommandLine('fastify', startFastifyChat);
