@@ -28,8 +28,12 @@ export interface ConnectionHandlers {
 
 /** A read-only view of one open connection, as the inspection APIs return it. */
 export interface ConnectionInfo {
+  /** The connection's id (the one sent in `welcome`). */
   readonly id: string;
+  /** The id of the user it belongs to. */
   readonly user: string;
+  /** The rooms it is in. */
   readonly rooms: readonly string[];
+  /** When it opened, in ms since the epoch. */
   readonly openedAt: number;
 }

@@ -3,9 +3,11 @@
  * `RoomManager.broadcast`. Counts are of this process's connections.
  */
 export interface DeliveryReport {
+  /** The room the message was broadcast into. */
   readonly room: string;
   /** The message id. */
   readonly id: string;
+  /** The message's `seq` in the room. */
   readonly seq: number;
   /** Users the membership loader lists as participants of the room. */
   readonly participants: number;

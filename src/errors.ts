@@ -37,6 +37,7 @@ export const ERROR_CODES: readonly ErrorCode[] = [
  * ```
  */
 export class RoomwireError extends Error {
+  /** Always `'RoomwireError'`: what {@link isRoomwireError} checks. */
   override readonly name = 'RoomwireError';
   /** The protocol error code sent to the client. */
   readonly code: ErrorCode;
@@ -61,11 +62,15 @@ export type HandshakeStatus = 401 | 403;
  * @example
  * ```ts
  * import { HandshakeError } from 'roomwire';
+ *
+ * declare const token: string | undefined;
+ * declare const user: { banned: boolean };
  * if (!token) throw HandshakeError.unauthorized('missing token');
  * if (user.banned) throw HandshakeError.forbidden('user is banned');
  * ```
  */
 export class HandshakeError extends Error {
+  /** Always `'HandshakeError'`: what {@link isHandshakeError} and transports check. */
   override readonly name = 'HandshakeError';
   /** The HTTP status the upgrade is answered with. */
   readonly status: HandshakeStatus;
@@ -88,6 +93,7 @@ export class HandshakeError extends Error {
 
 /** Thrown by the `RoomManager` constructor when its options are invalid. */
 export class OptionsError extends Error {
+  /** Always `'OptionsError'`, to check by name where `instanceof` fails across copies. */
   override readonly name = 'OptionsError';
 }
 

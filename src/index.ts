@@ -1,3 +1,11 @@
+/**
+ * The core of roomwire: the {@link RoomManager}, the interfaces an application plugs into
+ * it ({@link Authenticator}, {@link MembershipLoader}, {@link HistoryStore}, {@link Logger})
+ * or a transport wraps a socket in ({@link Connection}), the errors, and the protocol v1
+ * codec. It imports no framework and no socket library.
+ *
+ * @module roomwire
+ */
 export { RoomManager } from './room-manager.js';
 export type {
   BroadcastOptions,
@@ -6,7 +14,7 @@ export type {
   RoomManagerEvents,
   RoomManagerStats,
 } from './room-manager.js';
-export type { RoomManagerOptions, PublishContext, SafeParser } from './options.js';
+export type { RoomManagerOptions, PublishContext, RateLimit, SafeParser } from './options.js';
 export type { Authenticator, Handshake, Principal } from './authenticator.js';
 export type { MembershipLoader, MaybePromise } from './membership-loader.js';
 export type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';

@@ -9,9 +9,16 @@ export interface LogFn {
  * of one) can be passed as it is. The default is silent.
  */
 export interface Logger {
+  /** Routine detail: connections closing, broadcasts and their clean delivery reports. */
   debug: LogFn;
+  /** Lifecycle: a connection's auto-join, the manager closing. */
   info: LogFn;
+  /**
+   * What went wrong and was recovered from: a failed loader call, send or hook, a delivery
+   * report with failures or fallback, a slow or abusive connection closed.
+   */
   warn: LogFn;
+  /** Failures roomwire cannot recover from; part of the shape so any pino logger fits. */
   error: LogFn;
 }
 

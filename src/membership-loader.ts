@@ -11,6 +11,11 @@ export type MaybePromise<T> = T | Promise<T>;
  * @example
  * ```ts
  * import type { MembershipLoader } from 'roomwire';
+ *
+ * declare const db: {
+ *   roomsOfUser(userId: string): Promise<string[]>;
+ *   usersInRoom(room: string): Promise<string[]>;
+ * };
  * const membership: MembershipLoader = {
  *   roomsOf: (user) => db.roomsOfUser(user.id),
  *   membersOf: (room) => db.usersInRoom(room),

@@ -11,6 +11,7 @@ export interface PublishContext {
   readonly user: Principal;
   /** The publishing connection's id. */
   readonly connectionId: string;
+  /** The room the client publishes into; the connection is in it. */
   readonly room: string;
   /** The client's `data`, after `publishSchema` when one is set. */
   readonly data: unknown;
@@ -22,12 +23,27 @@ export interface PublishContext {
  * Any validator with zod's `safeParse` shape (zod 3 or 4, or a compatible library).
  */
 export interface SafeParser {
-  safeParse(input: unknown): { success: true; data: unknown } | { success: false; error: unknown };
+  /** Validates a publish's `data` without throwing. */
+  safeParse(input: unknown):
+    | {
+        /** The data is valid. */
+        success: true;
+        /** The parsed value; it replaces the client's `data`. */
+        data: unknown;
+      }
+    | {
+        /** The data is invalid: the publisher gets `bad_request`. */
+        success: false;
+        /** Why; its `issues` (zod's shape: `path`, `message`) are sent as `details.issues`. */
+        error: unknown;
+      };
 }
 
 /** A token bucket: `burst` frames at once, refilled at `perSecond`. */
 export interface RateLimit {
+  /** Frames allowed at once, from a full bucket. */
   burst: number;
+  /** Frames the bucket refills per second. */
   perSecond: number;
 }
 

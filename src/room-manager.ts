@@ -214,7 +214,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** The limits transports enforce before the core sees a frame. */
-  get limits(): { maxFrameBytes: number; heartbeatMs: number } {
+  get limits(): {
+    /** Largest frame a client may send, in bytes; a transport closes the connection with 1009 on a larger one. */
+    maxFrameBytes: number;
+    /** How often a transport pings each connection, in ms; one that missed the last ping is dropped. */
+    heartbeatMs: number;
+  } {
     return { maxFrameBytes: this.options.maxFrameBytes, heartbeatMs: this.options.heartbeatMs };
   }
 

@@ -1,5 +1,6 @@
 /** Raised when a membership loader call takes longer than `loaderTimeoutMs`. */
 export class TimeoutError extends Error {
+  /** Always `'TimeoutError'`, to check by name where `instanceof` fails across copies. */
   override readonly name = 'TimeoutError';
 }
 

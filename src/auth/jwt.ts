@@ -1,3 +1,9 @@
+/**
+ * A JWT {@link Authenticator} built on [jose](https://github.com/panva/jose): HS256
+ * secrets, public keys or a JWKS endpoint. Needs the optional peer dependency `jose`.
+ *
+ * @module roomwire/auth/jwt
+ */
 import { createRemoteJWKSet, errors as joseErrors, jwtVerify, type JWTPayload, type JWTVerifyGetKey } from 'jose';
 import type { KeyObject, webcrypto } from 'node:crypto';
 import type { Authenticator, Handshake, Principal } from '../authenticator.js';

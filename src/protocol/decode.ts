@@ -5,15 +5,30 @@ import { clientFrameSchemas, type ClientFrameType } from './schemas.js';
 
 /** Why a frame was refused: becomes one `error` frame. */
 export interface DecodeError {
+  /** `unknown_type` for a `type` the protocol does not have, else `bad_request`. */
   code: Extract<ErrorCode, 'bad_request' | 'unknown_type'>;
+  /** What is wrong, for people. */
   message: string;
   /** The frame's `ref`, when it had a valid one. */
   ref?: string;
+  /** For a frame that failed its schema: `issues`, each a `path` and a `message`. */
   details?: unknown;
 }
 
 /** The outcome of {@link decodeClientFrame}. */
-export type DecodeResult = { ok: true; frame: ClientFrame } | { ok: false; error: DecodeError };
+export type DecodeResult =
+  | {
+      /** The frame is valid. */
+      ok: true;
+      /** The decoded frame, its fields checked against its schema. */
+      frame: ClientFrame;
+    }
+  | {
+      /** The frame was refused. */
+      ok: false;
+      /** Why; send it back as an `error` frame. */
+      error: DecodeError;
+    };
 
 const textDecoder = new TextDecoder('utf-8', { fatal: true });
 

@@ -19,7 +19,7 @@ export interface UpgradeSource {
   on(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
   /** Removes it again when the adapter closes. */
   off(event: 'upgrade', listener: (request: IncomingMessage, socket: Duplex, head: Buffer) => void): unknown;
-  /** Tells whether another listener may serve paths the adapter does not (else they get 404). */
+  /** Tells whether a listener other than roomwire's adapters may serve a path none of them serves (else it gets 404). */
   listenerCount(event: 'upgrade'): number;
 }
 
