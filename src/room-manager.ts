@@ -11,7 +11,7 @@ import { silentLogger, type Logger } from './logger.js';
 import { MembershipCache, toStringSet, type MembersSnapshot } from './membership-cache.js';
 import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from './options.js';
 import { decodeClientFrame } from './protocol/decode.js';
-import { encodeServerFrame } from './protocol/encode.js';
+import { encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
 import { TimeoutError, withTimeout } from './timeout.js';
@@ -338,23 +338,32 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // The user is still served: ensure-participants repairs membership on the next broadcast.
       this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
     }
-    if (conn.state === 'closed') return;
     const joined: string[] = [];
     for (const room of rooms) {
       if (!isValidRoom(room)) {
         this.logger.warn({ user: conn.user.id, room: String(room).slice(0, 300) }, 'roomsOf returned an invalid room name; skipped');
         continue;
       }
-      if (conn.rooms.size >= this.options.maxRoomsPerConnection) {
+      if (joined.length >= this.options.maxRoomsPerConnection) {
         this.logger.warn(
           { user: conn.user.id, rooms: rooms.length, limit: this.options.maxRoomsPerConnection },
           `user ${conn.user.id} has more rooms than maxRoomsPerConnection; auto-joined the first ${joined.length}`,
         );
         break;
       }
-      this.addToRoom(conn, room, 'member', 'auto');
       joined.push(room);
     }
+    // Where each room stands, read before the joins so that nothing can be sent to the
+    // connection before welcome. A synchronous store answers in the same tick as the joins;
+    // an asynchronous one may answer a seq slightly behind, and a resume from it replays
+    // exactly what the client missed.
+    const seqs: Record<string, number> = Object.create(null) as Record<string, number>;
+    for (const room of joined) {
+      const latest = this.history.latestSeq(room);
+      seqs[room] = latest instanceof Promise ? await latest : latest;
+    }
+    if (conn.state === 'closed') return;
+    for (const room of joined) this.addToRoom(conn, room, 'member', 'auto');
     conn.state = 'open';
     conn.user.open++;
     this.topology++;
@@ -365,6 +374,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       user: { id: conn.user.id },
       ...(this.history.epoch === undefined ? {} : { epoch: this.history.epoch }),
       rooms: joined,
+      seqs,
       heartbeatMs: this.options.heartbeatMs,
     });
     if (this.logging) {
@@ -387,7 +397,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     conn.expiryTimer = setTimeout(() => this.armExpiry(conn), Math.min(delay, MAX_TIMER_MS));
-    conn.expiryTimer.unref?.();
+    // Not unref'd: Node keeps a timer list alive after clearTimeout of an unref'd timer
+    // with a unique duration, one per connection. The socket keeps the process alive anyway.
   }
 
   private release(conn: ConnState, code: number, reason: string): void {
@@ -442,6 +453,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.refuseOverLimit(conn, frame.type === 'publish' ? 'publish' : 'join', frame.ref);
       return;
     }
+    // Shutting down: anything accepted now could be neither delivered nor acknowledged; the
+    // client resends it (same cid) after it reconnects elsewhere.
+    if (this.closing) return;
     if (conn.inflight >= MAX_INFLIGHT_FRAMES) {
       this.sendError(conn, 'rate_limited', 'too many frames waiting; slow down', { ref: frame.ref });
       return;
@@ -522,7 +536,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
       return;
     }
-    this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room), ...(ref === undefined ? {} : { ref }) });
+    // In room order, so the seq cannot name a message that has not been sent yet.
+    await this.inRoomOrder(room, async () => {
+      this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room), ...(ref === undefined ? {} : { ref }) });
+    });
   }
 
   private handleLeave(conn: ConnState, frame: LeaveFrame): void {
@@ -667,17 +684,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     data: unknown,
     except: ConnState | undefined,
   ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
+    let dataJson: string;
+    try {
+      dataJson = encodeData(data);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const stored = data === undefined ? null : data;
     return this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
-      const appended = this.history.append({ room, id: this.nextId(), from, data, ts: Date.now() });
+      const appended = this.history.append({ room, id: this.nextId(), from, data: stored, ts: Date.now() });
       const message = appended instanceof Promise ? await appended : appended;
-      return { message, report: this.fanOut(message, snapshot, except) };
+      return { message, report: this.fanOut(message, snapshot, except, dataJson) };
     });
   }
 
   /** Ensure participants, room broadcast, fallback and report: one synchronous pass. */
-  private fanOut(message: StoredMessage, snapshot: MembersSnapshot, except: ConnState | undefined): DeliveryReport {
+  private fanOut(message: StoredMessage, snapshot: MembersSnapshot, except: ConnState | undefined, dataJson: string): DeliveryReport {
     const { room, id, seq } = message;
     // The cache's current set, so an addMember/removeMember made while this broadcast
     // awaited its seq is already honoured.
@@ -698,7 +722,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.logger.debug({ room, id, seq, participants: users?.size ?? 0 }, `broadcasting to room ${room}: ${users?.size ?? 0} participants`);
     }
 
-    const text = encodeServerFrame({ type: 'message', room, id, seq, from: message.from, data: message.data, ts: message.ts });
+    const text = encodeMessageFrame(message, dataJson);
     let delivered = 0;
     let roomFailures = 0;
     let slow = 0;

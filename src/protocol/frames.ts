@@ -84,6 +84,11 @@ export interface WelcomeFrame {
    * in-memory history restarted). A client sends it back in `resume`.
    */
   epoch?: string;
+  /**
+   * Each auto-joined room's latest `seq` when the connection entered it (0 when it has
+   * none), so a client knows where to resume from without asking per room.
+   */
+  seqs?: Record<string, number>;
   /** The rooms the connection was auto-joined to before this frame was sent. */
   rooms: string[];
   /** How often the server pings, in ms; a client may use it to detect a dead link. */
