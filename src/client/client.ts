@@ -1,0 +1,547 @@
+import type { AckFrame, ClientFrame, JoinedFrame, JoinFrame, LeaveFrame, PublishFrame, ServerFrame, WelcomeFrame } from '../protocol/frames.js';
+import { CloseCode, MAX_CID_LENGTH, MAX_ROOM_LENGTH, SUBPROTOCOL } from '../protocol/limits.js';
+import { backoffDelay } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { ClientError, fromErrorFrame } from './errors.js';
+import type { ClientEvents, ClientState } from './events.js';
+import { createCidGenerator } from './ids.js';
+import type { ClientOptions } from './options.js';
+import { RoomCursors } from './room-cursors.js';
+import type { WebSocketConstructor, WebSocketLike } from './websocket.js';
+
+/** Options of one {@link RoomwireClient.publish}. */
+export interface PublishOptions {
+  /**
+   * The client message id. The server delivers a publish once per `cid` (within its dedupe
+   * window, 5 minutes by default), so a retry with the same `cid` cannot duplicate it.
+   * Pass your own to retry safely after a `timeout`. @default a fresh unique id
+   */
+  cid?: string | undefined;
+  /** How long to wait for the `ack`, queue time included. @default the client's `publishTimeoutMs` */
+  timeoutMs?: number | undefined;
+}
+
+/** A connection to a roomwire server that survives network loss; made by {@link connect}. */
+export interface RoomwireClient {
+  /** Where the client stands; the `state` event reports each change. */
+  readonly state: ClientState;
+  /** The server's id of the current connection; undefined while not open. */
+  readonly connectionId: string | undefined;
+  /** The rooms the connection is in: the auto-joined ones, plus joined, minus left. */
+  readonly rooms: ReadonlySet<string>;
+  /** The `seq` of the last message seen in `room` (or its position when joined); 0 when none. */
+  lastSeq(room: string): number;
+  /** Subscribes to an event; returns the function that unsubscribes. */
+  on<E extends keyof ClientEvents>(event: E, listener: ClientEvents[E]): () => void;
+  /**
+   * Enters a room that is not the user's own (the server's `canJoin` decides). Joined
+   * rooms are joined again after every reconnect.
+   * @throws {ClientError} `forbidden`, `timeout`, `closed`, `queue_full`.
+   */
+  join(room: string): Promise<{
+    /** The room joined. */
+    room: string;
+    /** The room's latest `seq` (0 when it has none); messages after it arrive as `message` events. */
+    seq: number;
+  }>;
+  /**
+   * Leaves a room; the client leaves it again after every reconnect, since the server's
+   * auto-join puts a new connection back in the user's rooms.
+   * @throws {ClientError} `timeout`, `closed`, `queue_full`.
+   */
+  leave(room: string): Promise<void>;
+  /**
+   * Publishes `data` (any JSON) into a room; resolves with the server's `ack`. While
+   * disconnected the publish waits in a queue; one in flight when the connection drops is
+   * sent again with the same `cid`, so it is delivered once.
+   * @throws {ClientError} the server's code (`forbidden`, `too_large`, `bad_request`, …),
+   * or `timeout`, `closed`, `queue_full`.
+   */
+  publish(
+    room: string,
+    data: unknown,
+    options?: PublishOptions,
+  ): Promise<{
+    /** The room published into. */
+    room: string;
+    /** The message's id, the same one other connections receive. */
+    id: string;
+    /** The message's `seq` in the room. */
+    seq: number;
+  }>;
+  /** Closes the connection for good: no reconnect, pending promises reject with `closed`. */
+  close(): void;
+}
+
+/** A frame waiting for its answer. */
+interface Request {
+  /** The encoded frame, `ref` included: sent again as it is after a reconnect. */
+  readonly text: string;
+  /** The app's requests survive reconnects; the client's own belong to one connection. */
+  readonly keep: boolean;
+  /** Handles an answer (or the client's own error); false keeps the request waiting for more. */
+  settle(reply: ServerFrame | ClientError): boolean | void;
+}
+
+/**
+ * Joins that learn where auto-joined rooms stand: a first burst, then one per interval.
+ * Servers limit join frames (by default 50 at once, then 10 a second, and a connection
+ * that keeps exceeding that is closed with 4008), so this stays well inside, with room
+ * left for the app's own joins.
+ */
+const BASELINE_BURST = 20;
+const BASELINE_INTERVAL_MS = 200;
+const noop = (): void => {};
+
+/**
+ * Connects to a roomwire server and stays connected: reconnects with backoff, resumes
+ * every room from the last message seen, and queues publishes while offline.
+ *
+ * @example
+ * ```ts
+ * import { connect } from 'roomwire/client';
+ *
+ * declare function fetchToken(): Promise<string>;
+ * declare function render(room: string, data: unknown): void;
+ * declare function refetch(room: string): void;
+ *
+ * const client = connect({ url: 'wss://example.com/ws', token: () => fetchToken() });
+ * client.on('message', (m) => render(m.room, m.data));
+ * client.on('gap', ({ room }) => refetch(room));
+ * await client.publish('conversation:42', { text: 'hello' });
+ * ```
+ */
+export function connect(options: ClientOptions): RoomwireClient {
+  const WebSocketClass = options.WebSocket ?? (globalThis as { WebSocket?: WebSocketConstructor }).WebSocket;
+  if (!WebSocketClass) throw new TypeError('roomwire/client: no global WebSocket; pass one as the WebSocket option (the ws package on Node 20)');
+  const { url, token } = options;
+  const reconnect = options.reconnect ?? {};
+  const minDelay = reconnect.minDelayMs ?? 500;
+  const maxDelay = reconnect.maxDelayMs ?? 20_000;
+  const factor = reconnect.factor ?? 2;
+  const timeoutMs = options.publishTimeoutMs ?? 10_000;
+  const queueLimit = options.queueLimit ?? 100;
+
+  const events = new Emitter<ClientEvents>();
+  const cursors = new RoomCursors((message) => events.emit('message', message));
+  const nextCid = createCidGenerator();
+  const requests = new Map<string, Request>();
+  // A new connection is auto-joined to the user's rooms only; these make the app's own
+  // join and leave calls outlive the connection they were made on.
+  const joinedByApp = new Set<string>();
+  const leftByApp = new Set<string>();
+  let rooms = new Set<string>();
+  let state: ClientState = 'connecting';
+  let socket: WebSocketLike | undefined;
+  /** True once the current socket delivered `welcome`. */
+  let open = false;
+  let everOpen = false;
+  let connectionId: string | undefined;
+  let heartbeatMs = options.heartbeatMs ?? 25_000;
+  let lastFrameAt = 0;
+  let refs = 0;
+  let retries = 0;
+  /** Bumped per attempt, so a slow token function's answer for an abandoned attempt is ignored. */
+  let attempt = 0;
+  let usedToken: string | undefined;
+  /** The token the server closed with 1008: not offered again. */
+  let refusedToken: string | undefined;
+  let retryTimer: ReturnType<typeof setTimeout> | undefined;
+  let deadTimer: ReturnType<typeof setTimeout> | undefined;
+  let pingTimer: ReturnType<typeof setInterval> | undefined;
+  let baselines: string[] = [];
+  let baselineBudget = 0;
+  let baselineTimer: ReturnType<typeof setTimeout> | undefined;
+  /** The server's seq numbering (welcome.epoch); null before the first welcome. */
+  let epoch: string | undefined | null = null;
+
+  const setState = (next: ClientState): void => {
+    if (state === next) return;
+    state = next;
+    events.emit('state', next);
+  };
+
+  const send = (text: string): void => {
+    try {
+      socket?.send(text);
+    } catch {
+      // The socket is closing: its close handler takes over, and requests are sent again.
+    }
+  };
+
+  const request = (frame: ClientFrame, keep: boolean, settle: Request['settle']): string => {
+    const ref = (++refs).toString(36);
+    const text = JSON.stringify({ ...frame, ref });
+    requests.set(ref, { text, keep, settle });
+    if (open) send(text);
+    return ref;
+  };
+
+  /** Sends one of the app's requests and settles its promise with the answer. */
+  const call = <T>(frame: JoinFrame | LeaveFrame | PublishFrame, wait: number, answer: (reply: ServerFrame) => T): Promise<T> =>
+    new Promise<T>((resolve, reject) => {
+      const { room } = frame;
+      if (state === 'closed') return reject(new ClientError('closed', 'the client is closed', { room }));
+      if (typeof room !== 'string' || room.length < 1 || room.length > MAX_ROOM_LENGTH) {
+        return reject(new ClientError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`));
+      }
+      if (!open && requests.size >= queueLimit) {
+        return reject(new ClientError('queue_full', `${queueLimit} requests are already waiting for a connection`, { room }));
+      }
+      let ref = '';
+      const timer = setTimeout(() => {
+        requests.delete(ref);
+        reject(new ClientError('timeout', `no answer from the server within ${wait} ms`, { room }));
+      }, wait);
+      try {
+        ref = request(frame, true, (reply) => {
+          clearTimeout(timer);
+          if (reply instanceof ClientError) reject(reply);
+          else if (reply.type === 'error') reject(fromErrorFrame(reply));
+          else resolve(answer(reply));
+        });
+      } catch (error) {
+        clearTimeout(timer);
+        reject(new ClientError('bad_request', 'data is not JSON-serializable', { room, cause: error }));
+      }
+    });
+
+  /** The connection is out of `room`, by the app's leave or the server's word. */
+  const lose = (room: string): void => {
+    rooms.delete(room);
+    cursors.forget(room);
+    joinedByApp.delete(room);
+    events.emit('left', { room });
+  };
+
+  /**
+   * `welcome` carries no seq per room, so the client asks with a `join` (a no-op on the
+   * server for a room the connection is in, answered with the room's latest seq), paced
+   * by {@link BASELINE_BURST} and {@link BASELINE_INTERVAL_MS}. Without it, a resume would
+   * have to start from 0 and replay history the app already has.
+   */
+  const pumpBaselines = (): void => {
+    while (open && baselineBudget > 0 && baselines.length > 0) {
+      const room = baselines.shift() as string;
+      if (!rooms.has(room) || cursors.seq(room) !== undefined) continue;
+      baselineBudget--;
+      request({ type: 'join', room }, false, (reply) => {
+        if (reply instanceof ClientError || reply.type !== 'error' || reply.code !== 'rate_limited') return;
+        baselines.push(room);
+        pumpBaselines();
+      });
+    }
+    if (open && baselines.length > 0 && !baselineTimer) {
+      baselineTimer = setTimeout(() => {
+        baselineTimer = undefined;
+        baselineBudget = 1;
+        pumpBaselines();
+      }, BASELINE_INTERVAL_MS);
+    }
+  };
+
+  const ping = (): void => send('{"type":"ping"}');
+
+  /** Drops the connection when no frame came for two heartbeats. */
+  const watch = (): void => {
+    clearTimeout(deadTimer);
+    const left = lastFrameAt + 2 * heartbeatMs - Date.now();
+    if (left > 0) deadTimer = setTimeout(watch, left);
+    else lost(1006);
+  };
+
+  const welcome = (frame: WelcomeFrame): void => {
+    open = everOpen = true;
+    retries = 0;
+    connectionId = frame.connectionId;
+    // A zero or missing value from the server must not turn the ping interval into a busy loop.
+    heartbeatMs = options.heartbeatMs ?? (frame.heartbeatMs > 0 ? frame.heartbeatMs : heartbeatMs);
+    clearInterval(pingTimer);
+    pingTimer = setInterval(ping, heartbeatMs);
+    watch();
+
+    const previous = rooms;
+    rooms = new Set(frame.rooms);
+    // Another numbering (an in-memory history restarted): the old seqs name other
+    // messages, so no room can be resumed. Checked here too, not only by the server, in
+    // case the last connection dropped before its resume was answered.
+    if (epoch !== null && frame.epoch !== epoch) for (const room of previous) cursors.forget(room);
+    epoch = frame.epoch;
+    for (const room of leftByApp) if (rooms.delete(room)) request({ type: 'leave', room }, false, noop);
+    for (const room of joinedByApp) {
+      if (rooms.has(room)) continue;
+      rooms.add(room);
+      request({ type: 'join', room }, false, (reply) => {
+        if (reply instanceof ClientError || reply.type !== 'error') return;
+        if (rooms.has(room)) lose(room);
+        events.emit('error', fromErrorFrame(reply));
+      });
+    }
+    // The app's requests (queued, or in flight when the last connection dropped) go again
+    // with the same ref and cid, before the resume: their acks mark the app's own messages
+    // as seen, so the replay does not hand them back.
+    for (const pending of requests.values()) if (pending.keep) send(pending.text);
+
+    const resume: Record<string, number> = {};
+    let resuming = false;
+    for (const room of previous) {
+      const seq = cursors.seq(room);
+      if (seq !== undefined) {
+        resume[room] = seq;
+        rooms.add(room);
+        // Messages published since this connection opened arrive live before the replay;
+        // they wait until the replay is complete.
+        cursors.hold(room);
+        resuming = true;
+      } else if (rooms.has(room)) {
+        // Where the room stood is unknown (the last connection dropped before the client
+        // learned it, or the seqs restarted), so what was missed cannot be asked for.
+        events.emit('gap', { room });
+      } else {
+        rooms.add(room);
+        lose(room);
+      }
+    }
+    if (resuming) {
+      request({ type: 'resume', rooms: resume, ...(epoch === undefined ? {} : { epoch }) }, false, (reply) => {
+        if (reply instanceof ClientError) return;
+        if (reply.type === 'error' && reply.room !== undefined) {
+          const room = reply.room;
+          if (reply.code === 'forbidden') {
+            if (rooms.has(room)) lose(room);
+          } else {
+            // history_gap, or the room could not be replayed now (rate_limited): either
+            // way its missed messages will not come, and the app must refetch it.
+            events.emit('gap', { room });
+            cursors.release(room, true);
+            if (cursors.seq(room) === undefined) {
+              baselines.push(room);
+              pumpBaselines();
+            }
+          }
+          return false;
+        }
+        cursors.releaseAll();
+        if (reply.type === 'error') events.emit('error', fromErrorFrame(reply));
+      });
+    }
+    // The server tells where each auto-joined room stands; older servers do not, and then
+    // the client asks with one join per room.
+    if (frame.seqs) {
+      for (const room of frame.rooms) {
+        const seq = frame.seqs[room];
+        if (typeof seq === 'number' && cursors.seq(room) === undefined) cursors.advance(room, seq);
+      }
+    }
+    baselines = [...rooms].filter((room) => cursors.seq(room) === undefined);
+    baselineBudget = BASELINE_BURST;
+    pumpBaselines();
+    setState('open');
+    events.emit('welcome', frame);
+  };
+
+  const receive = (frame: ServerFrame): void => {
+    switch (frame.type) {
+      case 'welcome':
+        if (!open) welcome(frame);
+        return;
+      case 'message':
+        // Only a resume's replay carries a ref on a message.
+        cursors.receive(frame, frame.ref !== undefined);
+        return;
+      case 'presence':
+        events.emit('presence', frame);
+        return;
+      case 'joined':
+        if (!cursors.isHeld(frame.room)) cursors.advance(frame.room, frame.seq);
+        if (!rooms.has(frame.room)) {
+          rooms.add(frame.room);
+          events.emit('joined', { room: frame.room, seq: frame.seq });
+        }
+        break;
+      case 'left':
+        if (rooms.has(frame.room)) lose(frame.room);
+        else cursors.forget(frame.room);
+        break;
+      case 'ack':
+        cursors.remember(frame.id);
+        // Everything before the ack's seq reached this connection first: the room is current.
+        if (!cursors.isHeld(frame.room)) cursors.advance(frame.room, frame.seq);
+        break;
+      case 'error':
+        if (frame.ref === undefined || !requests.has(frame.ref)) {
+          events.emit('error', fromErrorFrame(frame));
+          return;
+        }
+        break;
+      default:
+        break;
+    }
+    if (frame.ref === undefined) return;
+    const pending = requests.get(frame.ref);
+    if (pending && pending.settle(frame) !== false) requests.delete(frame.ref);
+  };
+
+  /** Forgets the current socket; `graceful` closes it normally, else it is dropped at once. */
+  const stopSocket = (graceful: boolean): void => {
+    clearTimeout(deadTimer);
+    clearInterval(pingTimer);
+    clearTimeout(baselineTimer);
+    baselineTimer = undefined;
+    baselines = [];
+    const ws = socket;
+    socket = undefined;
+    open = false;
+    connectionId = undefined;
+    if (!ws) return;
+    ws.onopen = null;
+    ws.onmessage = null;
+    ws.onclose = null;
+    // ws throws an 'error' event that has no listener.
+    ws.onerror = noop;
+    try {
+      // A dead peer never answers a close handshake: ws would hold the socket 30 s.
+      const terminate = (ws as { terminate?: () => void }).terminate;
+      if (!graceful && terminate) terminate.call(ws);
+      else ws.close(1000);
+    } catch {
+      // Already closed.
+    }
+  };
+
+  const retry = (delay = backoffDelay(retries++, minDelay, maxDelay, factor)): void => {
+    retryTimer = setTimeout(() => void connectOnce(), delay);
+  };
+
+  const lost = (code: number): void => {
+    stopSocket(false);
+    for (const [ref, pending] of requests) if (!pending.keep) requests.delete(ref);
+    cursors.dropHolds();
+    if (state === 'closed') return;
+    if (code === CloseCode.PolicyViolation) {
+      if (typeof token !== 'function') {
+        fail(new ClientError('unauthorized', 'the server closed the connection: credentials expired or revoked (1008)'));
+        return;
+      }
+      refusedToken = usedToken;
+    }
+    if (code === CloseCode.GoingAway) {
+      // The server is shutting down on purpose: another process can take us now.
+      retries = 0;
+      retry(Math.random() * minDelay);
+    } else if (code === CloseCode.TooSlow) {
+      retry(maxDelay * (0.5 + Math.random() / 2));
+    } else {
+      retry();
+    }
+    if (everOpen) setState('reconnecting');
+  };
+
+  const connectOnce = async (): Promise<void> => {
+    const current = ++attempt;
+    let value: string | undefined;
+    try {
+      value = typeof token === 'function' ? await token() : token;
+    } catch (error) {
+      if (current !== attempt || state === 'closed') return;
+      events.emit('error', new ClientError('unauthorized', 'the token function failed', { cause: error }));
+      return retry();
+    }
+    if (current !== attempt || state === 'closed') return;
+    // After 1008 the same token would be refused again: wait for the app to refresh it.
+    if (refusedToken !== undefined && value === refusedToken) return retry();
+    refusedToken = undefined;
+    usedToken = value;
+    let target = url;
+    const protocols = [SUBPROTOCOL];
+    if (value !== undefined) {
+      if (options.tokenTransport === 'query') target += `${url.includes('?') ? '&' : '?'}token=${encodeURIComponent(value)}`;
+      else protocols.push(`bearer.${value}`);
+    }
+    let ws: WebSocketLike;
+    try {
+      ws = new WebSocketClass(target, protocols);
+    } catch (error) {
+      return fail(new ClientError('bad_request', `cannot open a WebSocket to ${url}`, { cause: error }));
+    }
+    socket = ws;
+    // The heartbeat window also bounds the handshake and the wait for welcome.
+    lastFrameAt = Date.now();
+    watch();
+    ws.onopen = () => {
+      pingTimer = setInterval(ping, heartbeatMs);
+    };
+    ws.onmessage = (event) => {
+      if (ws !== socket) return;
+      lastFrameAt = Date.now();
+      if (typeof event.data !== 'string') return;
+      let frame: ServerFrame;
+      try {
+        frame = JSON.parse(event.data) as ServerFrame;
+      } catch {
+        return;
+      }
+      if (typeof frame === 'object' && frame !== null && typeof frame.type === 'string') receive(frame);
+    };
+    ws.onclose = (event) => {
+      if (ws === socket) lost(event.code);
+    };
+    ws.onerror = noop;
+  };
+
+  const fail = (error: ClientError): void => {
+    events.emit('error', error);
+    close();
+  };
+
+  const close = (): void => {
+    if (state === 'closed') return;
+    state = 'closed';
+    attempt++;
+    clearTimeout(retryTimer);
+    stopSocket(true);
+    cursors.dropHolds();
+    rooms = new Set();
+    const pending = [...requests.values()];
+    requests.clear();
+    for (const entry of pending) entry.settle(new ClientError('closed', 'the client was closed before the server answered'));
+    events.emit('state', 'closed');
+  };
+
+  // After this call returns, so the caller can subscribe to events first.
+  void Promise.resolve().then(connectOnce);
+
+  return {
+    get state() {
+      return state;
+    },
+    get connectionId() {
+      return connectionId;
+    },
+    get rooms(): ReadonlySet<string> {
+      return rooms;
+    },
+    lastSeq: (room) => cursors.seq(room) ?? 0,
+    on: (event, listener) => events.on(event, listener),
+    join: (room) =>
+      call({ type: 'join', room }, timeoutMs, (reply) => {
+        joinedByApp.add(room);
+        leftByApp.delete(room);
+        return { room, seq: (reply as JoinedFrame).seq };
+      }),
+    leave: (room) =>
+      call({ type: 'leave', room }, timeoutMs, () => {
+        leftByApp.add(room);
+      }),
+    publish: (room, data, { cid = nextCid(), timeoutMs: wait = timeoutMs } = {}) => {
+      if (typeof cid !== 'string' || cid.length < 1 || cid.length > MAX_CID_LENGTH) {
+        return Promise.reject(new ClientError('bad_request', `cid must be a string of 1 to ${MAX_CID_LENGTH} characters`, { room }));
+      }
+      return call({ type: 'publish', room, data, cid }, wait, (reply) => {
+        const { id, seq } = reply as AckFrame;
+        return { room, id, seq };
+      });
+    },
+    close,
+  };
+}

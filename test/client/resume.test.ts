@@ -1,0 +1,150 @@
+import type WebSocket from 'ws';
+import { afterEach, describe, expect, it } from 'vitest';
+import { MembershipTable, tokenFor } from '../helpers/server.js';
+import { client, opened, rawServer, serve, teardown, trackedWebSocket, until } from './helpers.js';
+
+afterEach(teardown);
+
+/** A token function that waits while the gate is shut: holds a client offline for as long as a test needs. */
+function gatedToken(token: string): { token: () => Promise<string>; shut(): void; open(): void } {
+  let opening: () => void = () => {};
+  let gate = Promise.resolve();
+  return {
+    token: async () => {
+      await gate;
+      return token;
+    },
+    shut() {
+      gate = new Promise((resolve) => (opening = resolve));
+    },
+    open: () => opening(),
+  };
+}
+
+const seqs = (messages: { seq: number }[]) => messages.map((m) => m.seq);
+
+describe('roomwire/client resume', () => {
+  it('delivers messages published during the outage exactly once, in order, before newer ones', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }) });
+    const tracked = trackedWebSocket();
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: s.url, token: gate.token, WebSocket: tracked.WebSocket });
+    await opened(bob);
+    await s.manager.broadcast('chat', 'm1');
+    await s.manager.broadcast('chat', 'm2');
+    await until(() => bob.messages.length === 2, 'the first two messages');
+
+    gate.shut();
+    for (const socket of s.adapter.clients) socket.terminate();
+    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    for (const text of ['m3', 'm4', 'm5']) await s.manager.broadcast('chat', text);
+    // Published right after the new connection's welcome, before its resume is handled:
+    // it reaches the client live, ahead of the replay of m3..m5.
+    s.manager.once('connect', () => void s.manager.broadcast('chat', 'm6'));
+    const raw: number[] = [];
+    const watchRaw = (socket: WebSocket) =>
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; seq?: number };
+        if (frame.type === 'message') raw.push(frame.seq!);
+      });
+    gate.open();
+    await until(() => tracked.sockets.length === 2, 'the second socket');
+    watchRaw(tracked.sockets[1]!);
+    await opened(bob, 2);
+    await until(() => bob.messages.length === 6, 'six messages');
+    await s.manager.broadcast('chat', 'm7');
+    await until(() => bob.messages.length === 7, 'seven messages');
+
+    expect(raw.slice(0, 4)).toEqual([6, 3, 4, 5]); // what the wire carried
+    expect(bob.messages.map((m) => m.data)).toEqual(['m1', 'm2', 'm3', 'm4', 'm5', 'm6', 'm7']); // what the app sees
+    expect(seqs(bob.messages)).toEqual([1, 2, 3, 4, 5, 6, 7]);
+    expect(new Set(bob.messages.map((m) => m.id)).size).toBe(7);
+    expect(bob.client.lastSeq('chat')).toBe(7);
+    expect(bob.gaps).toEqual([]);
+  });
+
+  it('delivers a publish whose ack was lost exactly once, and not back to its publisher', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['alice', 'bob'] }) });
+    const alice = client({ url: s.url, token: await tokenFor('alice') });
+    await opened(alice);
+    const aliceSocket = [...s.adapter.clients][0]!;
+    const bob = client({ url: s.url, token: await tokenFor('bob') });
+    await opened(bob);
+    const accepted: string[] = [];
+    s.manager.on('message', (message) => {
+      accepted.push(message.id);
+      // The publish is stored and broadcast; the ack would follow. Cut the line before it.
+      if (accepted.length === 1) aliceSocket.terminate();
+    });
+
+    const ack = await alice.client.publish('chat', { text: 'only once' });
+
+    expect(alice.welcomes).toBe(2); // the ack came on the second connection
+    expect(accepted).toEqual([ack.id]); // the retry was deduplicated by its cid, not stored again
+    await s.manager.broadcast('chat', 'next');
+    await until(() => bob.messages.length === 2 && alice.messages.length === 1, 'the next message');
+    expect(bob.messages.map((m) => [m.id, m.data])).toEqual([
+      [ack.id, { text: 'only once' }],
+      [expect.any(String), 'next'],
+    ]);
+    // Alice's resume replayed her own message; the client knew its id from the ack and dropped it.
+    expect(alice.messages.map((m) => m.data)).toEqual(['next']);
+    expect(alice.client.lastSeq('chat')).toBe(2);
+  });
+
+  it('emits gap when the history no longer reaches back, then goes on with new messages', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }), history: 2 });
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: s.url, token: gate.token });
+    await opened(bob);
+    await s.manager.broadcast('chat', 'm1');
+    await until(() => bob.messages.length === 1, 'm1');
+
+    gate.shut();
+    for (const socket of s.adapter.clients) socket.terminate();
+    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    for (const text of ['m2', 'm3', 'm4', 'm5']) await s.manager.broadcast('chat', text); // history keeps m4, m5 only
+    gate.open();
+    await opened(bob, 2);
+    await until(() => bob.gaps.length === 1, 'the gap');
+    expect(bob.gaps).toEqual(['chat']);
+    await until(() => bob.client.lastSeq('chat') === 5, 'the position after the gap');
+
+    await s.manager.broadcast('chat', 'm6');
+    await until(() => bob.messages.length === 2, 'm6');
+    expect(bob.messages.map((m) => [m.seq, m.data])).toEqual([
+      [1, 'm1'],
+      [6, 'm6'],
+    ]);
+    expect(bob.errors).toEqual([]);
+  });
+
+  it('orders a replay before held live messages and drops duplicates by id (scripted server)', async () => {
+    const welcome = (n: number) => JSON.stringify({ type: 'welcome', protocol: 1, connectionId: `c${n}`, user: { id: 'bob' }, rooms: ['r'], heartbeatMs: 25_000 });
+    const message = (seq: number, ref?: string) => JSON.stringify({ type: 'message', room: 'r', id: `id${seq}`, seq, from: 'alice', data: seq, ts: 0, ...(ref ? { ref } : {}) });
+    const server = await rawServer((socket, index) => {
+      socket.send(welcome(index));
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; ref: string; room?: string; rooms?: Record<string, number> };
+        if (frame.type === 'join') socket.send(JSON.stringify({ type: 'joined', room: frame.room, seq: 0, ref: frame.ref }));
+        if (frame.type === 'resume') {
+          expect(frame.rooms).toEqual({ r: 2 });
+          // Live messages first (out of order, one already seen), then the replay (one of
+          // which also came live), then the end of the answer.
+          for (const seq of [6, 5, 2]) socket.send(message(seq));
+          for (const seq of [3, 4, 5]) socket.send(message(seq, frame.ref));
+          socket.send(JSON.stringify({ type: 'resumed', rooms: { r: { replayed: 3 } }, ref: frame.ref }));
+        }
+      });
+      if (index === 0) {
+        socket.send(message(1));
+        socket.send(message(2));
+        setTimeout(() => socket.terminate(), 20);
+      }
+    });
+    const bob = client({ url: server.url });
+    await until(() => bob.messages.length === 6, 'six messages');
+    expect(seqs(bob.messages)).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(bob.client.lastSeq('r')).toBe(6);
+  });
+});
