@@ -1,0 +1,106 @@
+import { performance } from 'node:perf_hooks';
+import { afterEach, describe, expect, it } from 'vitest';
+import { TestClient, closeClients } from '../helpers/client.js';
+import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/server.js';
+import { connectWith, lagMonitor, rawSocket, report, sleep, waitFor } from './support.js';
+
+/**
+ * The ws adapter pings every connection each `heartbeatMs` with one sweep and terminates
+ * one that did not answer the previous ping. A client that stops answering (a dead
+ * network, a phone asleep) must be gone within about two heartbeats, and its user shown
+ * offline to the others.
+ */
+
+afterEach(async () => {
+  await closeClients();
+  await closeAll();
+});
+
+// Small, but not so small that a stalled event loop on a busy shared machine (server and
+// clients share this process) turns into a missed pong.
+const HEARTBEAT_MS = 200;
+/**
+ * The sweep allows up to two heartbeats; on top, a little for the close to travel, and
+ * twice the worst timer lateness measured meanwhile (a busy shared machine delays sweeps).
+ */
+const slack = (lagMs: number): number => 150 + 2 * lagMs;
+
+describe('heartbeats', () => {
+  it('terminates a client that stops answering pings within about two heartbeats and tells the others it is offline', async () => {
+    const s = await startServer({ membership: new MembershipTable({ team: ['alice', 'bob', 'carol'] }), heartbeatMs: HEARTBEAT_MS, presence: true });
+    const alice = await TestClient.connect(s.url, await tokenFor('alice'));
+    expect(alice.welcome.heartbeatMs).toBe(HEARTBEAT_MS);
+
+    // bob answers pings by hand, so the test decides when he stops.
+    let answering = true;
+    let pings = 0;
+    const bob = await connectWith(s.url, await tokenFor('bob'), { autoPong: false });
+    bob.ws.on('ping', (data: Buffer) => {
+      pings++;
+      if (answering) bob.ws.pong(data);
+    });
+    await alice.next('presence', (f) => f.user === 'bob' && f.event === 'online');
+
+    // While he answers, he stays, over many sweeps.
+    await waitFor(() => pings >= 6 || bob.closeCode !== undefined, 20 * HEARTBEAT_MS + 5_000, 'six pings');
+    expect(bob.closeCode).toBeUndefined();
+    expect(s.manager.connectionsOf('bob')).toHaveLength(1);
+
+    answering = false;
+    const stopped = performance.now();
+    const lag = lagMonitor();
+    await Promise.race([bob.closed(), sleep(10 * HEARTBEAT_MS + 5_000)]);
+    const terminatedAfter = performance.now() - stopped;
+    const lagMs = lag.stop();
+    // Terminated, not closed: no close frame, so the client sees an abnormal closure.
+    expect(bob.closeCode).toBe(1006);
+    const offline = await alice.next('presence', (f) => f.user === 'bob' && f.event === 'offline');
+    const offlineAfter = performance.now() - stopped;
+    expect(offline).toEqual({ type: 'presence', room: 'team', user: 'bob', event: 'offline' });
+    expect(s.manager.connectionsOf('bob')).toEqual([]);
+    await waitFor(() => s.adapter.clients.size === 1, 2_000, 'the adapter to forget bob');
+
+    // alice, who answered all along, is still served.
+    expect(await alice.request({ type: 'ping' })).toMatchObject({ type: 'pong' });
+    expect(alice.closeCode).toBeUndefined();
+
+    report('heartbeat (stops answering)', {
+      heartbeatMs: HEARTBEAT_MS,
+      pingsAnswered: pings,
+      terminatedAfterMs: Math.round(terminatedAfter),
+      offlineSeenAfterMs: Math.round(offlineAfter),
+      worstTimerLagMs: Math.round(lagMs),
+    });
+    expect(terminatedAfter).toBeLessThan(2 * HEARTBEAT_MS + slack(lagMs));
+    expect(offlineAfter).toBeLessThan(2 * HEARTBEAT_MS + slack(lagMs) + 100);
+  });
+
+  it('drops a client whose socket stopped reading (a phone asleep) the same way', async () => {
+    const s = await startServer({ membership: new MembershipTable({ team: ['alice', 'carol'] }), heartbeatMs: HEARTBEAT_MS, presence: true });
+    const alice = await TestClient.connect(s.url, await tokenFor('alice'));
+    const carol = await TestClient.connect(s.url, await tokenFor('carol'));
+    await alice.next('presence', (f) => f.user === 'carol' && f.event === 'online');
+    const disconnected = new Promise<{ code: number }>((resolve) => {
+      s.manager.on('disconnect', (event) => {
+        if (event.user === 'carol') resolve(event);
+      });
+    });
+
+    rawSocket(carol).pause();
+    const stopped = performance.now();
+    const lag = lagMonitor();
+    await Promise.race([disconnected, sleep(10 * HEARTBEAT_MS + 5_000)]);
+    const droppedAfter = performance.now() - stopped;
+    const lagMs = lag.stop();
+    await alice.next('presence', (f) => f.user === 'carol' && f.event === 'offline');
+    expect(s.manager.stats()).toMatchObject({ connections: 1, users: 1 });
+
+    // When it wakes up, the client learns the connection is gone and can reconnect and resume.
+    rawSocket(carol).resume();
+    await carol.closed();
+    expect(carol.closeCode).toBe(1006);
+
+    report('heartbeat (socket paused)', { heartbeatMs: HEARTBEAT_MS, droppedAfterMs: Math.round(droppedAfter), worstTimerLagMs: Math.round(lagMs) });
+    expect(droppedAfter).toBeLessThan(2 * HEARTBEAT_MS + slack(lagMs));
+  });
+});
