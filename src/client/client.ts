@@ -215,7 +215,7 @@ export function connect(options: ClientOptions): RoomwireClient {
   };
 
   /**
-   * `welcome` carries no seq per room, so the client asks with a `join` (a no-op on the
+   * For a server whose `welcome` has no `seqs`, the client asks with a `join` (a no-op on the
    * server for a room the connection is in, answered with the room's latest seq), paced
    * by {@link BASELINE_BURST} and {@link BASELINE_INTERVAL_MS}. Without it, a resume would
    * have to start from 0 and replay history the app already has.

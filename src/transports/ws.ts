@@ -182,7 +182,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       return;
     }
     socket.on('error', () => socket.destroy());
-    if (closing) {
+    if (closing || manager.isClosing) {
       refuse(socket, 403, 'shutting_down', 'server shutting down');
       return;
     }
