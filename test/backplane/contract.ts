@@ -94,6 +94,7 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       }
       for (const publisher of publishers) {
         await publisher.until((frames) => frames.filter((f) => f.type === 'ack').length === perPublisher, 10_000, 'its acks');
+        await publisher.until((frames) => frames.filter((f) => f.type === 'message').length >= total - perPublisher, 10_000, 'the others');
         const seqs = messages(publisher).map((m) => m.seq as number);
         expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
         expect(seqs).toHaveLength(total - perPublisher);
