@@ -953,11 +953,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** Fetches the messages between `last` and the first held one (or `until`) from the history. */
-  private async fill(feed: RoomFeed, until: number | undefined): Promise<void> {
+  private async fill(feed: RoomFeed, until: number | undefined): Promise<boolean> {
     feed.gapTimer = undefined;
-    if (feed.filling || !feed.active || this.feeds.get(feed.room) !== feed) return;
+    if (feed.filling || !feed.active || this.feeds.get(feed.room) !== feed) return true;
     feed.filling = true;
     const room = feed.room;
+    let ok = true;
     try {
       let target = until ?? 0;
       for (const seq of feed.pending.keys()) if (seq - 1 > target) target = seq - 1;
@@ -971,8 +972,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
             feed.last = 0;
             for (const seq of feed.pending.keys()) if (seq > latest) feed.pending.delete(seq);
             feed.filling = false;
-            await this.fill(feed, latest);
-            return;
+            return await this.fill(feed, latest);
           }
           // Trimmed from the history: connected clients miss them (a resume says history_gap).
           let first = target + 1;
@@ -984,23 +984,39 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         }
       }
     } catch (error) {
-      // Retried by drain's timer while messages are held.
+      // Retried by drain's timer while messages are held (and by refillAll after a reconnect).
       this.reportError('backplane.history', error, { room });
+      ok = false;
     } finally {
       feed.filling = false;
     }
     this.drain(feed);
+    return ok;
   }
 
-  /** After a reconnect: fetch what every subscribed room missed meanwhile. */
-  private refillAll(): void {
-    for (const feed of this.feeds.values()) {
-      if (!feed.active) continue;
-      void (async () => {
-        const latest = await this.history.latestSeq(feed.room);
-        await this.fill(feed, latest);
-      })().catch((error: unknown) => this.reportError('backplane.history', error, { room: feed.room }));
-    }
+  /**
+   * After a reconnect: fetch what every subscribed room missed meanwhile. Retried with
+   * backoff, since the command connection may come back later than the subscriber, and
+   * a quiet room would otherwise only notice its gap with its next message.
+   */
+  private refillAll(attempt = 1): void {
+    const failed: RoomFeed[] = [];
+    const fills = [...this.feeds.values()]
+      .filter((feed) => feed.active)
+      .map(async (feed) => {
+        try {
+          const latest = await this.history.latestSeq(feed.room);
+          if (!(await this.fill(feed, latest))) failed.push(feed);
+        } catch (error) {
+          failed.push(feed);
+          this.reportError('backplane.history', error, { room: feed.room });
+        }
+      });
+    void Promise.all(fills).then(() => {
+      if (failed.length === 0 || attempt >= ROOMS_OF_ATTEMPTS || this.closing) return;
+      const timer = setTimeout(() => this.refillAll(attempt + 1), ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
+      timer.unref?.();
+    });
   }
 
   private deliverLocally(feed: RoomFeed, message: StoredMessage): void {
