@@ -72,6 +72,12 @@ export interface RedisBackplaneOptions {
   commandTimeoutMs?: number | undefined;
   /** This process's id in the cluster. @default `<hostname>-<pid>-<random>` */
   nodeId?: string | undefined;
+  /**
+   * Also close `redis` (and a given `subscriber`) on `close()`: set it when you created
+   * the clients for the backplane alone, so closing the `RoomManager` releases them.
+   * @default false
+   */
+  closeClients?: boolean | undefined;
 }
 
 interface Script {
@@ -209,7 +215,7 @@ export class RedisHistoryStore implements HistoryStore {
   }
 
   /** Gives the message its seq, appends it to the room's stream and publishes it, atomically. */
-  async append(message: Unsequenced): Promise<StoredMessage> {
+  async append(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
     const { room, id, from, data, ts } = message;
     const json = JSON.stringify({ room, id, from, data, ts });
     const reply = (await this.run(PUBLISH, [this.keys.seq(room), this.keys.history(room), this.keys.epoch], [
@@ -289,6 +295,7 @@ export class RedisBackplane implements Backplane {
   private readonly redis: RedisLike;
   private readonly subscriber: RedisLike;
   private readonly ownsSubscriber: boolean;
+  private readonly closeClients: boolean;
   private readonly keys: RedisKeys;
   private readonly nodeId: string;
   private readonly nodeTimeoutMs: number;
@@ -320,6 +327,7 @@ export class RedisBackplane implements Backplane {
     this.nodeId = options.nodeId ?? `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
     this.redis = options.redis;
     this.ownsSubscriber = options.subscriber === undefined;
+    this.closeClients = options.closeClients ?? false;
     this.subscriber = options.subscriber ?? options.redis.duplicate();
     this.keys = {
       epoch: `${prefix}:epoch`,
@@ -364,7 +372,7 @@ export class RedisBackplane implements Backplane {
     this.timer.unref?.();
   }
 
-  publish(message: Unsequenced): Promise<StoredMessage> {
+  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
     if (this.closed) return Promise.reject(new Error('backplane closed'));
     return withTimeout(this.history.append(message), this.commandTimeoutMs, 'publish');
   }
@@ -413,6 +421,10 @@ export class RedisBackplane implements Backplane {
       await sub.unsubscribe(this.keys.control, ...channels).catch(() => undefined);
     }
     this.rooms.clear();
+    if (this.closeClients) {
+      const clients = this.ownsSubscriber ? [this.redis] : [this.redis, sub];
+      await Promise.all(clients.map((c) => withTimeout(c.quit(), this.commandTimeoutMs, 'quit').catch(() => c.disconnect())));
+    }
   }
 
   private async run(s: Script, keys: string[], args: (string | number)[]): Promise<unknown> {
