@@ -155,6 +155,8 @@ interface DeliveryWaiter {
   /** The connection that does not get the message (the publisher). */
   readonly except: ConnState | undefined;
   readonly at: number;
+  /** Set once the backplane accepted it: what a release without local delivery reports. */
+  message: StoredMessage | undefined;
   resolve(delivered: { message: StoredMessage; report: DeliveryReport }): void;
 }
 
@@ -179,6 +181,8 @@ const MAX_INFLIGHT_FRAMES = 256;
 /** Longest delay setTimeout accepts. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const noop = (): void => {};
+/** Returned by membership calls that have nothing to wait for, without a new promise each time. */
+const RESOLVED: Promise<void> = Promise.resolve();
 
 function isValidRoom(room: unknown): room is string {
   return typeof room === 'string' && room.length >= 1 && room.length <= MAX_ROOM_LENGTH;
@@ -838,12 +842,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const id = this.nextId();
     // Registered before publishing: the subscription's copy may arrive before the reply.
     const delivered = new Promise<{ message: StoredMessage; report: DeliveryReport }>((resolve) => {
-      this.waiters.set(id, { except, at: Date.now(), resolve });
+      this.waiters.set(id, { except, at: Date.now(), message: undefined, resolve });
     });
     let message: StoredMessage;
     try {
       await this.started;
       message = await backplane.publish({ room, id, from, data, ts: Date.now() });
+      const pending = this.waiters.get(id);
+      if (pending) pending.message = message;
     } catch (error) {
       this.waiters.delete(id);
       this.reportError('backplane.publish', error, { room });
@@ -1034,10 +1040,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /** A message this process will not deliver (a duplicate, or older than the baseline). */
   private skipped(message: StoredMessage): void {
-    const waiter = this.waiters.get(message.id);
-    if (!waiter) return;
-    this.waiters.delete(message.id);
-    waiter.resolve({ message, report: this.emptyReport(message) });
+    this.releaseWaiter(message.id, message);
   }
 
   private emptyReport(message: StoredMessage): DeliveryReport {
@@ -1065,13 +1068,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       backplane.unsubscribe(feed.room).catch((error: unknown) => this.reportError('backplane.unsubscribe', error, { room: feed.room }));
     }
     for (const [id, waiter] of this.waiters) {
-      if (now - waiter.at < WAITER_TTL_MS) continue;
-      this.waiters.delete(id);
-      waiter.resolve({
-        message: { room: '', id, seq: 0, from: null, data: null, ts: waiter.at },
-        report: { room: '', id, seq: 0, participants: 0, online: 0, reached: 0, delivered: 0, viaFallback: 0, failed: 0, slow: 0, added: 0, removed: 0, stale: true },
-      });
+      // Accepted cluster-wide but stuck behind a gap the history cannot fill: the
+      // publisher still gets its ack (the message is stored), with an empty report.
+      if (waiter.message && now - waiter.at >= WAITER_TTL_MS) this.releaseWaiter(id, waiter.message);
     }
+  }
+
+  private releaseWaiter(id: string, message: StoredMessage): void {
+    const waiter = this.waiters.get(id);
+    if (!waiter) return;
+    this.waiters.delete(id);
+    waiter.resolve({ message, report: this.emptyReport(message) });
   }
 
   /** Ensure participants, room broadcast, fallback and report: one synchronous pass. */
@@ -1365,10 +1372,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * Tells roomwire that `user` no longer participates in `room`. Their connections leave
    * the room at once (admitted ones too), each told with a `left` frame, and receive
    * nothing published there afterwards.
+   *
+   * @returns a promise that never rejects. Without a backplane the removal is complete
+   * when this returns. With one, await it before publishing from elsewhere: it resolves
+   * once the other processes were told (a failure is an `error` event, phase
+   * `backplane.announce`, and they catch up when their cached participants expire).
    */
-  removeMember(room: string, user: string): void {
+  removeMember(room: string, user: string): Promise<void> {
     this.removeLocally(room, user);
-    void this.announce({ kind: 'remove', room, user })?.catch(noop);
+    return this.announce({ kind: 'remove', room, user })?.catch(noop) ?? RESOLVED;
   }
 
   private removeLocally(room: string, user: string): void {
@@ -1381,10 +1393,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /**
    * Forgets the cached participants of `room`; the next broadcast asks the loader again.
    * With a backplane, every process forgets them.
+   *
+   * @returns a promise that never rejects: it resolves at once without a backplane, and
+   * with one once the other processes were told (a failure is an `error` event).
    */
-  invalidate(room: string): void {
+  invalidate(room: string): Promise<void> {
     this.membership.invalidate(room);
-    void this.announce({ kind: 'invalidate', room })?.catch(noop);
+    return this.announce({ kind: 'invalidate', room })?.catch(noop) ?? RESOLVED;
   }
 
   /**
@@ -1517,6 +1532,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       clearInterval(this.sweepTimer);
       for (const feed of this.feeds.values()) clearTimeout(feed.gapTimer);
       this.feeds.clear();
+      // No local delivery will come: broadcasts still waiting for one resolve now.
+      for (const [id, waiter] of [...this.waiters]) if (waiter.message) this.releaseWaiter(id, waiter.message);
       try {
         await this.started;
         await backplane.close();

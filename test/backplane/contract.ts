@@ -117,7 +117,7 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(await carol.next('message')).toMatchObject({ seq: 2, data: 'hello carol', from: 'bob' });
 
       table.remove('team', 'carol');
-      n2!.server.manager.removeMember('team', 'carol');
+      await n2!.server.manager.removeMember('team', 'carol');
       expect(await carol.next('left')).toEqual({ type: 'left', room: 'team' });
       await alice.request({ type: 'publish', room: 'team', data: 'after carol' });
       await bob.next('message', (m) => m.data === 'after carol');
