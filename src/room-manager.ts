@@ -251,6 +251,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly feeds = new Map<string, RoomFeed>();
   private readonly waiters = new Map<string, DeliveryWaiter>();
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
+  /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
+  private feedEpoch: string | undefined;
 
   /** @throws {OptionsError} when an option is missing or of the wrong type. */
   constructor(options: RoomManagerOptions) {
@@ -902,6 +904,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await backplane.subscribe(room);
       // Read after the subscription is active: every later seq arrives through it.
       const baseline = await this.history.latestSeq(room);
+      this.feedEpoch ??= this.history.epoch;
       feed.last = baseline;
       feed.sent = baseline;
       feed.active = true;
@@ -1006,12 +1009,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * a quiet room would otherwise only notice its gap with its next message.
    */
   private refillAll(attempt = 1): void {
+    const epoch = this.history.epoch;
+    if (this.feedEpoch !== undefined && epoch !== undefined && epoch !== this.feedEpoch) {
+      this.restartNumbering(epoch);
+      return;
+    }
     const failed: RoomFeed[] = [];
     const fills = [...this.feeds.values()]
       .filter((feed) => feed.active)
       .map(async (feed) => {
         try {
           const latest = await this.history.latestSeq(feed.room);
+          if (this.feeds.get(feed.room) !== feed) return;
+          if (latest < feed.last) {
+            // Fewer messages than this process already sent: the numbering restarted,
+            // whatever the epoch says (a store without one, or one not re-read yet).
+            this.restartNumbering(this.history.epoch ?? 'unknown');
+            return;
+          }
           if (!(await this.fill(feed, latest))) failed.push(feed);
         } catch (error) {
           failed.push(feed);
@@ -1023,6 +1038,26 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const timer = setTimeout(() => this.refillAll(attempt + 1), ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
       timer.unref?.();
     });
+  }
+
+  /**
+   * The shared history lost its data (a Redis restarted without persistence) and seqs
+   * restarted under a new epoch. Protocol v1 cannot renumber a live connection, and a
+   * client would take the new seqs for ones it has seen: every local connection is
+   * closed with 1001 so it reconnects, gets the new epoch in `welcome`, and its
+   * `resume` answers `history_gap` (refetch from the app) instead of a silent loss.
+   */
+  private restartNumbering(epoch: string): void {
+    this.reportError('backplane.history', new Error(`the backplane's history restarted (epoch ${this.feedEpoch ?? '?'} → ${epoch}); reconnecting every client`), {});
+    // Recorded again by the next feed, from the history as it is by then.
+    this.feedEpoch = undefined;
+    const backplane = this.backplane;
+    for (const feed of this.feeds.values()) {
+      clearTimeout(feed.gapTimer);
+      backplane?.unsubscribe(feed.room).catch((error: unknown) => this.reportError('backplane.unsubscribe', error, { room: feed.room }));
+    }
+    this.feeds.clear();
+    for (const conn of [...this.conns.values()]) safeClose(conn.socket, CloseCode.GoingAway, 'history restarted; reconnect and resume');
   }
 
   private deliverLocally(feed: RoomFeed, message: StoredMessage): void {

@@ -507,6 +507,9 @@ export class RedisBackplane implements Backplane {
     try {
       const channels = [this.keys.control, ...[...this.rooms].map((room) => this.keys.channel(room))];
       await withTimeout(this.subscriber.subscribe(...channels), this.commandTimeoutMs, 'resubscribe');
+      // The command connection reconnects on its own schedule; the epoch tells the manager
+      // whether Redis lost its data, so it must be read from the Redis that is back.
+      await this.ready(this.redis);
       await this.readEpoch();
       this.dirty = true;
     } catch (error) {

@@ -157,15 +157,12 @@ describe.skipIf(!up)('RedisBackplane', () => {
       return address.port;
     }
 
-    async function startRedis(port: number, data: string): Promise<ChildProcess> {
+    async function startRedis(port: number, data: string, persistent = true): Promise<ChildProcess> {
       // Its own server, never the shared one. An append-only file synced on every write is
       // what makes "acknowledged" mean "kept" when Redis is killed; without persistence a
       // restart loses the streams, and the epoch tells resuming clients so.
-      const proc = spawn(
-        'redis-server',
-        ['--port', String(port), '--bind', HOST, '--save', '', '--appendonly', 'yes', '--appendfsync', 'always', '--dir', data],
-        { stdio: 'ignore' },
-      );
+      const persistence = persistent ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
+      const proc = spawn('redis-server', ['--port', String(port), '--bind', HOST, '--save', '', ...persistence, '--dir', data], { stdio: 'ignore' });
       for (let i = 0; i < 100 && !(await reachable(port)); i++) await new Promise((resolve) => setTimeout(resolve, 50));
       if (!(await reachable(port))) throw new Error('redis-server did not start');
       return proc;
@@ -223,6 +220,35 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(await carol.next('resumed')).toMatchObject({ rooms: { chat: { replayed: acked.length } } });
       expect(carol.of('message').map((m) => m.data)).toEqual(acked);
 
+      await closeClients();
+      await closeAll();
+      await f.cleanup();
+    }, 30_000);
+
+    it('after a restart that lost the data, reconnects clients and answers their resume with history_gap', async () => {
+      const port = await freePort();
+      dir = mkdtempSync(join(tmpdir(), 'roomwire-redis-'));
+      child = await startRedis(port, dir, false);
+      const f = fixture(port, 5_000);
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, backplane: f.node() });
+      const n2 = await startServer({ membership: table, backplane: f.node() });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      let bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const oldEpoch = bob.welcome.epoch as string;
+      for (let n = 1; n <= 3; n++) expect(await alice.request({ type: 'publish', room: 'chat', data: n })).toMatchObject({ type: 'ack', seq: n });
+      await bob.until((frames) => frames.filter((fr) => fr.type === 'message').length === 3);
+
+      child.kill('SIGKILL');
+      await new Promise((resolve) => child!.once('exit', resolve));
+      child = await startRedis(port, dir, false);
+      // Bob's process notices the new numbering once its subscriber is back.
+      await bob.closed();
+      expect(bob.closeCode).toBe(1001);
+
+      bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      expect(bob.welcome.epoch).not.toBe(oldEpoch);
+      expect(await bob.request({ type: 'resume', rooms: { chat: 3 }, epoch: oldEpoch })).toMatchObject({ type: 'error', code: 'history_gap', room: 'chat' });
       await closeClients();
       await closeAll();
       await f.cleanup();
