@@ -1,4 +1,4 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import {
   LocalBus,
   RoomManager,
@@ -17,6 +17,8 @@ class FlakyBackplane implements Backplane {
   drop: (message: StoredMessage) => boolean = () => false;
   failPublish = false;
   handlers: BackplaneHandlers | undefined;
+  /** subscribe/unsubscribe calls, in order. */
+  readonly calls: string[] = [];
 
   constructor(private readonly inner: LocalBackplane) {}
 
@@ -43,10 +45,12 @@ class FlakyBackplane implements Backplane {
   }
 
   subscribe(room: string): Promise<void> {
+    this.calls.push(`subscribe ${room}`);
     return this.inner.subscribe(room);
   }
 
   unsubscribe(room: string): Promise<void> {
+    this.calls.push(`unsubscribe ${room}`);
     return this.inner.unsubscribe(room);
   }
 
@@ -148,5 +152,30 @@ describe('the per-room sequencer', () => {
     expect(bob.of('joined')).toEqual([{ type: 'joined', room: 'room', seq: 0 }]);
     await node.broadcast('room', 'reached');
     expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
+  });
+
+  it('unsubscribes a room only after it has had no local connection for a while', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'setInterval', 'clearTimeout', 'clearInterval', 'Date'] });
+    try {
+      const table = new MembershipTable({ room: ['bob'] });
+      const watched = new FlakyBackplane(new LocalBus().node());
+      const node = manager(table, watched);
+      const first = await openFake(node, 'bob');
+      first.close(1000, 'bye');
+      await vi.advanceTimersByTimeAsync(0);
+      // A quick reconnect reuses the subscription: no churn.
+      const second = await openFake(node, 'bob');
+      second.close(1000, 'bye');
+      await vi.advanceTimersByTimeAsync(6_000);
+      expect(watched.calls).toEqual(['subscribe room']);
+      await vi.advanceTimersByTimeAsync(10_000);
+      expect(watched.calls).toEqual(['subscribe room', 'unsubscribe room']);
+      const third = await openFake(node, 'bob');
+      expect(watched.calls).toEqual(['subscribe room', 'unsubscribe room', 'subscribe room']);
+      await node.broadcast('room', 'still reached');
+      expect(third.of('message').map((m) => m.data)).toEqual(['still reached']);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 });
