@@ -26,6 +26,7 @@ export default defineConfig((overrides) => {
         index: 'src/index.ts',
         'transports/ws': 'src/transports/ws.ts',
         'auth/jwt': 'src/auth/jwt.ts',
+        'backplanes/redis': 'src/backplanes/redis.ts',
       },
       platform: 'node',
       target: 'node20',

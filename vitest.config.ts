@@ -10,6 +10,7 @@ export default defineConfig({
       { find: /^roomwire$/, replacement: src('index.ts') },
       { find: /^roomwire\/ws$/, replacement: src('transports/ws.ts') },
       { find: /^roomwire\/auth\/jwt$/, replacement: src('auth/jwt.ts') },
+      { find: /^roomwire\/redis$/, replacement: src('backplanes/redis.ts') },
       { find: /^roomwire\/client$/, replacement: src('client/index.ts') },
     ],
   },

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import type { Authenticator, Principal } from './authenticator.js';
 import { OptionsError } from './errors.js';
+import type { Backplane } from './backplane.js';
 import type { HistoryStore } from './history-store.js';
 import type { Logger } from './logger.js';
 import type { MaybePromise, MembershipLoader } from './membership-loader.js';
@@ -106,6 +107,12 @@ export interface RoomManagerOptions {
    * `RoomwireError`). What it returns is the broadcast `data`. Not called for a repeated `cid`.
    */
   onPublish?: ((context: PublishContext) => MaybePromise<unknown>) | undefined;
+  /**
+   * Shares rooms with other processes (`RedisBackplane` from `roomwire/redis`, or a
+   * {@link LocalBus} node). Its history replaces the `history` option, which must then be
+   * left out. Without it the manager serves this process's connections alone.
+   */
+  backplane?: Backplane | undefined;
 }
 
 const isFunction = (value: unknown): boolean => typeof value === 'function';
@@ -150,6 +157,21 @@ const optionsSchema = z.strictObject({
   maxBufferedBytes: positiveInt.optional(),
   publishSchema: z.object({ safeParse: fn('publishSchema.safeParse') }).optional(),
   onPublish: fn('onPublish').optional(),
+  backplane: z
+    .object(
+      {
+        history: z.object({ append: fn('backplane.history.append'), latestSeq: fn('backplane.history.latestSeq'), since: fn('backplane.history.since') }),
+        presence: z.object({ track: fn('backplane.presence.track'), onlineUsers: fn('backplane.presence.onlineUsers') }),
+        start: fn('backplane.start'),
+        publish: fn('backplane.publish'),
+        subscribe: fn('backplane.subscribe'),
+        unsubscribe: fn('backplane.unsubscribe'),
+        announce: fn('backplane.announce'),
+        close: fn('backplane.close'),
+      },
+      { message: 'backplane must be a Backplane (a LocalBus node or a RedisBackplane)' },
+    )
+    .optional(),
 });
 
 /** The options with every default filled in. */
@@ -176,6 +198,7 @@ export interface ResolvedOptions {
   maxBufferedBytes: number;
   publishSchema: SafeParser | undefined;
   onPublish: ((context: PublishContext) => MaybePromise<unknown>) | undefined;
+  backplane: Backplane | undefined;
 }
 
 /** Validates the options and fills in defaults; throws {@link OptionsError} naming each bad option. */
@@ -184,6 +207,10 @@ export function resolveOptions(options: RoomManagerOptions): ResolvedOptions {
   if (!parsed.success) {
     const lines = parsed.error.issues.map((issue) => `  - ${issue.path.map(String).join('.') || 'options'}: ${issue.message}`);
     throw new OptionsError(`invalid RoomManager options:\n${lines.join('\n')}`);
+  }
+  if (options.backplane !== undefined && options.history !== undefined) {
+    // Two sources of seqs would disagree; the backplane's history is the cluster's.
+    throw new OptionsError('invalid RoomManager options:\n  - history: leave it out with a backplane; the backplane keeps the history');
   }
   // The schema checked shapes; the original objects are kept so methods keep their `this`.
   return {
@@ -209,5 +236,6 @@ export function resolveOptions(options: RoomManagerOptions): ResolvedOptions {
     maxBufferedBytes: options.maxBufferedBytes ?? 1024 * 1024,
     publishSchema: options.publishSchema,
     onPublish: options.onPublish,
+    backplane: options.backplane,
   };
 }

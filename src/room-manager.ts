@@ -1,6 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'eventemitter3';
 import type { Handshake, Principal } from './authenticator.js';
+import type { Backplane, MembershipChange } from './backplane.js';
 import type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 import { DedupeWindow } from './dedupe-window.js';
 import type { DeliveryReport } from './delivery-report.js';
@@ -9,6 +10,7 @@ import { InMemoryHistoryStore, type HistoryStore, type StoredMessage } from './h
 import { createIdGenerator } from './ids.js';
 import { silentLogger, type Logger } from './logger.js';
 import { MembershipCache, toStringSet, type MembersSnapshot } from './membership-cache.js';
+import type { MaybePromise } from './membership-loader.js';
 import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from './options.js';
 import { decodeClientFrame } from './protocol/decode.js';
 import { encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
@@ -127,6 +129,51 @@ interface RoomSurvey {
   readonly missing: number;
 }
 
+/**
+ * A room this process receives from the backplane, and the sequencer that turns the
+ * subscription's (and its own publishes') copies into one delivery per seq, in order.
+ */
+interface RoomFeed {
+  readonly room: string;
+  /** Settles once subscribed and `last` holds the baseline. */
+  ready: Promise<void>;
+  active: boolean;
+  /** The highest seq handed to local delivery (queued in room order). */
+  last: number;
+  /** The highest seq whose local delivery ran: what a `joined` or a replay is measured against. */
+  sent: number;
+  /** Messages ahead of `last + 1`, held until the missing ones arrive or are fetched. */
+  readonly pending: Map<number, StoredMessage>;
+  gapTimer: ReturnType<typeof setTimeout> | undefined;
+  filling: boolean;
+  /** When the sweep first saw the room without local connections. */
+  idleSince: number | undefined;
+}
+
+/** A local publish waiting for its local delivery. */
+interface DeliveryWaiter {
+  /** The connection that does not get the message (the publisher). */
+  readonly except: ConnState | undefined;
+  readonly at: number;
+  /** Set once the backplane accepted it: what a release without local delivery reports. */
+  message: StoredMessage | undefined;
+  resolve(delivered: { message: StoredMessage; report: DeliveryReport }): void;
+}
+
+/** How long a seq gap may stay open before the missing messages are fetched from the history. */
+const GAP_WAIT_MS = 250;
+/** Messages held ahead of a gap before it is filled at once, without waiting. */
+const MAX_PENDING = 10_000;
+/** How often rooms without local connections are looked at, and stale waiters released. */
+const FEED_SWEEP_MS = 5_000;
+/** A room without local connections for this long is unsubscribed (not sooner: avoids churn). */
+const FEED_IDLE_MS = 10_000;
+/** A publish whose local delivery has not happened by then resolves with an empty report. */
+const WAITER_TTL_MS = 30_000;
+/** Attempts of `roomsOf` for one connection in backplane mode, and the first backoff. */
+const ROOMS_OF_ATTEMPTS = 6;
+const ROOMS_OF_BACKOFF_MS = 500;
+
 /** Publish cids remembered at once; the oldest are forgotten first past this. */
 const MAX_DEDUPE_ENTRIES = 100_000;
 /** Frames one connection may have waiting for handling before more are refused. */
@@ -134,6 +181,8 @@ const MAX_INFLIGHT_FRAMES = 256;
 /** Longest delay setTimeout accepts. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
 const noop = (): void => {};
+/** Returned by membership calls that have nothing to wait for, without a new promise each time. */
+const RESOLVED: Promise<void> = Promise.resolve();
 
 function isValidRoom(room: unknown): room is string {
   return typeof room === 'string' && room.length >= 1 && room.length <= MAX_ROOM_LENGTH;
@@ -195,6 +244,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private topology = 0;
   private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
+  /** Set with the `backplane` option; every cluster path branches on it once. */
+  private readonly backplane: Backplane | undefined;
+  /** The backplane's start; awaited before the first subscribe or publish. */
+  private readonly started: Promise<void> | undefined;
+  private readonly feeds = new Map<string, RoomFeed>();
+  private readonly waiters = new Map<string, DeliveryWaiter>();
+  private sweepTimer: ReturnType<typeof setInterval> | undefined;
+  /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
+  private feedEpoch: string | undefined;
 
   /** @throws {OptionsError} when an option is missing or of the wrong type. */
   constructor(options: RoomManagerOptions) {
@@ -203,7 +261,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.logger = this.options.logger ?? silentLogger;
     this.logging = this.options.logger !== undefined;
     const history = this.options.history;
-    this.history = typeof history === 'number' ? new InMemoryHistoryStore(history) : history;
+    this.backplane = this.options.backplane;
+    this.history = this.backplane ? this.backplane.history : typeof history === 'number' ? new InMemoryHistoryStore(history) : history;
     this.membership = new MembershipCache(this.options.membership, {
       ttlMs: this.options.membershipTtlMs,
       timeoutMs: this.options.loaderTimeoutMs,
@@ -211,6 +270,18 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       onError: (room, error) => this.reportError('membersOf', error, { room }),
     });
     this.dedupe = new DedupeWindow(this.options.dedupeWindowMs, Date.now, MAX_DEDUPE_ENTRIES);
+    if (this.backplane) {
+      this.started = this.backplane.start({
+        message: (message) => this.received(message),
+        membership: (change) => this.applyChange(change),
+        reconnected: () => this.refillAll(),
+        error: (error, phase) => this.reportError(`backplane.${phase}`, error, {}),
+      });
+      // Reported here; whoever awaits it (a connection, a publish) fails on its own.
+      this.started.catch((error: unknown) => this.reportError('backplane.start', error, {}));
+      this.sweepTimer = setInterval(() => this.sweepFeeds(), FEED_SWEEP_MS);
+      this.sweepTimer.unref?.();
+    }
   }
 
   /** The limits transports enforce before the core sees a frame. */
@@ -327,6 +398,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private async autoJoin(conn: ConnState): Promise<void> {
     let rooms: string[] = [];
+    let loaded = false;
     try {
       const answer = await withTimeout(
         Promise.resolve().then(() => this.options.membership.roomsOf(conn.principal)),
@@ -334,37 +406,54 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         'roomsOf',
       );
       rooms = [...toStringSet(answer)];
+      loaded = true;
     } catch (error) {
-      // The user is still served: ensure-participants repairs membership on the next broadcast.
+      // The user is still served: ensure-participants repairs membership on the next
+      // broadcast (on this process; with a backplane, the connection retries below).
       this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
     }
-    const joined: string[] = [];
+    if (conn.state === 'closed') return;
+    const wanted: string[] = [];
     for (const room of rooms) {
       if (!isValidRoom(room)) {
         this.logger.warn({ user: conn.user.id, room: String(room).slice(0, 300) }, 'roomsOf returned an invalid room name; skipped');
         continue;
       }
-      if (joined.length >= this.options.maxRoomsPerConnection) {
+      if (wanted.length >= this.options.maxRoomsPerConnection) {
         this.logger.warn(
           { user: conn.user.id, rooms: rooms.length, limit: this.options.maxRoomsPerConnection },
-          `user ${conn.user.id} has more rooms than maxRoomsPerConnection; auto-joined the first ${joined.length}`,
+          `user ${conn.user.id} has more rooms than maxRoomsPerConnection; auto-joined the first ${wanted.length}`,
         );
         break;
       }
-      joined.push(room);
+      wanted.push(room);
+    }
+    if (this.backplane) {
+      // Subscribed before welcome: a message published anywhere after welcome reaches it.
+      await this.started;
+      await Promise.all(wanted.map((room) => this.openFeed(room)));
+      // It may have closed while the subscriptions were made.
+      if ((conn.state as ConnState['state']) === 'closed') return;
+      if (!loaded) this.retryRoomsOf(conn, 1);
     }
     // Where each room stands, read before the joins so that nothing can be sent to the
     // connection before welcome. A synchronous store answers in the same tick as the joins;
     // an asynchronous one may answer a seq slightly behind, and a resume from it replays
     // exactly what the client missed.
     const seqs: Record<string, number> = Object.create(null) as Record<string, number>;
-    for (const room of joined) {
-      const latest = this.history.latestSeq(room);
+    for (const room of wanted) {
+      const latest = this.roomSeq(room);
       seqs[room] = latest instanceof Promise ? await latest : latest;
     }
-    if (conn.state === 'closed') return;
-    for (const room of joined) this.addToRoom(conn, room, 'member', 'auto');
+    if ((conn.state as ConnState['state']) === 'closed') return;
+    const joined: string[] = [];
+    for (const room of wanted) {
+      if (conn.rooms.has(room)) continue;
+      this.addToRoom(conn, room, 'member', 'auto');
+      joined.push(room);
+    }
     conn.state = 'open';
+    this.backplane?.presence.track(conn.user.id, 1);
     conn.user.open++;
     this.topology++;
     this.send(conn, {
@@ -388,6 +477,68 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (early) for (const [data, isBinary] of early) this.receive(conn, data, isBinary);
   }
 
+  /**
+   * Backplane mode: `roomsOf` failed at connect. Ensure-participants on a broadcast only
+   * repairs connections of the process that broadcasts, so this connection asks again,
+   * with backoff, and enters its rooms (each told with `joined`) once the loader answers.
+   */
+  private retryRoomsOf(conn: ConnState, attempt: number): void {
+    if (attempt >= ROOMS_OF_ATTEMPTS) return;
+    const timer = setTimeout(() => {
+      void (async () => {
+        if (conn.state === 'closed' || this.closing) return;
+        let rooms: Set<string>;
+        try {
+          rooms = toStringSet(
+            await withTimeout(
+              Promise.resolve().then(() => this.options.membership.roomsOf(conn.principal)),
+              this.options.loaderTimeoutMs,
+              'roomsOf',
+            ),
+          );
+        } catch (error) {
+          this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
+          this.retryRoomsOf(conn, attempt + 1);
+          return;
+        }
+        for (const room of rooms) {
+          if (!isValidRoom(room) || conn.rooms.has(room) || conn.left.has(room)) continue;
+          if (conn.rooms.size >= this.options.maxRoomsPerConnection) break;
+          await this.enterRoom(conn, room, 'member', 'auto', undefined);
+        }
+      })().catch((error: unknown) => this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id }));
+    }, ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
+    timer.unref?.();
+  }
+
+  /**
+   * Puts a connection in a room in room order and tells it with `joined` carrying the
+   * seq the live messages continue from. With a backplane, subscribes the room first.
+   */
+  private async enterRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, ref: string | undefined): Promise<void> {
+    if (this.backplane) await this.openFeed(room);
+    await this.inRoomOrder(room, async () => {
+      if (conn.state === 'closed') return;
+      if (conn.rooms.has(room)) {
+        if (reason !== 'join') return;
+      } else {
+        if (conn.rooms.size >= this.options.maxRoomsPerConnection) return;
+        this.addToRoom(conn, room, mode, reason);
+      }
+      this.send(conn, { type: 'joined', room, seq: await this.roomSeq(room), ...(ref === undefined ? {} : { ref }) });
+    });
+  }
+
+  /**
+   * The seq live messages continue from, read inside a room-order task. With a
+   * backplane it is what this process has sent, not the cluster's latest: messages
+   * between the two are still on their way here and will be sent live.
+   */
+  private roomSeq(room: string): MaybePromise<number> {
+    const feed = this.backplane ? this.feeds.get(room) : undefined;
+    return feed?.active ? feed.sent : this.history.latestSeq(room);
+  }
+
   private armExpiry(conn: ConnState): void {
     const expiresAt = conn.principal.expiresAt;
     if (expiresAt === undefined || conn.state === 'closed') return;
@@ -409,7 +560,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     conn.early = undefined;
     if (conn.expiryTimer) clearTimeout(conn.expiryTimer);
     const user = conn.user;
-    if (wasOpen) user.open--;
+    if (wasOpen) {
+      user.open--;
+      this.backplane?.presence.track(user.id, -1);
+    }
     if (this.options.presence && wasOpen && user.open === 0) this.announcePresence(conn, 'offline');
     for (const room of [...conn.rooms.keys()]) this.removeFromRoom(conn, room, false, 'server');
     user.conns.delete(conn);
@@ -530,15 +684,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       }
       if (conn.state === 'closed') return;
       conn.left.delete(room);
-      await this.inRoomOrder(room, async () => {
-        if (!conn.rooms.has(room) && conn.state !== 'closed') this.addToRoom(conn, room, mode, 'join');
-        this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room), ...(ref === undefined ? {} : { ref }) });
-      });
+      await this.enterRoom(conn, room, mode, 'join', ref);
       return;
     }
     // In room order, so the seq cannot name a message that has not been sent yet.
     await this.inRoomOrder(room, async () => {
-      this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room), ...(ref === undefined ? {} : { ref }) });
+      this.send(conn, { type: 'joined', room, seq: await this.roomSeq(room), ...(ref === undefined ? {} : { ref }) });
     });
   }
 
@@ -589,11 +740,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private async ensurePublisher(conn: ConnState, room: string): Promise<boolean> {
     if (conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
     if (!(await this.isParticipant(room, conn.user.id)) || conn.state === 'closed') return false;
-    await this.inRoomOrder(room, async () => {
-      if (conn.rooms.has(room) || conn.state === 'closed') return;
-      this.addToRoom(conn, room, 'member', 'ensure');
-      this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room) });
-    });
+    await this.enterRoom(conn, room, 'member', 'ensure', undefined);
     return conn.rooms.has(room);
   }
 
@@ -645,7 +792,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // this connection since it entered the room are not replayed again.
       await this.inRoomOrder(room, async () => {
         const membership = conn.rooms.get(room);
-        const until = membership && membership.firstSeq > 0 ? membership.firstSeq - 1 : undefined;
+        let until = membership && membership.firstSeq > 0 ? membership.firstSeq - 1 : undefined;
+        if (this.backplane && membership) {
+          // Messages past what this process has sent are on their way here and go out live.
+          const feed = this.feeds.get(room);
+          if (feed?.active && (until === undefined || feed.sent < until)) until = feed.sent;
+        }
         const messages = otherEpoch && afterSeq > 0 ? null : await this.history.since(room, afterSeq, until);
         if (messages === null) {
           this.sendError(conn, 'history_gap', 'history no longer reaches back that far; refetch this room', { ref, room });
@@ -691,6 +843,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return Promise.reject(error);
     }
     const stored = data === undefined ? null : data;
+    // One branch per broadcast: the single-process path below is unchanged.
+    if (this.backplane) return this.deliverClustered(this.backplane, room, from, stored, except);
     return this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
@@ -698,6 +852,293 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const message = appended instanceof Promise ? await appended : appended;
       return { message, report: this.fanOut(message, snapshot, except, dataJson) };
     });
+  }
+
+  /**
+   * Backplane mode: the backplane gives the seq, stores and publishes; this process then
+   * delivers its copy through the room's sequencer, like every other process. Resolves
+   * once the message went out to this process's connections.
+   */
+  private async deliverClustered(
+    backplane: Backplane,
+    room: string,
+    from: string | null,
+    data: unknown,
+    except: ConnState | undefined,
+  ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
+    const id = this.nextId();
+    // Registered before publishing: the subscription's copy may arrive before the reply.
+    const delivered = new Promise<{ message: StoredMessage; report: DeliveryReport }>((resolve) => {
+      this.waiters.set(id, { except, at: Date.now(), message: undefined, resolve });
+    });
+    let message: StoredMessage;
+    try {
+      await this.started;
+      message = await backplane.publish({ room, id, from, data, ts: Date.now() });
+      const pending = this.waiters.get(id);
+      if (pending) pending.message = message;
+    } catch (error) {
+      this.waiters.delete(id);
+      this.reportError('backplane.publish', error, { room });
+      throw new RoomwireError('internal', 'publish failed: the message could not be stored and broadcast (backplane unavailable); nothing was delivered, retry', {
+        cause: error,
+      });
+    }
+    const feed = this.feeds.get(room);
+    if (feed) {
+      this.accept(feed, message);
+      return delivered;
+    }
+    // No local connection receives this room: nothing to order against, deliver here
+    // directly (ensure-participants may still add local participants).
+    const waiter = this.waiters.get(id);
+    if (!waiter) return delivered;
+    this.waiters.delete(id);
+    return this.inRoomOrder(room, async () => {
+      const loaded = this.membership.load(room);
+      const snapshot = loaded instanceof Promise ? await loaded : loaded;
+      return { message, report: this.fanOut(message, snapshot, except, encodeData(message.data)) };
+    });
+  }
+
+  // ---------------------------------------------------------------- backplane feeds
+
+  /** Subscribes the room (once) and resolves when its sequencer has a baseline. */
+  private openFeed(room: string): Promise<void> {
+    const existing = this.feeds.get(room);
+    if (existing) {
+      existing.idleSince = undefined;
+      return existing.ready;
+    }
+    const backplane = this.backplane;
+    if (!backplane) return Promise.resolve();
+    const feed: RoomFeed = {
+      room,
+      ready: Promise.resolve(),
+      active: false,
+      last: 0,
+      sent: 0,
+      pending: new Map(),
+      gapTimer: undefined,
+      filling: false,
+      idleSince: undefined,
+    };
+    this.feeds.set(room, feed);
+    feed.ready = (async () => {
+      await this.started;
+      await backplane.subscribe(room);
+      // Read after the subscription is active: every later seq arrives through it.
+      const baseline = await this.history.latestSeq(room);
+      this.feedEpoch ??= this.history.epoch;
+      feed.last = baseline;
+      feed.sent = baseline;
+      feed.active = true;
+      for (const [seq, message] of feed.pending) {
+        if (seq <= baseline) {
+          feed.pending.delete(seq);
+          this.skipped(message);
+        }
+      }
+      this.drain(feed);
+    })();
+    feed.ready.catch((error: unknown) => {
+      // Forgotten, so the next connection entering the room tries again.
+      if (this.feeds.get(room) === feed) this.feeds.delete(room);
+      this.reportError('backplane.subscribe', error, { room });
+    });
+    return feed.ready;
+  }
+
+  /** A message from the backplane's subscription. */
+  private received(message: StoredMessage): void {
+    const feed = this.feeds.get(message.room);
+    if (feed) this.accept(feed, message);
+  }
+
+  /** The sequencer: deliver in seq order, drop duplicates, hold messages ahead of a gap. */
+  private accept(feed: RoomFeed, message: StoredMessage): void {
+    if (feed.active && message.seq <= feed.last) {
+      this.skipped(message);
+      return;
+    }
+    if (feed.pending.has(message.seq)) return;
+    feed.pending.set(message.seq, message);
+    if (feed.active) this.drain(feed);
+    else if (feed.pending.size > MAX_PENDING) feed.pending.delete(feed.pending.keys().next().value as number);
+  }
+
+  private drain(feed: RoomFeed): void {
+    // Bounded: every turn takes one message out of `pending`.
+    for (;;) {
+      const next = feed.pending.get(feed.last + 1);
+      if (!next) break;
+      feed.pending.delete(next.seq);
+      feed.last = next.seq;
+      this.deliverLocally(feed, next);
+    }
+    if (feed.pending.size === 0) {
+      clearTimeout(feed.gapTimer);
+      feed.gapTimer = undefined;
+    } else if (!feed.filling && !feed.gapTimer) {
+      // Usually the missing copy is only a moment behind; fetch it if it is not.
+      feed.gapTimer = setTimeout(() => void this.fill(feed, undefined), feed.pending.size > MAX_PENDING ? 0 : GAP_WAIT_MS);
+      feed.gapTimer.unref?.();
+    }
+  }
+
+  /** Fetches the messages between `last` and the first held one (or `until`) from the history. */
+  private async fill(feed: RoomFeed, until: number | undefined): Promise<boolean> {
+    feed.gapTimer = undefined;
+    if (feed.filling || !feed.active || this.feeds.get(feed.room) !== feed) return true;
+    feed.filling = true;
+    const room = feed.room;
+    let ok = true;
+    try {
+      let target = until ?? 0;
+      for (const seq of feed.pending.keys()) if (seq - 1 > target) target = seq - 1;
+      if (target > feed.last) {
+        const missing = await this.history.since(room, feed.last, target);
+        if (missing === null) {
+          const latest = await this.history.latestSeq(room);
+          if (latest < feed.last) {
+            // The shared store lost its data and seqs restarted: follow the new numbering.
+            this.reportError('backplane.history', new Error(`room ${room}: seqs restarted at the backplane (latest ${latest}, had ${feed.last})`), { room });
+            feed.last = 0;
+            for (const seq of feed.pending.keys()) if (seq > latest) feed.pending.delete(seq);
+            feed.filling = false;
+            return await this.fill(feed, latest);
+          }
+          // Trimmed from the history: connected clients miss them (a resume says history_gap).
+          let first = target + 1;
+          for (const seq of feed.pending.keys()) if (seq < first) first = seq;
+          this.reportError('backplane.history', new Error(`room ${room}: messages ${feed.last + 1} to ${first - 1} are no longer in the history`), { room });
+          feed.last = first - 1;
+        } else {
+          for (const message of missing) if (message.seq > feed.last && !feed.pending.has(message.seq)) feed.pending.set(message.seq, message);
+        }
+      }
+    } catch (error) {
+      // Retried by drain's timer while messages are held (and by refillAll after a reconnect).
+      this.reportError('backplane.history', error, { room });
+      ok = false;
+    } finally {
+      feed.filling = false;
+    }
+    this.drain(feed);
+    return ok;
+  }
+
+  /**
+   * After a reconnect: fetch what every subscribed room missed meanwhile. Retried with
+   * backoff, since the command connection may come back later than the subscriber, and
+   * a quiet room would otherwise only notice its gap with its next message.
+   */
+  private refillAll(attempt = 1): void {
+    const epoch = this.history.epoch;
+    if (this.feedEpoch !== undefined && epoch !== undefined && epoch !== this.feedEpoch) {
+      this.restartNumbering(epoch);
+      return;
+    }
+    const failed: RoomFeed[] = [];
+    const fills = [...this.feeds.values()]
+      .filter((feed) => feed.active)
+      .map(async (feed) => {
+        try {
+          const latest = await this.history.latestSeq(feed.room);
+          if (this.feeds.get(feed.room) !== feed) return;
+          if (latest < feed.last) {
+            // Fewer messages than this process already sent: the numbering restarted,
+            // whatever the epoch says (a store without one, or one not re-read yet).
+            this.restartNumbering(this.history.epoch ?? 'unknown');
+            return;
+          }
+          if (!(await this.fill(feed, latest))) failed.push(feed);
+        } catch (error) {
+          failed.push(feed);
+          this.reportError('backplane.history', error, { room: feed.room });
+        }
+      });
+    void Promise.all(fills).then(() => {
+      if (failed.length === 0 || attempt >= ROOMS_OF_ATTEMPTS || this.closing) return;
+      const timer = setTimeout(() => this.refillAll(attempt + 1), ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
+      timer.unref?.();
+    });
+  }
+
+  /**
+   * The shared history lost its data (a Redis restarted without persistence) and seqs
+   * restarted under a new epoch. Protocol v1 cannot renumber a live connection, and a
+   * client would take the new seqs for ones it has seen: every local connection is
+   * closed with 1001 so it reconnects, gets the new epoch in `welcome`, and its
+   * `resume` answers `history_gap` (refetch from the app) instead of a silent loss.
+   */
+  private restartNumbering(epoch: string): void {
+    this.reportError('backplane.history', new Error(`the backplane's history restarted (epoch ${this.feedEpoch ?? '?'} → ${epoch}); reconnecting every client`), {});
+    // Recorded again by the next feed, from the history as it is by then.
+    this.feedEpoch = undefined;
+    const backplane = this.backplane;
+    for (const feed of this.feeds.values()) {
+      clearTimeout(feed.gapTimer);
+      backplane?.unsubscribe(feed.room).catch((error: unknown) => this.reportError('backplane.unsubscribe', error, { room: feed.room }));
+    }
+    this.feeds.clear();
+    for (const conn of [...this.conns.values()]) safeClose(conn.socket, CloseCode.GoingAway, 'history restarted; reconnect and resume');
+  }
+
+  private deliverLocally(feed: RoomFeed, message: StoredMessage): void {
+    const waiter = this.waiters.get(message.id);
+    if (waiter) this.waiters.delete(message.id);
+    void this.inRoomOrder(message.room, async () => {
+      const loaded = this.membership.load(message.room);
+      const snapshot = loaded instanceof Promise ? await loaded : loaded;
+      const except = waiter?.except;
+      const report = this.fanOut(message, snapshot, except, encodeData(message.data));
+      if (message.seq > feed.sent) feed.sent = message.seq;
+      waiter?.resolve({ message, report });
+    }).catch((error: unknown) => this.reportError('deliver', error, { room: message.room }));
+  }
+
+  /** A message this process will not deliver (a duplicate, or older than the baseline). */
+  private skipped(message: StoredMessage): void {
+    this.releaseWaiter(message.id, message);
+  }
+
+  private emptyReport(message: StoredMessage): DeliveryReport {
+    const { room, id, seq } = message;
+    const participants = this.membership.peek(room)?.size ?? 0;
+    return { room, id, seq, participants, online: 0, reached: 0, delivered: 0, viaFallback: 0, failed: 0, slow: 0, added: 0, removed: 0, stale: false };
+  }
+
+  /** Unsubscribes rooms that have had no local connection for a while; releases stale waiters. */
+  private sweepFeeds(): void {
+    const backplane = this.backplane;
+    if (!backplane) return;
+    const now = Date.now();
+    for (const feed of [...this.feeds.values()]) {
+      if (!feed.active) continue;
+      const members = this.rooms.get(feed.room)?.members.size ?? 0;
+      if (members > 0) {
+        feed.idleSince = undefined;
+        continue;
+      }
+      feed.idleSince ??= now;
+      if (now - feed.idleSince < FEED_IDLE_MS) continue;
+      this.feeds.delete(feed.room);
+      clearTimeout(feed.gapTimer);
+      backplane.unsubscribe(feed.room).catch((error: unknown) => this.reportError('backplane.unsubscribe', error, { room: feed.room }));
+    }
+    for (const [id, waiter] of this.waiters) {
+      // Accepted cluster-wide but stuck behind a gap the history cannot fill: the
+      // publisher still gets its ack (the message is stored), with an empty report.
+      if (waiter.message && now - waiter.at >= WAITER_TTL_MS) this.releaseWaiter(id, waiter.message);
+    }
+  }
+
+  private releaseWaiter(id: string, message: StoredMessage): void {
+    const waiter = this.waiters.get(id);
+    if (!waiter) return;
+    this.waiters.delete(id);
+    waiter.resolve({ message, report: this.emptyReport(message) });
   }
 
   /** Ensure participants, room broadcast, fallback and report: one synchronous pass. */
@@ -906,6 +1347,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private addToRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason): void {
     const membership: Membership = { conn, mode, firstSeq: 0 };
+    // Ensure-participants enters rooms synchronously; the subscription follows.
+    if (this.backplane && !this.feeds.has(room)) void this.openFeed(room).catch(noop);
     conn.rooms.set(room, membership);
     this.roomState(room).members.add(membership);
     this.topology++;
@@ -956,15 +1399,27 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   async addMember(room: string, user: string): Promise<void> {
     if (!isValidRoom(room)) throw new RoomwireError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`);
+    const announced = this.announce({ kind: 'add', room, user });
+    await this.addLocally(room, user);
+    if (announced) await announced;
+  }
+
+  private async addLocally(room: string, user: string): Promise<void> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
+    const eligible = (conn: ConnState): boolean =>
+      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
+    if (this.backplane) {
+      let any = false;
+      for (const conn of state.conns) any ||= eligible(conn);
+      if (!any) return;
+      await this.openFeed(room);
+    }
     await this.inRoomOrder(room, async () => {
-      const targets = [...state.conns].filter(
-        (conn) => conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection,
-      );
+      const targets = [...state.conns].filter(eligible);
       if (targets.length === 0) return;
-      const seq = await this.history.latestSeq(room);
+      const seq = await this.roomSeq(room);
       for (const conn of targets) {
         if (conn.state !== 'open' || conn.rooms.has(room)) continue;
         this.addToRoom(conn, room, 'member', 'member');
@@ -977,17 +1432,66 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * Tells roomwire that `user` no longer participates in `room`. Their connections leave
    * the room at once (admitted ones too), each told with a `left` frame, and receive
    * nothing published there afterwards.
+   *
+   * @returns a promise that never rejects. Without a backplane the removal is complete
+   * when this returns. With one, await it before publishing from elsewhere: it resolves
+   * once the other processes were told (a failure is an `error` event, phase
+   * `backplane.announce`, and they catch up when their cached participants expire).
    */
-  removeMember(room: string, user: string): void {
+  removeMember(room: string, user: string): Promise<void> {
+    this.removeLocally(room, user);
+    return this.announce({ kind: 'remove', room, user })?.catch(noop) ?? RESOLVED;
+  }
+
+  private removeLocally(room: string, user: string): void {
     this.membership.remove(room, user);
     const state = this.users.get(user);
     if (!state) return;
     for (const conn of state.conns) this.removeFromRoom(conn, room, true, 'removed');
   }
 
-  /** Forgets the cached participants of `room`; the next broadcast asks the loader again. */
-  invalidate(room: string): void {
+  /**
+   * Forgets the cached participants of `room`; the next broadcast asks the loader again.
+   * With a backplane, every process forgets them.
+   *
+   * @returns a promise that never rejects: it resolves at once without a backplane, and
+   * with one once the other processes were told (a failure is an `error` event).
+   */
+  invalidate(room: string): Promise<void> {
     this.membership.invalidate(room);
+    return this.announce({ kind: 'invalidate', room })?.catch(noop) ?? RESOLVED;
+  }
+
+  /**
+   * Sends a membership change to the other processes; undefined without a backplane.
+   * A failure is reported (`error` event, phase `backplane.announce`): the other
+   * processes then catch up when their cached participants expire (`membershipTtlMs`).
+   */
+  private announce(change: MembershipChange): Promise<void> | undefined {
+    const backplane = this.backplane;
+    if (!backplane) return undefined;
+    return (async () => {
+      await this.started;
+      await backplane.announce(change);
+    })().catch((error: unknown) => {
+      this.reportError('backplane.announce', error, { room: change.room });
+      throw new RoomwireError('internal', `could not tell the other processes about this membership change: ${asError(error).message}`, { cause: error });
+    });
+  }
+
+  /** A change announced by another process: applied here, not announced again. */
+  private applyChange(change: MembershipChange): void {
+    switch (change.kind) {
+      case 'add':
+        this.addLocally(change.room, change.user).catch((error: unknown) => this.reportError('addMember', error, { room: change.room, user: change.user }));
+        return;
+      case 'remove':
+        this.removeLocally(change.room, change.user);
+        return;
+      case 'invalidate':
+        this.membership.invalidate(change.room);
+        return;
+    }
   }
 
   /**
@@ -1003,11 +1507,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (conn.rooms.has(room)) return true;
     if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
     conn.left.delete(room);
-    await this.inRoomOrder(room, async () => {
-      if (conn.state !== 'open' || conn.rooms.has(room)) return;
-      this.addToRoom(conn, room, 'admitted', 'server');
-      this.send(conn, { type: 'joined', room, seq: await this.history.latestSeq(room) });
-    });
+    await this.enterRoom(conn, room, 'admitted', 'server', undefined);
     return conn.rooms.has(room);
   }
 
@@ -1086,6 +1586,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private async shutdown(): Promise<void> {
+    await this.closeConnections();
+    const backplane = this.backplane;
+    if (backplane) {
+      clearInterval(this.sweepTimer);
+      for (const feed of this.feeds.values()) clearTimeout(feed.gapTimer);
+      this.feeds.clear();
+      // No local delivery will come: broadcasts still waiting for one resolve now.
+      for (const [id, waiter] of [...this.waiters]) if (waiter.message) this.releaseWaiter(id, waiter.message);
+      try {
+        await this.started;
+        await backplane.close();
+      } catch (error) {
+        this.reportError('backplane.close', error, {});
+      }
+    }
+    this.logger.info({}, 'room manager closed');
+  }
+
+  private async closeConnections(): Promise<void> {
     if (this.conns.size > 0) {
       const drained = new Promise<void>((resolve) => {
         this.drained = resolve;
@@ -1099,7 +1618,6 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       clearTimeout(timer);
       for (const conn of [...this.conns.values()]) this.release(conn, CloseCode.GoingAway, 'server shutting down');
     }
-    this.logger.info({}, 'room manager closed');
   }
 
   // ---------------------------------------------------------------- sending

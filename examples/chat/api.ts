@@ -143,14 +143,15 @@ const addParticipant: ApiHandler = async (context, call) => {
   return { status: 200, body: context.db.conversation(conversation.id) };
 };
 
-const removeParticipant: ApiHandler = (context, call) => {
+const removeParticipant: ApiHandler = async (context, call) => {
   const conversation = ownConversation(context, call);
   const user = call.params.user ?? '';
   if (!context.db.removeParticipant(conversation.id, user)) {
     throw new ApiError('not_found', `${JSON.stringify(user)} does not participate in this conversation`);
   }
   // After the database: a broadcast racing this reloads participants from the new state.
-  context.manager.removeMember(conversation.room, user);
+  // Awaited so that, with REDIS_URL, every process has dropped the user before the reply.
+  await context.manager.removeMember(conversation.room, user);
   return { status: 204 };
 };
 

@@ -1,5 +1,7 @@
 import { z } from 'zod';
-import { RoomManager, RoomwireError, type Authenticator, type Logger } from 'roomwire';
+import { Redis } from 'ioredis';
+import { RoomManager, RoomwireError, type Authenticator, type Backplane, type Logger } from 'roomwire';
+import { RedisBackplane } from 'roomwire/redis';
 import { conversationIdOf, type ChatDatabase } from './database.js';
 import { databaseMembership } from './membership.js';
 
@@ -31,14 +33,29 @@ export const REALTIME_DEFAULTS = {
 } as const;
 
 /**
+ * With `REDIS_URL` set, several chat processes share rooms through Redis (see
+ * examples/cluster/README.md); without it, one process serves alone.
+ */
+export function backplaneFromEnvironment(url = process.env.REDIS_URL): Backplane | undefined {
+  if (url === undefined || url === '') return undefined;
+  // No offline queue: while Redis is away a publish fails to its sender at once.
+  const redis = new Redis(url, { enableOfflineQueue: false });
+  return new RedisBackplane({ redis, prefix: 'roomwire-chat', closeClients: true });
+}
+
+/**
  * The chat's {@link RoomManager}: participants come from the database, and a client's
  * `publish` is validated, stored, and broadcast as the stored message, so a message sent
  * over the WebSocket and one POSTed over HTTP produce the same `message` frame.
  */
 export function createRoomManager(options: { db: ChatDatabase; authenticate: Authenticator; logger: Logger }): RoomManager {
   const { db, authenticate, logger } = options;
+  const backplane = backplaneFromEnvironment();
+  const { history, ...defaults } = REALTIME_DEFAULTS;
   return new RoomManager({
-    ...REALTIME_DEFAULTS,
+    ...defaults,
+    // The backplane keeps the history (in Redis) when there is one.
+    ...(backplane === undefined ? { history } : { backplane }),
     authenticate,
     membership: databaseMembership(db),
     logger,

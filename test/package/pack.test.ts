@@ -204,7 +204,7 @@ describe('the packed package', () => {
   it('ships the build, the README and the CHANGELOG, nothing else', () => {
     const outside = packed.filter((path) => !path.startsWith('dist/') && !/^(package\.json|README\.md|CHANGELOG\.md|LICENSE)$/.test(path));
     expect(outside).toEqual([]);
-    for (const entry of ['index', 'transports/ws', 'auth/jwt', 'client/index']) {
+    for (const entry of ['index', 'transports/ws', 'auth/jwt', 'backplanes/redis', 'client/index']) {
       for (const extension of ['.js', '.cjs', '.d.ts', '.d.cts']) expect(packed).toContain(`dist/${entry}${extension}`);
     }
   });

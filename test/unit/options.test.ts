@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { InMemoryHistoryStore, OptionsError, RoomManager, type RoomManagerOptions } from '../../src/index.js';
+import { InMemoryHistoryStore, LocalBus, OptionsError, RoomManager, type RoomManagerOptions } from '../../src/index.js';
 
 const good: RoomManagerOptions = {
   authenticate: () => ({ id: 'alice' }),
@@ -54,6 +54,14 @@ describe('RoomManager options', () => {
   it('accepts a HistoryStore of its own', async () => {
     const manager = new RoomManager({ ...good, history: new InMemoryHistoryStore(3) });
     await manager.close();
+  });
+
+  it('accepts a backplane, and refuses one together with a history of its own', async () => {
+    const bus = new LocalBus();
+    const manager = new RoomManager({ ...good, backplane: bus.node() });
+    await manager.close();
+    expect(optionsError({ ...good, backplane: bus.node(), history: 10 }).message).toMatch(/history: leave it out with a backplane/);
+    expect(optionsError({ ...good, backplane: { publish: () => {} } }).message).toMatch(/backplane/);
   });
 
   it('keeps the loader object, so its methods keep their this', async () => {

@@ -1,0 +1,173 @@
+import type { Backplane, BackplaneHandlers, ClusterPresence, MembershipChange } from '../backplane.js';
+import { InMemoryHistoryStore, type StoredMessage } from '../history-store.js';
+
+/** Options of a {@link LocalBus}. */
+export interface LocalBusOptions {
+  /** Messages kept per room for `resume`. @default 500 */
+  historyLimit?: number | undefined;
+  /** A node whose heartbeat is older than this no longer counts as online. @default 15000 */
+  nodeTimeoutMs?: number | undefined;
+  /** How often each node beats. @default nodeTimeoutMs / 3 */
+  heartbeatMs?: number | undefined;
+}
+
+interface NodeRecord {
+  readonly node: LocalBackplane;
+  handlers: BackplaneHandlers | undefined;
+  readonly rooms: Set<string>;
+  /** Open connections per user on this node. */
+  readonly counts: Map<string, number>;
+  lastBeat: number;
+}
+
+/**
+ * An in-process backplane: several `RoomManager`s in one process share rooms, seqs,
+ * history, membership changes and presence, exactly as processes on Redis do. Useful
+ * for tests and for running the contract suite; it is not a way to scale.
+ *
+ * @example
+ * ```ts
+ * import { LocalBus, RoomManager } from 'roomwire';
+ *
+ * const bus = new LocalBus();
+ * const membership = { roomsOf: () => ['lobby'], membersOf: () => ['alice', 'bob'] };
+ * const a = new RoomManager({ authenticate: () => ({ id: 'alice' }), membership, backplane: bus.node() });
+ * const b = new RoomManager({ authenticate: () => ({ id: 'bob' }), membership, backplane: bus.node() });
+ * ```
+ */
+export class LocalBus {
+  /** The shared seq and history. */
+  readonly history: InMemoryHistoryStore;
+  /** @internal */
+  readonly nodes = new Map<string, NodeRecord>();
+  /** @internal */
+  readonly nodeTimeoutMs: number;
+  /** @internal */
+  readonly heartbeatMs: number;
+  private nextNode = 0;
+
+  constructor(options: LocalBusOptions = {}) {
+    this.history = new InMemoryHistoryStore(options.historyLimit ?? 500);
+    this.nodeTimeoutMs = options.nodeTimeoutMs ?? 15_000;
+    this.heartbeatMs = options.heartbeatMs ?? Math.max(1, Math.floor(this.nodeTimeoutMs / 3));
+  }
+
+  /** A new node of this bus: the backplane to give one `RoomManager`. */
+  node(): LocalBackplane {
+    return new LocalBackplane(this, `local-${++this.nextNode}`);
+  }
+
+  /** @internal Live nodes: heartbeat younger than the timeout. Stale ones are forgotten. */
+  liveNodes(): NodeRecord[] {
+    const cutoff = Date.now() - this.nodeTimeoutMs;
+    const out: NodeRecord[] = [];
+    for (const [id, record] of this.nodes) {
+      if (record.lastBeat >= cutoff) out.push(record);
+      else if (record.handlers === undefined) this.nodes.delete(id);
+    }
+    return out;
+  }
+}
+
+/** One node of a {@link LocalBus}; create it with {@link LocalBus.node}. */
+export class LocalBackplane implements Backplane {
+  /** The bus's shared history. */
+  readonly history: InMemoryHistoryStore;
+  /** Presence across the bus's nodes. */
+  readonly presence: ClusterPresence;
+  private readonly record: NodeRecord;
+  private timer: ReturnType<typeof setInterval> | undefined;
+  /** Killed: a crashed process writes nothing more. */
+  private dead = false;
+
+  /** @internal Use {@link LocalBus.node}. */
+  constructor(
+    private readonly bus: LocalBus,
+    /** This node's id. */
+    readonly nodeId: string,
+  ) {
+    this.history = bus.history;
+    this.record = { node: this, handlers: undefined, rooms: new Set(), counts: new Map(), lastBeat: 0 };
+    const record = this.record;
+    this.presence = {
+      nodeId,
+      track: (user, delta) => {
+        if (this.dead) return;
+        const next = (record.counts.get(user) ?? 0) + delta;
+        if (next > 0) record.counts.set(user, next);
+        else record.counts.delete(user);
+      },
+      onlineUsers: () => {
+        const users = new Set<string>();
+        for (const live of bus.liveNodes()) for (const user of live.counts.keys()) users.add(user);
+        return Promise.resolve([...users]);
+      },
+      nodesOf: (user) => Promise.resolve(bus.liveNodes().filter((live) => live.counts.has(user)).map((live) => live.node.nodeId)),
+    };
+  }
+
+  start(handlers: BackplaneHandlers): Promise<void> {
+    this.record.handlers = handlers;
+    this.record.lastBeat = Date.now();
+    this.bus.nodes.set(this.nodeId, this.record);
+    this.timer = setInterval(() => {
+      this.record.lastBeat = Date.now();
+      // Survivors clean up after crashed nodes, as on Redis.
+      this.bus.liveNodes();
+    }, this.bus.heartbeatMs);
+    this.timer.unref?.();
+    return Promise.resolve();
+  }
+
+  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+    if (this.record.handlers === undefined) return Promise.reject(new Error('backplane is not started or was closed'));
+    const stored = this.history.append(message);
+    // Appended and queued in one synchronous step: each subscriber's microtasks run in
+    // append order, so it receives a room's messages in seq order.
+    for (const record of this.bus.nodes.values()) {
+      const handlers = record.handlers;
+      if (handlers && record.rooms.has(stored.room)) queueMicrotask(() => handlers.message(stored));
+    }
+    return Promise.resolve(stored);
+  }
+
+  subscribe(room: string): Promise<void> {
+    this.record.rooms.add(room);
+    return Promise.resolve();
+  }
+
+  unsubscribe(room: string): Promise<void> {
+    this.record.rooms.delete(room);
+    return Promise.resolve();
+  }
+
+  announce(change: MembershipChange): Promise<void> {
+    for (const record of this.bus.nodes.values()) {
+      const handlers = record.handlers;
+      if (handlers && record !== this.record) queueMicrotask(() => handlers.membership(change));
+    }
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.stop();
+    this.bus.nodes.delete(this.nodeId);
+    return Promise.resolve();
+  }
+
+  /**
+   * Stops this node as a crash would: no more heartbeats, deliveries or cleanup. Its
+   * users keep counting as online until `nodeTimeoutMs` passes. For tests.
+   */
+  kill(): void {
+    this.dead = true;
+    this.stop();
+  }
+
+  private stop(): void {
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.record.handlers = undefined;
+    this.record.rooms.clear();
+  }
+}

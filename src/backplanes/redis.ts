@@ -1,0 +1,520 @@
+/**
+ * `roomwire/redis`: the Redis backplane. Several processes behind a load balancer share
+ * rooms, per-room seqs, history for `resume`, membership changes and presence. Needs
+ * Redis 7+ and a client with the {@link RedisLike} shape (`ioredis` 5, an optional peer
+ * dependency).
+ *
+ * @module roomwire/redis
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Backplane, BackplaneHandlers, ClusterPresence, HistoryStore, MembershipChange, StoredMessage } from '../index.js';
+
+/**
+ * The few methods of a Redis client that {@link RedisBackplane} uses: an `ioredis`
+ * (version 5) `Redis` instance fits as it is. Create it with `enableOfflineQueue: false`
+ * so that commands fail at once while Redis is unreachable instead of queueing (a
+ * publish then fails to the publisher rather than hanging).
+ */
+export interface RedisLike {
+  /** Runs a Lua script by its SHA1 (`EVALSHA`). */
+  evalsha(sha1: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  /** Runs a Lua script (`EVAL`); used when the server does not know the SHA1 yet. */
+  eval(script: string, numkeys: number, ...args: (string | number)[]): Promise<unknown>;
+  /** `GET`. */
+  get(key: string): Promise<string | null>;
+  /** `XRANGE key start end`. */
+  xrange(key: string, start: string, end: string): Promise<[id: string, fields: string[]][]>;
+  /** `SUBSCRIBE` (on the subscriber connection). */
+  subscribe(...channels: string[]): Promise<unknown>;
+  /** `UNSUBSCRIBE` (on the subscriber connection). */
+  unsubscribe(...channels: string[]): Promise<unknown>;
+  /** A new connection with the same options: the subscriber, unless one is given. */
+  duplicate(): RedisLike;
+  /** Closes the connection after pending replies. */
+  quit(): Promise<unknown>;
+  /** Closes the connection at once and does not reconnect. */
+  disconnect(): void;
+  /** `'ready'` once connected (and after each reconnect). */
+  readonly status: string;
+  /** A published message on a subscribed channel. */
+  on(event: 'message', listener: (channel: string, message: string) => void): unknown;
+  /** Connected (again) and usable. */
+  on(event: 'ready', listener: () => void): unknown;
+  /** A connection error; the client reconnects on its own. */
+  on(event: 'error', listener: (error: Error) => void): unknown;
+  /** Removes a `message` listener. */
+  removeListener(event: 'message', listener: (channel: string, message: string) => void): unknown;
+  /** Removes a `ready` listener. */
+  removeListener(event: 'ready', listener: () => void): unknown;
+  /** Removes an `error` listener. */
+  removeListener(event: 'error', listener: (error: Error) => void): unknown;
+}
+
+/** Options of {@link RedisBackplane}. */
+export interface RedisBackplaneOptions {
+  /** The command connection. Created by you, with `enableOfflineQueue: false`; not closed by the backplane. */
+  redis: RedisLike;
+  /**
+   * The subscriber connection. By default `redis.duplicate()`, which the backplane
+   * owns and closes; one you pass is not closed.
+   */
+  subscriber?: RedisLike | undefined;
+  /** Prefix of every key and channel; several apps (or test runs) can share one Redis. @default 'roomwire' */
+  prefix?: string | undefined;
+  /** Messages kept per room in its stream (approximately: `MAXLEN ~`, at least this many). @default 500 */
+  historyLimit?: number | undefined;
+  /** A process whose heartbeat is older than this stops counting, and its users with it. @default 15000 */
+  nodeTimeoutMs?: number | undefined;
+  /** How often this process beats. @default nodeTimeoutMs / 3 */
+  heartbeatMs?: number | undefined;
+  /** How long a publish, subscribe or announce may take before it fails. @default 5000 */
+  commandTimeoutMs?: number | undefined;
+  /** This process's id in the cluster. @default `<hostname>-<pid>-<random>` */
+  nodeId?: string | undefined;
+  /**
+   * Also close `redis` (and a given `subscriber`) on `close()`: set it when you created
+   * the clients for the backplane alone, so closing the `RoomManager` releases them.
+   * @default false
+   */
+  closeClients?: boolean | undefined;
+}
+
+interface Script {
+  readonly source: string;
+  readonly sha: string;
+}
+
+function script(source: string): Script {
+  return { source, sha: createHash('sha1').update(source).digest('hex') };
+}
+
+/** Milliseconds from Redis's own clock, so processes with skewed clocks agree on heartbeat ages. */
+const NOW = `local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
+
+// KEYS: seq, stream, epoch. ARGV: history limit, channel, message JSON, epoch candidate.
+// One script, so seq, history and publish happen atomically and in the same order.
+const PUBLISH = script(`
+redis.call('SET', KEYS[3], ARGV[4], 'NX')
+local seq = redis.call('INCR', KEYS[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'm', ARGV[3])
+redis.call('PUBLISH', ARGV[2], seq .. '\\n' .. ARGV[3])
+return {seq, redis.call('GET', KEYS[3])}
+`);
+
+// KEYS: epoch. ARGV: candidate.
+const EPOCH = script(`
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+return redis.call('GET', KEYS[1])
+`);
+
+// KEYS: nodes, own presence. ARGV: node id, timeout, presence key prefix, rewrite ('1'/'0'), user, count, ...
+// Returns -1 when this node had been dropped (so its presence may be gone) and it did not rewrite.
+const HEARTBEAT = script(`
+${NOW}
+local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
+for _, node in ipairs(stale) do
+  redis.call('DEL', ARGV[3] .. node)
+  redis.call('ZREM', KEYS[1], node)
+end
+if ARGV[4] == '1' then
+  redis.call('DEL', KEYS[2])
+  for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+elseif added == 1 then
+  return -1
+end
+redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
+return #stale
+`);
+
+// KEYS: own presence. ARGV: user, delta, ttl.
+const TRACK = script(`
+local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return n
+`);
+
+// KEYS: nodes. ARGV: timeout, presence key prefix, [user]. Users online on live nodes,
+// or (with a user) the live nodes where that user is.
+const ONLINE = script(`
+${NOW}
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[1]), '+inf')
+local out = {}
+if ARGV[3] then
+  for _, node in ipairs(live) do
+    if redis.call('HEXISTS', ARGV[2] .. node, ARGV[3]) == 1 then table.insert(out, node) end
+  end
+  return out
+end
+local seen = {}
+for _, node in ipairs(live) do
+  for _, user in ipairs(redis.call('HKEYS', ARGV[2] .. node)) do
+    if not seen[user] then seen[user] = true table.insert(out, user) end
+  end
+end
+return out
+`);
+
+// KEYS: control channel. ARGV: payload. Through EVAL so RedisLike needs no PUBLISH.
+const ANNOUNCE = script(`return redis.call('PUBLISH', KEYS[1], ARGV[1])`);
+
+// KEYS: nodes, own presence. ARGV: node id.
+const LEAVE = script(`
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('DEL', KEYS[2])
+return 1
+`);
+
+function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: ReturnType<typeof setTimeout> | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms (is Redis reachable?)`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
+}
+
+/** What a stream entry and a published payload hold: the message without its seq. */
+type Unsequenced = Omit<StoredMessage, 'seq'>;
+
+function parseMessage(json: string, seq: number): StoredMessage {
+  const raw = JSON.parse(json) as Unsequenced;
+  if (typeof raw.room !== 'string' || typeof raw.id !== 'string' || typeof raw.ts !== 'number') throw new Error('malformed message in Redis');
+  return { room: raw.room, id: raw.id, seq, from: raw.from ?? null, data: raw.data, ts: raw.ts };
+}
+
+/**
+ * The cluster's seq and history on Redis: one counter (`INCR`) and one capped stream per
+ * room, whose entry ids are `<seq>-0` so `since` is one `XRANGE`. Normally created by
+ * {@link RedisBackplane} (its `history`); usable alone as a durable `HistoryStore` for
+ * one process.
+ */
+export class RedisHistoryStore implements HistoryStore {
+  /** @internal Set from Redis at start and by every publish. */
+  currentEpoch: string | undefined;
+
+  /** @internal Use {@link RedisBackplane}. */
+  constructor(
+    private readonly redis: RedisLike,
+    private readonly keys: RedisKeys,
+    private readonly limit: number,
+    private readonly run: (script: Script, keys: string[], args: (string | number)[]) => Promise<unknown>,
+  ) {}
+
+  /**
+   * Kept in Redis (`SET NX`), so it is the same on every process and across restarts of
+   * Node; it changes only when Redis loses its data (and seqs restart from 1).
+   */
+  get epoch(): string | undefined {
+    return this.currentEpoch;
+  }
+
+  /** Gives the message its seq, appends it to the room's stream and publishes it, atomically. */
+  async append(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+    const { room, id, from, data, ts } = message;
+    const json = JSON.stringify({ room, id, from, data, ts });
+    const reply = (await this.run(PUBLISH, [this.keys.seq(room), this.keys.history(room), this.keys.epoch], [
+      this.limit,
+      this.keys.channel(room),
+      json,
+      randomBytes(8).toString('base64url'),
+    ])) as [number, string];
+    this.currentEpoch = reply[1];
+    return { room, id, seq: Number(reply[0]), from, data, ts };
+  }
+
+  /** The room's latest seq from its counter; 0 when it has none. */
+  async latestSeq(room: string): Promise<number> {
+    const value = await this.redis.get(this.keys.seq(room));
+    return value === null ? 0 : Number(value);
+  }
+
+  /** Same answers as the in-memory store: `null` when the stream no longer reaches back, or `afterSeq` is beyond the latest. */
+  async since(room: string, afterSeq: number, untilSeq?: number): Promise<StoredMessage[] | null> {
+    const latest = await this.latestSeq(room);
+    if (afterSeq > latest) return null;
+    if (afterSeq === latest) return [];
+    const first = afterSeq + 1;
+    const end = Math.min(untilSeq ?? latest, latest);
+    const key = this.keys.history(room);
+    // Trimming only removes the oldest entries: if the first one asked for is there, all are.
+    const entries = await this.redis.xrange(key, `${first}-0`, `${Math.max(end, first)}-0`);
+    const head = entries[0];
+    if (!head || head[0] !== `${first}-0`) return null;
+    if (end < first) return [];
+    return entries.map(([entryId, fields]) => parseMessage(fields[1] ?? '{}', Number.parseInt(entryId, 10)));
+  }
+}
+
+/** @internal Key and channel names under one prefix. */
+interface RedisKeys {
+  readonly epoch: string;
+  readonly nodes: string;
+  readonly control: string;
+  readonly roomChannelPrefix: string;
+  readonly presencePrefix: string;
+  seq(room: string): string;
+  history(room: string): string;
+  channel(room: string): string;
+}
+
+/**
+ * A {@link Backplane} on Redis (7 or later): rooms, seqs, history, membership changes and
+ * presence shared by every process that uses the same Redis and prefix.
+ *
+ * - A publish is one Lua script: `INCR` the room's seq, `XADD` to its capped stream,
+ *   `PUBLISH` on the room's channel — one Redis publish per broadcast, whatever the
+ *   number of members or processes. It fails to the publisher when Redis is unreachable.
+ * - Each process subscribes only to the channels of rooms with local connections, on
+ *   one subscriber connection, plus one control channel for membership changes.
+ * - Each process beats every `heartbeatMs` (a sorted set of node ids by Redis time) and
+ *   keeps its users' connection counts in a hash; presence queries count only nodes
+ *   beaten within `nodeTimeoutMs`, and survivors delete the records of dead ones.
+ *
+ * @example
+ * ```ts
+ * import { Redis } from 'ioredis';
+ * import { RoomManager } from 'roomwire';
+ * import { RedisBackplane } from 'roomwire/redis';
+ *
+ * declare const options: Omit<import('roomwire').RoomManagerOptions, 'backplane'>;
+ * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { enableOfflineQueue: false });
+ * const rooms = new RoomManager({ ...options, backplane: new RedisBackplane({ redis }) });
+ * ```
+ */
+export class RedisBackplane implements Backplane {
+  /** The cluster's seq and history, in Redis. */
+  readonly history: RedisHistoryStore;
+  /** Cluster presence, from the heartbeats and connection counts in Redis. */
+  readonly presence: ClusterPresence;
+  private readonly redis: RedisLike;
+  private readonly subscriber: RedisLike;
+  private readonly ownsSubscriber: boolean;
+  private readonly closeClients: boolean;
+  private readonly keys: RedisKeys;
+  private readonly nodeId: string;
+  private readonly nodeTimeoutMs: number;
+  private readonly heartbeatMs: number;
+  private readonly commandTimeoutMs: number;
+  private readonly ownPresence: string;
+  /** This node's open connections per user: the truth the Redis hash is repaired from. */
+  private readonly counts = new Map<string, number>();
+  private readonly rooms = new Set<string>();
+  private handlers: BackplaneHandlers | undefined;
+  private timer: ReturnType<typeof setInterval> | undefined;
+  /** The hash in Redis may be wrong (a write failed, Redis restarted): rewrite it on the next beat. */
+  private dirty = true;
+  private closed = false;
+  private readonly listeners: {
+    message: (channel: string, payload: string) => void;
+    subscriberReady: () => void;
+    redisReady: () => void;
+    error: (error: Error) => void;
+  };
+
+  constructor(options: RedisBackplaneOptions) {
+    const prefix = options.prefix ?? 'roomwire';
+    const limit = options.historyLimit ?? 500;
+    if (!Number.isInteger(limit) || limit < 1) throw new RangeError('historyLimit must be a whole number >= 1');
+    this.nodeTimeoutMs = options.nodeTimeoutMs ?? 15_000;
+    this.heartbeatMs = options.heartbeatMs ?? Math.max(1, Math.floor(this.nodeTimeoutMs / 3));
+    this.commandTimeoutMs = options.commandTimeoutMs ?? 5_000;
+    this.nodeId = options.nodeId ?? `${hostname()}-${process.pid}-${randomBytes(4).toString('hex')}`;
+    this.redis = options.redis;
+    this.ownsSubscriber = options.subscriber === undefined;
+    this.closeClients = options.closeClients ?? false;
+    this.subscriber = options.subscriber ?? options.redis.duplicate();
+    this.keys = {
+      epoch: `${prefix}:epoch`,
+      nodes: `${prefix}:nodes`,
+      control: `${prefix}:control`,
+      roomChannelPrefix: `${prefix}:room:`,
+      presencePrefix: `${prefix}:presence:`,
+      seq: (room) => `${prefix}:seq:${room}`,
+      history: (room) => `${prefix}:history:${room}`,
+      channel: (room) => `${prefix}:room:${room}`,
+    };
+    this.ownPresence = `${this.keys.presencePrefix}${this.nodeId}`;
+    this.history = new RedisHistoryStore(this.redis, this.keys, limit, (s, keys, args) => this.run(s, keys, args));
+    this.presence = {
+      nodeId: this.nodeId,
+      track: (user, delta) => this.track(user, delta),
+      onlineUsers: async () => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix])) as string[],
+      nodesOf: async (user) => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix, user])) as string[],
+    };
+    this.listeners = {
+      message: (channel, payload) => this.onMessage(channel, payload),
+      subscriberReady: () => void this.resubscribe(),
+      redisReady: () => {
+        this.dirty = true;
+      },
+      error: (error) => this.handlers?.error(error, 'redis'),
+    };
+  }
+
+  async start(handlers: BackplaneHandlers): Promise<void> {
+    this.handlers = handlers;
+    const sub = this.subscriber;
+    sub.on('message', this.listeners.message);
+    if (this.ownsSubscriber) sub.on('error', this.listeners.error);
+    await Promise.all([this.ready(this.redis), this.ready(sub)]);
+    sub.on('ready', this.listeners.subscriberReady);
+    this.redis.on('ready', this.listeners.redisReady);
+    await withTimeout(sub.subscribe(this.keys.control), this.commandTimeoutMs, 'subscribe');
+    await this.readEpoch();
+    await this.beat();
+    this.timer = setInterval(() => void this.beat().catch((error: unknown) => this.handlers?.error(asError(error), 'heartbeat')), this.heartbeatMs);
+    this.timer.unref?.();
+  }
+
+  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+    if (this.closed) return Promise.reject(new Error('backplane closed'));
+    return withTimeout(this.history.append(message), this.commandTimeoutMs, 'publish');
+  }
+
+  async subscribe(room: string): Promise<void> {
+    this.rooms.add(room);
+    await withTimeout(this.subscriber.subscribe(this.keys.channel(room)), this.commandTimeoutMs, 'subscribe');
+  }
+
+  async unsubscribe(room: string): Promise<void> {
+    this.rooms.delete(room);
+    await withTimeout(this.subscriber.unsubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'unsubscribe');
+  }
+
+  async announce(change: MembershipChange): Promise<void> {
+    await withTimeout(
+      this.run(ANNOUNCE, [this.keys.control], [JSON.stringify({ node: this.nodeId, change })]),
+      this.commandTimeoutMs,
+      'announce',
+    );
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.timer);
+    this.handlers = undefined;
+    const sub = this.subscriber;
+    sub.removeListener('message', this.listeners.message);
+    sub.removeListener('ready', this.listeners.subscriberReady);
+    this.redis.removeListener('ready', this.listeners.redisReady);
+    try {
+      await withTimeout(this.run(LEAVE, [this.keys.nodes, this.ownPresence], [this.nodeId]), this.commandTimeoutMs, 'leave');
+    } catch {
+      // Unreachable Redis: the survivors remove this node once its heartbeat is stale.
+    }
+    if (this.ownsSubscriber) {
+      try {
+        await withTimeout(sub.quit(), this.commandTimeoutMs, 'quit');
+      } catch {
+        sub.disconnect();
+      }
+      sub.removeListener('error', this.listeners.error);
+    } else {
+      const channels = [...this.rooms].map((room) => this.keys.channel(room));
+      await sub.unsubscribe(this.keys.control, ...channels).catch(() => undefined);
+    }
+    this.rooms.clear();
+    if (this.closeClients) {
+      const clients = this.ownsSubscriber ? [this.redis] : [this.redis, sub];
+      await Promise.all(clients.map((c) => withTimeout(c.quit(), this.commandTimeoutMs, 'quit').catch(() => c.disconnect())));
+    }
+  }
+
+  private async run(s: Script, keys: string[], args: (string | number)[]): Promise<unknown> {
+    try {
+      return await this.redis.evalsha(s.sha, keys.length, ...keys, ...args);
+    } catch (error) {
+      if (!(error instanceof Error) || !error.message.startsWith('NOSCRIPT')) throw error;
+      // First use on this server (or it restarted): send the source once; EVAL caches it.
+      return this.redis.eval(s.source, keys.length, ...keys, ...args);
+    }
+  }
+
+  private ready(client: RedisLike): Promise<void> {
+    if (client.status === 'ready') return Promise.resolve();
+    return withTimeout(
+      new Promise<void>((resolve) => {
+        const onReady = (): void => {
+          client.removeListener('ready', onReady);
+          resolve();
+        };
+        client.on('ready', onReady);
+      }),
+      this.commandTimeoutMs,
+      'connecting to Redis',
+    );
+  }
+
+  private async readEpoch(): Promise<void> {
+    this.history.currentEpoch = (await this.run(EPOCH, [this.keys.epoch], [randomBytes(8).toString('base64url')])) as string;
+  }
+
+  private async beat(rewrite = this.dirty): Promise<void> {
+    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0'];
+    if (rewrite) for (const [user, count] of this.counts) args.push(user, count);
+    if (rewrite) this.dirty = false;
+    try {
+      const reply = await this.run(HEARTBEAT, [this.keys.nodes, this.ownPresence], args);
+      if (reply === -1) await this.beat(true);
+    } catch (error) {
+      if (rewrite) this.dirty = true;
+      throw error;
+    }
+  }
+
+  private track(user: string, delta: 1 | -1): void {
+    const next = (this.counts.get(user) ?? 0) + delta;
+    if (next > 0) this.counts.set(user, next);
+    else this.counts.delete(user);
+    if (this.closed) return;
+    this.run(TRACK, [this.ownPresence], [user, delta, this.nodeTimeoutMs * 2]).catch((error: unknown) => {
+      this.dirty = true;
+      this.handlers?.error(asError(error), 'presence');
+    });
+  }
+
+  private onMessage(channel: string, payload: string): void {
+    const handlers = this.handlers;
+    if (!handlers) return;
+    try {
+      if (channel === this.keys.control) {
+        const { node, change } = JSON.parse(payload) as { node: string; change: MembershipChange };
+        if (node !== this.nodeId) handlers.membership(change);
+        return;
+      }
+      if (!channel.startsWith(this.keys.roomChannelPrefix)) return;
+      const newline = payload.indexOf('\n');
+      handlers.message(parseMessage(payload.slice(newline + 1), Number(payload.slice(0, newline))));
+    } catch (error) {
+      handlers.error(asError(error), 'message');
+    }
+  }
+
+  /**
+   * After the subscriber reconnects. ioredis resubscribes by itself; subscribing again
+   * here makes the reply order tell when that is done, before the manager refills.
+   */
+  private async resubscribe(): Promise<void> {
+    const handlers = this.handlers;
+    if (!handlers || this.closed) return;
+    try {
+      const channels = [this.keys.control, ...[...this.rooms].map((room) => this.keys.channel(room))];
+      await withTimeout(this.subscriber.subscribe(...channels), this.commandTimeoutMs, 'resubscribe');
+      // The command connection reconnects on its own schedule; the epoch tells the manager
+      // whether Redis lost its data, so it must be read from the Redis that is back.
+      await this.ready(this.redis);
+      await this.readEpoch();
+      this.dirty = true;
+    } catch (error) {
+      handlers.error(asError(error), 'resubscribe');
+    }
+    handlers.reconnected();
+  }
+}

@@ -1,0 +1,174 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import type { Backplane } from '../../src/index.js';
+import { TestClient, closeClients, type Frame } from '../helpers/client.js';
+import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
+
+/** One cluster for one test: nodes share rooms, seqs, history and presence. */
+export interface BackplaneFixture {
+  /** A backplane for one more process of this cluster. */
+  node(): Backplane;
+  /** Stops a node as a crashed process would: no heartbeat, no cleanup, nothing more sent. */
+  crash(node: Backplane): void | Promise<void>;
+  /** The fixture's node timeout: a crashed node's users stop counting as online within it. */
+  readonly nodeTimeoutMs: number;
+  /** Removes what the cluster left behind (keys in Redis). */
+  cleanup(): Promise<void>;
+}
+
+interface Node {
+  server: TestServer;
+  backplane: Backplane;
+}
+
+const messages = (client: TestClient): Frame[] => client.of('message');
+
+/**
+ * The backplane contract: what a client observes when rooms span three RoomManagers on
+ * three ports. Every backplane implementation runs it.
+ */
+export function backplaneContract(name: string, setup: () => Promise<BackplaneFixture>): void {
+  describe(`${name}: the backplane contract`, () => {
+    let fixture: BackplaneFixture | undefined;
+
+    afterEach(async () => {
+      await closeClients();
+      await closeAll();
+      await fixture?.cleanup();
+      fixture = undefined;
+    });
+
+    async function cluster(table: MembershipTable, count = 3): Promise<Node[]> {
+      fixture = await setup();
+      const nodes: Node[] = [];
+      for (let i = 0; i < count; i++) {
+        const backplane = fixture.node();
+        nodes.push({ backplane, server: await startServer({ membership: table, backplane, publishRate: false }) });
+      }
+      return nodes;
+    }
+
+    async function connect(node: Node, user: string): Promise<TestClient> {
+      return TestClient.connect(node.server.url, await tokenFor(user));
+    }
+
+    it('delivers to every participant on every node exactly once, the publisher excepted', async () => {
+      const table = new MembershipTable({ team: ['a', 'b', 'c', 'd', 'e'], other: ['z'] });
+      const [n1, n2, n3] = await cluster(table);
+      const clients = [await connect(n1!, 'a'), await connect(n2!, 'b'), await connect(n3!, 'c'), await connect(n3!, 'd'), await connect(n1!, 'b')];
+      const outsider = await connect(n2!, 'z');
+      const acks: Frame[] = [];
+      for (const [i, client] of clients.entries()) acks.push(await client.request({ type: 'publish', room: 'team', data: i }));
+      await n2!.server.manager.broadcast('team', 'from the server');
+      const total = clients.length + 1;
+      for (const [i, client] of clients.entries()) {
+        await client.until((frames) => frames.filter((f) => f.type === 'message').length >= total - 1, 5_000, `client ${i}'s messages`);
+      }
+      await clients[0]!.quiet(300);
+      for (const [i, client] of clients.entries()) {
+        const got = messages(client);
+        expect(got.map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6].filter((seq) => seq !== acks[i]!.seq));
+        expect(new Set(got.map((m) => m.id)).size).toBe(got.length);
+      }
+      expect(acks.map((ack) => ack.seq)).toEqual([1, 2, 3, 4, 5]);
+      expect(messages(outsider)).toEqual([]);
+    });
+
+    it('keeps each room in seq order under concurrent publishes from all three nodes', async () => {
+      const table = new MembershipTable({ race: ['p1', 'p2', 'p3', 'watcher'] });
+      const nodes = await cluster(table);
+      const publishers = await Promise.all(nodes.map((node, i) => connect(node, `p${i + 1}`)));
+      const watchers = await Promise.all(nodes.map((node) => connect(node, 'watcher')));
+      const perPublisher = 25;
+      const all = publishers.flatMap((client) =>
+        Array.from({ length: perPublisher }, (_, n) => {
+          client.send({ type: 'publish', room: 'race', data: n });
+          return n;
+        }),
+      );
+      const broadcasts = nodes.flatMap((node) => Array.from({ length: 5 }, (_, n) => node.server.manager.broadcast('race', `server ${n}`)));
+      await Promise.all(broadcasts);
+      const total = all.length + broadcasts.length;
+      for (const watcher of watchers) {
+        await watcher.until((frames) => frames.filter((f) => f.type === 'message').length >= total, 10_000, 'every message');
+        expect(messages(watcher).map((m) => m.seq)).toEqual(Array.from({ length: total }, (_, i) => i + 1));
+      }
+      for (const publisher of publishers) {
+        await publisher.until((frames) => frames.filter((f) => f.type === 'ack').length === perPublisher, 10_000, 'its acks');
+        await publisher.until((frames) => frames.filter((f) => f.type === 'message').length >= total - perPublisher, 10_000, 'the others');
+        const seqs = messages(publisher).map((m) => m.seq as number);
+        expect(seqs).toEqual([...seqs].sort((x, y) => x - y));
+        expect(seqs).toHaveLength(total - perPublisher);
+      }
+    });
+
+    it('applies addMember and removeMember made on one node on the others', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const [n1, n2, n3] = await cluster(table);
+      const alice = await connect(n1!, 'alice');
+      const carol = await connect(n3!, 'carol');
+      const bob = await connect(n2!, 'bob');
+      expect(carol.welcome.rooms).toEqual([]);
+      await alice.request({ type: 'publish', room: 'team', data: 'before carol' });
+
+      table.add('team', 'carol');
+      await n1!.server.manager.addMember('team', 'carol');
+      expect(await carol.next('joined')).toMatchObject({ room: 'team', seq: 1 });
+      await bob.request({ type: 'publish', room: 'team', data: 'hello carol' });
+      expect(await carol.next('message')).toMatchObject({ seq: 2, data: 'hello carol', from: 'bob' });
+
+      table.remove('team', 'carol');
+      await n2!.server.manager.removeMember('team', 'carol');
+      expect(await carol.next('left')).toEqual({ type: 'left', room: 'team' });
+      await alice.request({ type: 'publish', room: 'team', data: 'after carol' });
+      await bob.next('message', (m) => m.data === 'after carol');
+      expect(await carol.quiet(200)).toEqual([]);
+      expect(messages(carol)).toHaveLength(1);
+    });
+
+    it('replays the missed messages when a client resumes on another node', async () => {
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const [n1, n2, n3] = await cluster(table);
+      const alice = await connect(n1!, 'alice');
+      let bob = await connect(n2!, 'bob');
+      for (const n of [1, 2]) await alice.request({ type: 'publish', room: 'chat', data: n });
+      await bob.until((frames) => frames.filter((f) => f.type === 'message').length === 2);
+      const epoch = bob.welcome.epoch as string | undefined;
+      await bob.close();
+      for (const n of [3, 4, 5]) await alice.request({ type: 'publish', room: 'chat', data: n });
+
+      bob = await connect(n3!, 'bob');
+      expect(bob.welcome.epoch).toBe(epoch);
+      bob.send({ type: 'resume', rooms: { chat: 2 }, ...(epoch === undefined ? {} : { epoch }), ref: 'r' });
+      expect(await bob.next('resumed')).toEqual({ type: 'resumed', rooms: { chat: { replayed: 3 } }, ref: 'r' });
+      expect(messages(bob).map((m) => m.data)).toEqual([3, 4, 5]);
+      await alice.request({ type: 'publish', room: 'chat', data: 6 });
+      expect(await bob.next('message', (m) => m.seq === 6)).toMatchObject({ data: 6 });
+      expect(await bob.quiet(150)).toEqual([]);
+    });
+
+    it('goes on when a node dies mid-stream, and stops counting its users as online', async () => {
+      const table = new MembershipTable({ live: ['alice', 'bob', 'dave'] });
+      const [n1, n2, n3] = await cluster(table);
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n2!, 'bob');
+      const dave = await connect(n3!, 'dave');
+      await expect.poll(async () => (await n1!.backplane.presence.onlineUsers()).sort()).toEqual(['alice', 'bob', 'dave']);
+      expect(await n2!.backplane.presence.nodesOf('dave')).toEqual([n3!.backplane.presence.nodeId]);
+
+      for (let n = 1; n <= 5; n++) await alice.request({ type: 'publish', room: 'live', data: n });
+      await fixture!.crash(n3!.backplane);
+      dave.ws.terminate();
+      const crashedAt = Date.now();
+      for (let n = 6; n <= 10; n++) await alice.request({ type: 'publish', room: 'live', data: n });
+
+      await bob.until((frames) => frames.filter((f) => f.type === 'message').length === 10);
+      expect(messages(bob).map((m) => m.data)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+      const timeout = fixture!.nodeTimeoutMs;
+      await expect
+        .poll(async () => (await n1!.backplane.presence.onlineUsers()).sort(), { timeout: timeout * 3, interval: 100 })
+        .toEqual(['alice', 'bob']);
+      expect(Date.now() - crashedAt).toBeLessThan(timeout * 3);
+      expect(await n2!.backplane.presence.nodesOf('dave')).toEqual([]);
+    });
+  });
+}

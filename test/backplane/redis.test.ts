@@ -1,0 +1,257 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, connect as netConnect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import type { Backplane } from '../../src/index.js';
+import { RedisBackplane } from '../../src/backplanes/redis.js';
+import { TestClient, closeClients } from '../helpers/client.js';
+import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
+import { backplaneContract, type BackplaneFixture } from './contract.js';
+
+const HOST = '127.0.0.1';
+const SHARED_PORT = 6379;
+/** Unique per test file run: every key this file makes starts with it, and is deleted after. */
+const FILE_PREFIX = `roomwire-test:${process.pid}:${Date.now().toString(36)}`;
+
+function reachable(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = netConnect(port, HOST);
+    socket.once('connect', () => {
+      socket.destroy();
+      resolve(true);
+    });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+function client(port: number): Redis {
+  // Fail fast while Redis is away (a publish must fail to its publisher, not queue), and
+  // reconnect quickly in tests.
+  return new Redis({ host: HOST, port, enableOfflineQueue: false, retryStrategy: () => 100, maxRetriesPerRequest: 1 });
+}
+
+/** A test-side connection (cleanup, inspection): it may queue until connected. */
+function admin(port: number): Redis {
+  return new Redis({ host: HOST, port });
+}
+
+async function deleteKeys(redis: Redis, prefix: string): Promise<void> {
+  let cursor = '0';
+  // Bounded: SCAN walks the keyspace once.
+  for (let round = 0; round < 100_000; round++) {
+    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
+    if (keys.length > 0) await redis.del(...keys);
+    cursor = next;
+    if (cursor === '0') break;
+  }
+}
+
+const up = await reachable(SHARED_PORT);
+if (!up) {
+  const reason = `Redis is not reachable on ${HOST}:${SHARED_PORT}`;
+  if (process.env.CI === 'true') throw new Error(`${reason}; the Redis backplane tests need it in CI`);
+  console.log(`skipping the Redis backplane tests: ${reason}`);
+}
+
+let testCount = 0;
+
+function fixture(port: number, nodeTimeoutMs: number): BackplaneFixture {
+  const prefix = `${FILE_PREFIX}:${++testCount}`;
+  const clients: Redis[] = [];
+  const crashed = new Map<Backplane, Redis[]>();
+  return {
+    nodeTimeoutMs,
+    node() {
+      const redis = client(port);
+      const subscriber = client(port);
+      clients.push(redis, subscriber);
+      const backplane = new RedisBackplane({ redis, subscriber, prefix, nodeTimeoutMs, heartbeatMs: 100, commandTimeoutMs: 1_000 });
+      crashed.set(backplane, [redis, subscriber]);
+      return backplane;
+    },
+    crash(node) {
+      for (const connection of crashed.get(node) ?? []) connection.disconnect();
+    },
+    async cleanup() {
+      const adminRedis = admin(port);
+      try {
+        await deleteKeys(adminRedis, prefix);
+      } finally {
+        adminRedis.disconnect();
+        for (const connection of clients) connection.disconnect();
+      }
+    },
+  };
+}
+
+describe.skipIf(!up)('RedisBackplane', () => {
+  backplaneContract('RedisBackplane', () => Promise.resolve(fixture(SHARED_PORT, 700)));
+
+  afterAll(async () => {
+    const adminRedis = admin(SHARED_PORT);
+    await deleteKeys(adminRedis, FILE_PREFIX);
+    adminRedis.disconnect();
+  });
+
+  describe('one Redis publish per broadcast', () => {
+    afterEach(async () => {
+      await closeClients();
+      await closeAll();
+    });
+
+    it('costs one PUBLISH whatever the number of members and processes', async () => {
+      const f = fixture(SHARED_PORT, 5_000);
+      const table = new MembershipTable({ big: Array.from({ length: 20 }, (_, i) => `u${i}`) });
+      const servers: TestServer[] = [];
+      for (let i = 0; i < 3; i++) servers.push(await startServer({ membership: table, backplane: f.node() }));
+      const clients = await Promise.all(
+        Array.from({ length: 20 }, async (_, i) => TestClient.connect(servers[i % 3]!.url, await tokenFor(`u${i}`))),
+      );
+      const monitor = admin(SHARED_PORT);
+      // PUBSUB NUMSUB tells how many processes listen on the room's channel: all three.
+      const channel = `${FILE_PREFIX}:${testCount}:room:big`;
+      const [, listeners] = (await monitor.call('PUBSUB', 'NUMSUB', channel)) as [string, number];
+      expect(listeners).toBe(3);
+      const receivedBy = new Promise<number>((resolve) => {
+        const spy = admin(SHARED_PORT);
+        void spy.subscribe(channel);
+        let count = 0;
+        spy.on('message', () => count++);
+        setTimeout(() => {
+          spy.disconnect();
+          resolve(count);
+        }, 500);
+      });
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await clients[0]!.request({ type: 'publish', room: 'big', data: 'one' });
+      expect(await receivedBy).toBe(1);
+      for (const c of clients.slice(1)) await c.next('message');
+      monitor.disconnect();
+      await closeClients();
+      await closeAll();
+      await f.cleanup();
+    });
+  });
+
+  describe('Redis restarted mid-stream', () => {
+    let child: ChildProcess | undefined;
+    let dir: string | undefined;
+
+    afterEach(async () => {
+      await closeClients();
+      await closeAll();
+      child?.kill('SIGKILL');
+      child = undefined;
+      if (dir) rmSync(dir, { recursive: true, force: true });
+    });
+
+    async function freePort(): Promise<number> {
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+      const address = server.address();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      if (typeof address !== 'object' || address === null) throw new Error('no port');
+      return address.port;
+    }
+
+    async function startRedis(port: number, data: string, persistent = true): Promise<ChildProcess> {
+      // Its own server, never the shared one. An append-only file synced on every write is
+      // what makes "acknowledged" mean "kept" when Redis is killed; without persistence a
+      // restart loses the streams, and the epoch tells resuming clients so.
+      const persistence = persistent ? ['--appendonly', 'yes', '--appendfsync', 'always'] : ['--appendonly', 'no'];
+      const proc = spawn('redis-server', ['--port', String(port), '--bind', HOST, '--save', '', ...persistence, '--dir', data], { stdio: 'ignore' });
+      for (let i = 0; i < 100 && !(await reachable(port)); i++) await new Promise((resolve) => setTimeout(resolve, 50));
+      if (!(await reachable(port))) throw new Error('redis-server did not start');
+      return proc;
+    }
+
+    it('fails publishes during the outage to the publisher, and loses no acknowledged message', async () => {
+      const port = await freePort();
+      dir = mkdtempSync(join(tmpdir(), 'roomwire-redis-'));
+      child = await startRedis(port, dir);
+      const f = fixture(port, 5_000);
+      const table = new MembershipTable({ chat: ['alice', 'bob', 'carol'] });
+      const n1 = await startServer({ membership: table, backplane: f.node() });
+      const n2 = await startServer({ membership: table, backplane: f.node() });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const acked: number[] = [];
+      const publish = async (n: number): Promise<boolean> => {
+        const reply = await alice.request({ type: 'publish', room: 'chat', data: n });
+        if (reply.type === 'ack') {
+          acked.push(n);
+          return true;
+        }
+        expect(reply).toMatchObject({ type: 'error', code: 'internal', room: 'chat' });
+        expect(String(reply.message)).toMatch(/backplane unavailable/);
+        return false;
+      };
+      for (let n = 1; n <= 5; n++) expect(await publish(n)).toBe(true);
+
+      child.kill('SIGKILL');
+      await new Promise((resolve) => child!.once('exit', resolve));
+      let failures = 0;
+      for (let n = 6; n <= 8; n++) if (!(await publish(n))) failures++;
+      expect(failures).toBe(3);
+      await expect(n2.manager.broadcast('chat', 'server during outage')).rejects.toMatchObject({ name: 'RoomwireError', code: 'internal' });
+
+      child = await startRedis(port, dir);
+      // Bounded: the clients reconnect within a few hundred ms.
+      let n = 9;
+      for (let attempt = 0; attempt < 100; attempt++) {
+        if (await publish(n)) break;
+        n++;
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      for (let m = n + 1; m <= n + 5; m++) expect(await publish(m)).toBe(true);
+
+      // Bob stayed connected: he gets every acknowledged message, once, in seq order.
+      await bob.until((frames) => frames.filter((fr) => fr.type === 'message').length >= acked.length, 5_000, 'the acked messages');
+      await bob.quiet(200);
+      expect(bob.of('message').map((m) => m.data)).toEqual(acked);
+      expect(bob.of('message').map((m) => m.seq)).toEqual(acked.map((_, i) => i + 1));
+
+      // A client that resumes afterwards gets everything acknowledged, from the stream.
+      const carol = await TestClient.connect(n2.url, await tokenFor('carol'));
+      carol.send({ type: 'resume', rooms: { chat: 0 }, epoch: carol.welcome.epoch, ref: 'r' });
+      expect(await carol.next('resumed')).toMatchObject({ rooms: { chat: { replayed: acked.length } } });
+      expect(carol.of('message').map((m) => m.data)).toEqual(acked);
+
+      await closeClients();
+      await closeAll();
+      await f.cleanup();
+    }, 30_000);
+
+    it('after a restart that lost the data, reconnects clients and answers their resume with history_gap', async () => {
+      const port = await freePort();
+      dir = mkdtempSync(join(tmpdir(), 'roomwire-redis-'));
+      child = await startRedis(port, dir, false);
+      const f = fixture(port, 5_000);
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, backplane: f.node() });
+      const n2 = await startServer({ membership: table, backplane: f.node() });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      let bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const oldEpoch = bob.welcome.epoch as string;
+      for (let n = 1; n <= 3; n++) expect(await alice.request({ type: 'publish', room: 'chat', data: n })).toMatchObject({ type: 'ack', seq: n });
+      await bob.until((frames) => frames.filter((fr) => fr.type === 'message').length === 3);
+
+      child.kill('SIGKILL');
+      await new Promise((resolve) => child!.once('exit', resolve));
+      child = await startRedis(port, dir, false);
+      // Bob's process notices the new numbering once its subscriber is back.
+      await bob.closed();
+      expect(bob.closeCode).toBe(1001);
+
+      bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      expect(bob.welcome.epoch).not.toBe(oldEpoch);
+      expect(await bob.request({ type: 'resume', rooms: { chat: 3 }, epoch: oldEpoch })).toMatchObject({ type: 'error', code: 'history_gap', room: 'chat' });
+      await closeClients();
+      await closeAll();
+      await f.cleanup();
+    }, 30_000);
+  });
+});

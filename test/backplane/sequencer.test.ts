@@ -1,0 +1,181 @@
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import {
+  LocalBus,
+  RoomManager,
+  type Backplane,
+  type BackplaneHandlers,
+  type LocalBackplane,
+  type MembershipChange,
+  type StoredMessage,
+} from '../../src/index.js';
+import { openFake, settle } from '../helpers/fake-connection.js';
+import { MembershipTable } from '../helpers/server.js';
+
+/** A LocalBus node that can lose subscription copies and refuse publishes, as a flaky Redis does. */
+class FlakyBackplane implements Backplane {
+  /** Subscription copies this returns true for never arrive. */
+  drop: (message: StoredMessage) => boolean = () => false;
+  failPublish = false;
+  handlers: BackplaneHandlers | undefined;
+  /** subscribe/unsubscribe calls, in order. */
+  readonly calls: string[] = [];
+
+  constructor(private readonly inner: LocalBackplane) {}
+
+  get history() {
+    return this.inner.history;
+  }
+
+  get presence() {
+    return this.inner.presence;
+  }
+
+  start(handlers: BackplaneHandlers): Promise<void> {
+    this.handlers = handlers;
+    return this.inner.start({
+      ...handlers,
+      message: (message) => {
+        if (!this.drop(message)) handlers.message(message);
+      },
+    });
+  }
+
+  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+    return this.failPublish ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.publish(message);
+  }
+
+  subscribe(room: string): Promise<void> {
+    this.calls.push(`subscribe ${room}`);
+    return this.inner.subscribe(room);
+  }
+
+  unsubscribe(room: string): Promise<void> {
+    this.calls.push(`unsubscribe ${room}`);
+    return this.inner.unsubscribe(room);
+  }
+
+  announce(change: MembershipChange): Promise<void> {
+    return this.inner.announce(change);
+  }
+
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+const managers: RoomManager[] = [];
+
+function manager(table: MembershipTable, backplane: Backplane, roomsOf?: () => string[]): RoomManager {
+  const created = new RoomManager({
+    authenticate: (handshake) => ({ id: handshake.url }),
+    membership: roomsOf ? { roomsOf, membersOf: (room) => table.membersOf(room) } : table,
+    backplane,
+  });
+  managers.push(created);
+  return created;
+}
+
+afterEach(async () => {
+  await Promise.all(managers.splice(0).map((m) => m.close()));
+});
+
+const seqsOf = (frames: { type: string; [key: string]: unknown }[]): unknown[] => frames.filter((f) => f.type === 'message').map((f) => f.seq);
+
+describe('the per-room sequencer', () => {
+  it('fetches a message whose copy never arrives from the history, and delivers in order', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice', 'bob'] });
+    const sender = manager(table, bus.node());
+    const lossy = new FlakyBackplane(bus.node());
+    lossy.drop = (message) => message.seq === 2;
+    const receiver = manager(table, lossy);
+    const bob = await openFake(receiver, 'bob');
+    for (const n of [1, 2, 3]) await sender.broadcast('room', n);
+    await settle(20);
+    expect(seqsOf(bob.frames)).toEqual([1]);
+    await settle(400);
+    expect(seqsOf(bob.frames)).toEqual([1, 2, 3]);
+  });
+
+  it('refills every subscribed room after a reconnect, even a room that went quiet', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice', 'bob'] });
+    const sender = manager(table, bus.node());
+    const lossy = new FlakyBackplane(bus.node());
+    const receiver = manager(table, lossy);
+    const bob = await openFake(receiver, 'bob');
+    await sender.broadcast('room', 1);
+    lossy.drop = () => true;
+    await sender.broadcast('room', 2);
+    await sender.broadcast('room', 3);
+    lossy.drop = () => false;
+    await settle(20);
+    expect(seqsOf(bob.frames)).toEqual([1]);
+    lossy.handlers!.reconnected();
+    await settle(20);
+    expect(seqsOf(bob.frames)).toEqual([1, 2, 3]);
+  });
+
+  it('answers a publish the backplane refuses with an internal error, and rejects broadcast()', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice', 'bob'] });
+    const flaky = new FlakyBackplane(bus.node());
+    const node = manager(table, flaky);
+    const alice = await openFake(node, 'alice');
+    const bob = await openFake(node, 'bob');
+    const errors: string[] = [];
+    node.on('error', (_error, context) => errors.push(context.phase));
+    flaky.failPublish = true;
+    alice.receive({ type: 'publish', room: 'room', data: 'lost?', ref: 'p' });
+    await settle(10);
+    expect(alice.of('error')).toEqual([expect.objectContaining({ code: 'internal', ref: 'p', room: 'room', message: expect.stringMatching(/backplane unavailable/) })]);
+    await expect(node.broadcast('room', 'x')).rejects.toMatchObject({ name: 'RoomwireError', code: 'internal' });
+    expect(errors).toContain('backplane.publish');
+    flaky.failPublish = false;
+    alice.receive({ type: 'publish', room: 'room', data: 'kept', ref: 'q' });
+    await settle(10);
+    expect(alice.of('ack')).toEqual([expect.objectContaining({ seq: 1, ref: 'q' })]);
+    expect(bob.of('message').map((m) => m.data)).toEqual(['kept']);
+  });
+
+  it('retries roomsOf for a connection whose auto-join failed', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['bob'] });
+    let calls = 0;
+    const node = manager(table, bus.node(), () => {
+      if (++calls === 1) throw new Error('database down');
+      return ['room'];
+    });
+    const bob = await openFake(node, 'bob');
+    expect(bob.of('welcome')[0]).toMatchObject({ rooms: [] });
+    await settle(700);
+    expect(bob.of('joined')).toEqual([{ type: 'joined', room: 'room', seq: 0 }]);
+    await node.broadcast('room', 'reached');
+    expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
+  });
+
+  it('unsubscribes a room only after it has had no local connection for a while', async () => {
+    vi.useFakeTimers({ toFake: ['setTimeout', 'setInterval', 'clearTimeout', 'clearInterval', 'Date'] });
+    try {
+      const table = new MembershipTable({ room: ['bob'] });
+      const watched = new FlakyBackplane(new LocalBus().node());
+      const node = manager(table, watched);
+      const first = await openFake(node, 'bob');
+      first.close(1000, 'bye');
+      await vi.advanceTimersByTimeAsync(0);
+      // A quick reconnect reuses the subscription: no churn.
+      const second = await openFake(node, 'bob');
+      second.close(1000, 'bye');
+      await vi.advanceTimersByTimeAsync(6_000);
+      expect(watched.calls).toEqual(['subscribe room']);
+      await vi.advanceTimersByTimeAsync(10_000);
+      expect(watched.calls).toEqual(['subscribe room', 'unsubscribe room']);
+      const third = await openFake(node, 'bob');
+      expect(watched.calls).toEqual(['subscribe room', 'unsubscribe room', 'subscribe room']);
+      await node.broadcast('room', 'still reached');
+      expect(third.of('message').map((m) => m.data)).toEqual(['still reached']);
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
