@@ -37,7 +37,9 @@ export interface WebSocketAdapterOptions {
   allowedOrigins?: readonly string[] | ((origin: string) => boolean) | undefined;
   /**
    * Ping every connection each `heartbeatMs` (from the manager) with one sweep, and
-   * terminate one that did not answer the previous ping. @default true
+   * terminate one that left a ping unanswered for two sweeps (gone 2 to 3 heartbeats
+   * after it stopped answering). A sweep that runs late, because this process stalled,
+   * counts nobody as silent. @default true
    */
   heartbeat?: boolean | undefined;
   /** permessage-deflate compression; costs CPU per message. @default false */
@@ -58,6 +60,13 @@ export interface WebSocketAdapter {
   /** Same as `close()`, for `await using`. */
   [Symbol.asyncDispose](): Promise<void>;
 }
+
+/**
+ * Sweeps a ping may stay unanswered before its connection is terminated: two, so one
+ * slow round trip is not a dead peer. A silent connection is gone 2 to 3 heartbeats
+ * after it stopped answering.
+ */
+const MISSED_PINGS_BEFORE_TERMINATE = 2;
 
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
@@ -134,7 +143,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     }
     return lastBytes;
   };
-  const unanswered = new Set<WebSocket>();
+  /** Connections with a ping outstanding, and how many sweeps since have found it unanswered. */
+  const unanswered = new Map<WebSocket, number>();
   let closing: Promise<void> | undefined;
 
   const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
@@ -221,14 +231,26 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
 
   let sweep: ReturnType<typeof setInterval> | undefined;
   if (heartbeat) {
+    let lastSweep = Date.now();
     sweep = setInterval(() => {
+      // A sweep that runs late means this process stalled: pongs may be waiting unread in
+      // the socket buffers, so that round counts nobody as silent.
+      const now = Date.now();
+      const late = now - lastSweep > heartbeatMs * 1.5;
+      lastSweep = now;
       for (const ws of clients) {
-        if (unanswered.has(ws)) {
-          ws.terminate();
+        const missed = unanswered.get(ws);
+        if (missed === undefined) {
+          unanswered.set(ws, 0);
+          ws.ping();
+        } else if (late) {
           continue;
+        } else if (missed + 1 >= MISSED_PINGS_BEFORE_TERMINATE) {
+          ws.terminate();
+        } else {
+          unanswered.set(ws, missed + 1);
+          ws.ping();
         }
-        unanswered.add(ws);
-        ws.ping();
       }
     }, heartbeatMs);
     sweep.unref?.();
