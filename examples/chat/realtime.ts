@@ -36,11 +36,11 @@ export const REALTIME_DEFAULTS = {
  * With `REDIS_URL` set, several chat processes share rooms through Redis (see
  * examples/cluster/README.md); without it, one process serves alone.
  */
-export function backplaneFromEnvironment(url = process.env.REDIS_URL): Backplane | undefined {
+export function backplaneFromEnvironment(url = process.env.REDIS_URL, prefix = process.env.REDIS_PREFIX || 'roomwire-chat'): Backplane | undefined {
   if (url === undefined || url === '') return undefined;
   // No offline queue: while Redis is away a publish fails to its sender at once.
   const redis = new Redis(url, { enableOfflineQueue: false });
-  return new RedisBackplane({ redis, prefix: 'roomwire-chat', closeClients: true });
+  return new RedisBackplane({ redis, prefix, closeClients: true });
 }
 
 /**
