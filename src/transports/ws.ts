@@ -76,6 +76,40 @@ const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthor
 /** The paths each server's roomwire adapters serve, so they can tell which upgrades nobody serves. */
 const adaptersByServer = new WeakMap<UpgradeSource, Map<string, object>>();
 
+/**
+ * Destroys a raw upgrade socket on error. A shared function, not a closure: a closure
+ * here would keep each connection's upgrade request alive for the life of its socket.
+ */
+function destroyOnError(this: Duplex): void {
+  this.destroy();
+}
+
+/**
+ * The core's view of one ws socket. A class rather than an object literal with a getter,
+ * which V8 keeps in slow dictionary mode: the broadcast reads `bufferedAmount` and calls
+ * `send` once per recipient.
+ */
+class WsConnection implements Connection {
+  constructor(
+    private readonly ws: WebSocket,
+    private readonly toBytes: (text: string) => Buffer,
+  ) {}
+
+  send(text: string): void {
+    // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
+    if (this.ws.readyState !== 1) throw new Error('socket is not open');
+    this.ws.send(this.toBytes(text), TEXT_FRAME);
+  }
+
+  close(code: number, reason: string): void {
+    this.ws.close(code, reason);
+  }
+
+  get bufferedAmount(): number {
+    return this.ws.bufferedAmount;
+  }
+}
+
 /** Answers an upgrade on the raw socket, before any WebSocket exists. */
 function refuse(socket: Duplex, status: number, code: string, message: string): void {
   if (socket.destroyed) return;
@@ -149,20 +183,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
 
   const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
     clients.add(ws);
-    const connection: Connection = {
-      send(text) {
-        // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
-        if (ws.readyState !== ws.OPEN) throw new Error('socket is not open');
-        ws.send(toBytes(text), TEXT_FRAME);
-      },
-      close(code, reason) {
-        ws.close(code, reason);
-      },
-      get bufferedAmount() {
-        return ws.bufferedAmount;
-      },
-    };
-    const handlers = manager.open(connection, principal);
+    const handlers = manager.open(new WsConnection(ws, toBytes), principal);
     ws.on('message', (data, isBinary) => {
       handlers.message(Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data, isBinary);
     });
@@ -191,7 +212,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       }
       return;
     }
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroyOnError);
     if (closing || manager.isClosing) {
       refuse(socket, 403, 'shutting_down', 'server shutting down');
       return;
