@@ -1,0 +1,63 @@
+import { build, type Plugin } from 'esbuild';
+import { isAbsolute, join, resolve } from 'node:path';
+import { ROOT } from './ipc.js';
+
+/** The child processes of the benchmark, by name. */
+export const ENTRIES = {
+  roomwire: 'bench/servers/roomwire.ts',
+  bare: 'bench/servers/bare.ts',
+  socketio: 'bench/servers/socketio.ts',
+  preframed: 'bench/servers/preframed.ts',
+  loadgen: 'bench/loadgen.ts',
+} as const;
+
+export type EntryName = keyof typeof ENTRIES;
+
+/**
+ * Where the bundles go: inside node_modules, so their imports of ws, socket.io and zod
+ * resolve as they do from the repository, and nothing lands in the work tree.
+ */
+export const BUILD_DIR = join(ROOT, 'node_modules/.cache/roomwire-bench');
+
+/** The package's entry points, relative to a source directory. */
+const SUBPATHS: Record<string, string> = { roomwire: 'index.ts', 'roomwire/ws': 'transports/ws.ts', 'roomwire/auth/jwt': 'auth/jwt.ts' };
+
+/** Resolves `roomwire` imports to another source directory (a worktree of a branch, a patched copy). */
+function sourceFrom(dir: string): Plugin {
+  const root = isAbsolute(dir) ? dir : resolve(ROOT, dir);
+  return {
+    name: 'roomwire-source',
+    setup(on) {
+      on.onResolve({ filter: /^roomwire(\/.*)?$/ }, (args) => {
+        const file = SUBPATHS[args.path];
+        return file === undefined ? undefined : { path: join(root, file) };
+      });
+    },
+  };
+}
+
+/**
+ * Bundles each child's entry with esbuild, the way a published build would be: roomwire
+ * from src/ (through tsconfig's `paths`, as `import ... from 'roomwire'`), or from
+ * `sourceDir` when given, every npm package left external, no minification. Running
+ * TypeScript under tsx instead would charge every server for tsx's `keepNames` transform
+ * (an `Object.defineProperty` for each named closure created, and closures left in
+ * dictionary mode), which the shipped build does not have. Returns the path of each bundle.
+ */
+export async function buildEntries(sourceDir?: string): Promise<Record<EntryName, string>> {
+  await build({
+    plugins: sourceDir === undefined ? [] : [sourceFrom(sourceDir)],
+    absWorkingDir: ROOT,
+    entryPoints: ENTRIES,
+    outdir: BUILD_DIR,
+    bundle: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20',
+    packages: 'external',
+    logLevel: 'warning',
+  });
+  const out = {} as Record<EntryName, string>;
+  for (const name of Object.keys(ENTRIES) as EntryName[]) out[name] = join(BUILD_DIR, `${name}.js`);
+  return out;
+}

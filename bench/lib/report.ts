@@ -1,0 +1,346 @@
+import type { ProfileSummary } from './cpuprofile.js';
+import { fmt, fmtRatio, ratio } from './stats.js';
+import {
+  SERVER_LABEL,
+  type HeadlineRow,
+  type IdleResult,
+  type LadderResult,
+  type LoadScenarioResult,
+  type ProfileResults,
+  type Results,
+  type ServerKind,
+  type TargetRow,
+} from './results.js';
+
+const SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio', 'preframed'];
+
+function row(metric: string, values: Partial<Record<ServerKind, number>>, higherIsBetter = false): HeadlineRow {
+  const rw = values.roomwire ?? Number.NaN;
+  const bare = values.bare ?? Number.NaN;
+  const sio = values.socketio ?? Number.NaN;
+  return { metric, higherIsBetter, roomwireVsBare: ratio(rw, bare), socketioVsBare: ratio(sio, bare), roomwireVsSocketio: ratio(rw, sio) };
+}
+
+function pick<T>(summary: Partial<Record<ServerKind, T>> | undefined, get: (value: T) => number): Partial<Record<ServerKind, number>> {
+  const out: Partial<Record<ServerKind, number>> = {};
+  for (const server of SERVERS) {
+    const value = summary?.[server];
+    if (value !== undefined) out[server] = get(value);
+  }
+  return out;
+}
+
+/** The ratios that lead the report. */
+export function headline(results: Pick<Results, 'small' | 'big' | 'ladder' | 'idle'>): HeadlineRow[] {
+  const rows: HeadlineRow[] = [];
+  for (const scenario of [results.small, results.big]) {
+    if (!scenario) continue;
+    rows.push(row(`${scenario.name}: user CPU per delivery`, pick(scenario.summary, (s) => s.userUsPerDelivery)));
+    rows.push(row(`${scenario.name}: total CPU per delivery`, pick(scenario.summary, (s) => s.totalUsPerDelivery)));
+    rows.push(row(`${scenario.name}: p99 latency`, pick(scenario.summary, (s) => s.p99Ms)));
+  }
+  if (results.ladder) {
+    rows.push(row('rate ladder: highest sustained deliveries/s', pick(results.ladder.summary, (s) => s.maxSustainedDeliveriesPerS), true));
+  }
+  if (results.idle) {
+    rows.push(row('idle: RSS per connection', pick(results.idle.summary, (s) => s.rssPerConn)));
+    rows.push(row('idle: JS heap per connection', pick(results.idle.summary, (s) => s.heapPerConn)));
+    rows.push(row('idle: server CPU per connection opened', pick(results.idle.summary, (s) => s.connectUserUs + s.connectSystemUs)));
+  }
+  return rows;
+}
+
+function met(value: number, ok: (v: number) => boolean): boolean | undefined {
+  return Number.isFinite(value) ? ok(value) : undefined;
+}
+
+/** The targets of issue 7, each with what this run measured. */
+export function targets(results: Pick<Results, 'small' | 'big' | 'ladder' | 'idle'>): TargetRow[] {
+  const rows: TargetRow[] = [];
+  for (const scenario of [results.small, results.big]) {
+    if (!scenario) continue;
+    const s = scenario.summary;
+    const user = ratio(s.roomwire?.userUsPerDelivery ?? Number.NaN, s.bare?.userUsPerDelivery ?? Number.NaN);
+    rows.push({ target: `${scenario.name}: user CPU per delivery ≤ 1.0× bare`, measured: fmtRatio(user), met: met(user, (v) => v <= 1.0) });
+    const total = ratio(s.roomwire?.totalUsPerDelivery ?? Number.NaN, s.socketio?.totalUsPerDelivery ?? Number.NaN);
+    rows.push({ target: `${scenario.name}: total server CPU ≤ 0.75× Socket.IO`, measured: fmtRatio(total), met: met(total, (v) => v <= 0.75) });
+  }
+  if (results.idle) {
+    const s = results.idle.summary;
+    const rss = ratio(s.roomwire?.rssPerConn ?? Number.NaN, s.bare?.rssPerConn ?? Number.NaN);
+    rows.push({ target: 'RSS per idle authenticated connection ≤ 1.2× bare', measured: fmtRatio(rss), met: met(rss, (v) => v <= 1.2) });
+  }
+  if (results.small) {
+    const s = results.small.summary;
+    const perS = s.roomwire?.deliveriesPerS ?? Number.NaN;
+    const diff = (s.roomwire?.p99Ms ?? Number.NaN) - (s.bare?.p99Ms ?? Number.NaN);
+    rows.push({
+      target: `p99 latency at 9,000 deliveries/s within 1 ms of bare (small rooms, ${fmt(perS)} deliveries/s measured)`,
+      measured: Number.isFinite(diff) ? `${diff >= 0 ? '+' : ''}${diff.toFixed(2)} ms` : '–',
+      met: met(diff, (v) => v <= 1),
+    });
+  }
+  if (results.ladder) {
+    const bare = results.ladder.runs.filter((run) => run.server === 'bare');
+    const roomwire = results.ladder.runs.filter((run) => run.server === 'roomwire');
+    const bareRates = new Set<number>();
+    for (const run of bare) for (const step of run.steps) if (step.sustained) bareRates.add(step.rate);
+    const failures: string[] = [];
+    for (const rate of [...bareRates].sort((a, b) => a - b)) {
+      for (const run of roomwire) {
+        const step = run.steps.find((st) => st.rate === rate);
+        if (!step) failures.push(`${rate} msg/s not reached (rep ${run.rep + 1})`);
+        else if (step.lossRatio > 0) failures.push(`${(step.lossRatio * 100).toFixed(2)}% lost at ${rate} msg/s (rep ${run.rep + 1})`);
+      }
+    }
+    const known = bare.length > 0 && roomwire.length > 0 && bareRates.size > 0;
+    rows.push({
+      target: 'No loss at any ladder step the bare loop sustains',
+      measured: !known
+        ? 'the bare loop sustained no step'
+        : failures.length === 0
+          ? `no loss at the ${bareRates.size} step(s) the bare loop sustained`
+          : failures.slice(0, 3).join('; '),
+      met: known ? failures.length === 0 : undefined,
+    });
+  }
+  return rows;
+}
+
+const yes = (value: boolean | undefined): string => (value === undefined ? '–' : value ? 'yes' : '**no**');
+const kib = (bytes: number): string => (Number.isFinite(bytes) ? (bytes / 1024).toFixed(2) : '–');
+
+function loadTable(scenario: LoadScenarioResult): string {
+  const lines = [
+    `**${scenario.name}**: ${scenario.description}. ${scenario.reps} rep(s) per server, ${scenario.measureMs / 1000} s measured after ${scenario.warmupMs / 1000} s of warm-up; medians.`,
+    '',
+    '| server | deliveries/s | user µs/delivery | system µs/delivery | total µs/delivery | p50 ms | p99 ms | max ms | loss | server CPU | load gen. CPU | other load | heap / RSS after, MiB |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const server of SERVERS) {
+    const s = scenario.summary[server];
+    if (!s) continue;
+    lines.push(
+      `| ${SERVER_LABEL[server]} | ${fmt(s.deliveriesPerS)} | ${fmt(s.userUsPerDelivery)} | ${fmt(s.systemUsPerDelivery)} | ${fmt(s.totalUsPerDelivery)} | ${fmt(s.p50Ms)} | ${fmt(s.p99Ms)} | ${fmt(s.maxMs)} | ${fmt(s.lossRatio * 100)}% | ${fmt(s.serverCpuPct, 2)}% | ${fmt(s.loadgenCpuPct, 2)}% | ${fmt(s.otherCpuPct, 2)}% | ${fmt(s.heapAfterMiB)} / ${fmt(s.rssAfterMiB)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+function ladderTable(ladder: LadderResult): string {
+  const lines = [
+    `**rate ladder**: ${ladder.topology.connections.toLocaleString('en-US')} connections in rooms of ${ladder.topology.roomSize}, publishes/s stepped through ${ladder.rates.join(', ')} (deliveries/s = ${ladder.topology.roomSize - 1}× that); ${ladder.measureMs / 1000} s per step, ${ladder.reps} run(s) per server. A step is sustained with loss ≤ ${ladder.criteria.maxLossRatio * 100}%, p99 ≤ ${ladder.criteria.maxP99Ms} ms, no dropped connection and at least ${ladder.criteria.minSentRatio * 100}% of the rate sent; a server stops climbing at the first step with loss, p99 over ${ladder.criteria.stopP99Ms} ms, a dropped connection or a short send. Cells: p99 ms (loss); medians of the runs that reached the step.`,
+    '',
+    `| publishes/s | ${SERVERS.filter((s) => ladder.summary[s]).map((s) => SERVER_LABEL[s]).join(' | ')} |`,
+    `| ---: | ${SERVERS.filter((s) => ladder.summary[s]).map(() => '---:').join(' | ')} |`,
+  ];
+  for (const rate of ladder.rates) {
+    const cells = SERVERS.filter((s) => ladder.summary[s]).map((server) => {
+      const point = ladder.summary[server]?.curve.find((p) => p.rate === rate);
+      if (!point) return 'not reached';
+      const mark = point.sustained < point.reached ? ' ✗' : '';
+      return `${fmt(point.p99Ms)} (${fmt(point.lossRatio * 100)}%)${mark}`;
+    });
+    lines.push(`| ${rate} | ${cells.join(' | ')} |`);
+  }
+  lines.push(
+    `| **highest sustained deliveries/s** | ${SERVERS.filter((s) => ladder.summary[s]).map((s) => `**${fmt(ladder.summary[s]?.maxSustainedDeliveriesPerS ?? Number.NaN)}**`).join(' | ')} |`,
+  );
+  lines.push('', '✗: at least one run did not sustain the step.');
+  return lines.join('\n');
+}
+
+function idleTable(idle: IdleResult): string {
+  const lines = [
+    `**idle connections**: ${idle.connections.toLocaleString('en-US')} authenticated connections, each joined to its user's one room (rooms of ${idle.roomSize}); per-connection figures are the slope between ${idle.first.toLocaleString('en-US')} and ${idle.connections.toLocaleString('en-US')} connections, after a full GC, ${idle.reps} rep(s), medians.${idle.scaledDown ? ` Scaled down: ${idle.scaledDown}.` : ''}`,
+    '',
+    '| server | RSS/connection KiB | heap used/connection KiB | external/connection KiB | server CPU µs per connection opened (user + system) | connections opened/s |',
+    '| --- | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const server of SERVERS) {
+    const s = idle.summary[server];
+    if (!s) continue;
+    lines.push(
+      `| ${SERVER_LABEL[server]} | ${kib(s.rssPerConn)} | ${kib(s.heapPerConn)} | ${kib(s.externalPerConn)} | ${fmt(s.connectUserUs)} + ${fmt(s.connectSystemUs)} | ${fmt(s.connectsPerS)} |`,
+    );
+  }
+  return lines.join('\n');
+}
+
+/** The generated part of docs/benchmarks.md. */
+export function resultsMarkdown(results: Results, chartPath: string): string {
+  const m = results.meta;
+  const out: string[] = [];
+  out.push(
+    `Run of ${m.date.slice(0, 10)} (${m.mode}, ${Math.round(m.durationS)} s): \`${m.command}\` on ${m.machine.cpus} × ${m.machine.model}, ${m.machine.memoryGiB} GiB, Linux ${m.machine.kernel}, Node ${m.machine.node}; roomwire ${m.versions.roomwire} (source), ws ${m.versions.ws}, Socket.IO ${m.versions.socketio}. Load average at start: ${m.loadAverageAtStart.map((v) => v.toFixed(2)).join(', ')}.`,
+  );
+  out.push(
+    '',
+    `roomwire source: ${m.source}; servers run as ${m.runner}. Windows measured again because other processes used over ${m.noisy.thresholdPct}% of a core meanwhile: ${m.noisy.remeasured}; kept windows still that noisy: ${m.noisy.windows} of ${m.noisy.of}.`,
+  );
+  for (const note of m.notes) out.push('', `> ${note}`);
+  out.push('', '### Headline: ratios', '', 'Lower is better except where marked ↑. Ratios of the per-server medians of this one run.', '');
+  out.push('| metric | roomwire / bare ws | Socket.IO / bare ws | roomwire / Socket.IO |', '| --- | ---: | ---: | ---: |');
+  for (const r of results.headline) {
+    out.push(`| ${r.metric}${r.higherIsBetter ? ' ↑' : ''} | ${fmtRatio(r.roomwireVsBare)} | ${fmtRatio(r.socketioVsBare)} | ${fmtRatio(r.roomwireVsSocketio)} |`);
+  }
+  out.push('', `![ratios against the bare ws loop, and the rate ladder](${chartPath})`, '');
+  out.push('### Against the targets of issue 7', '', '| target | measured | met |', '| --- | --- | --- |');
+  for (const t of results.targets) out.push(`| ${t.target} | ${t.measured} | ${yes(t.met)} |`);
+  out.push('', '### Figures');
+  if (results.small) out.push('', loadTable(results.small));
+  if (results.big) out.push('', loadTable(results.big));
+  if (results.ladder) out.push('', ladderTable(results.ladder));
+  if (results.idle) out.push('', idleTable(results.idle));
+  out.push('', '"server CPU", "load gen. CPU" and "other load" are in % of one core over the measured window; "other load" is what the rest of the machine used meanwhile (other processes), a sign of how noisy the run was.');
+  return out.join('\n');
+}
+
+/** The generated part of the profile section of docs/benchmarks.md. */
+export function profileMarkdown(results: ProfileResults): string {
+  const out: string[] = [
+    `Profiled ${results.date.slice(0, 10)}: \`${results.command}\` on ${results.machine.cpus} × ${results.machine.model}, Node ${results.machine.node}; roomwire ${results.source}, run as ${results.runner}. Scenarios: ${results.scenario}.`,
+    '',
+    'Only the samples of the measured window count (after warm-up; connection setup excluded). Shares are of the server\'s busy (non-idle) samples, kernel time inside syscalls included: it shows as the native stream functions (`writev`). Functions are located by source module; anonymous ones are named after their nearest named caller.',
+  ];
+  const scenarios = [...new Set(results.profiles.map((p) => p.scenario))];
+  for (const scenario of scenarios) {
+    const mine = results.profiles.filter((p) => p.scenario === scenario);
+    out.push('', `#### ${scenario}: where the server's time goes`, '');
+    const categories = [...new Set(mine.flatMap((p) => p.categories.map((c) => c.category)))];
+    out.push(`| category | ${mine.map((p) => SERVER_LABEL[p.server as ServerKind] ?? p.server).join(' | ')} |`, `| --- | ${mine.map(() => '---:').join(' | ')} |`);
+    for (const category of categories) {
+      out.push(`| ${category} | ${mine.map((p) => `${(p.categories.find((c) => c.category === category)?.pct ?? 0).toFixed(1)}%`).join(' | ')} |`);
+    }
+    out.push(
+      `| *sampled busy ms per 1,000 deliveries* | ${mine.map((p) => fmt((p.busyMs * 1000) / Math.max(1, p.deliveries))).join(' | ')} |`,
+    );
+    for (const p of mine) {
+      const label = SERVER_LABEL[p.server as ServerKind] ?? p.server;
+      out.push('', `<details><summary>${scenario}, ${label}: top functions by self time</summary>`, '', '| function | where | category | self |', '| --- | --- | --- | ---: |');
+      for (const r of p.self.slice(0, 20)) out.push(`| \`${r.fn}\` | ${r.where ? `\`${r.where}\`` : ''} | ${r.category} | ${r.pct.toFixed(1)}% |`);
+      if (p.inclusive.length > 0) {
+        out.push('', '| roomwire function (with its callees) | where | inclusive |', '| --- | --- | ---: |');
+        for (const r of p.inclusive.slice(0, 15)) out.push(`| \`${r.fn}\` | \`${r.where}\` | ${r.pct.toFixed(1)}% |`);
+      }
+      out.push('', '</details>');
+    }
+  }
+  return out.join('\n');
+}
+
+// ---------------------------------------------------------------- chart
+
+const COLORS: Record<ServerKind, string> = { roomwire: '#d9480f', bare: '#495057', socketio: '#1971c2', preframed: '#2f9e44' };
+
+function esc(text: string): string {
+  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
+}
+
+/** An SVG of two panels: ratios against the bare loop, and p99 latency along the rate ladder. */
+export function chartSvg(results: Results): string {
+  const width = 960;
+  const height = 450;
+  const parts: string[] = [];
+  parts.push(
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" font-family="system-ui, sans-serif" font-size="12">`,
+    `<rect width="${width}" height="${height}" fill="#fff"/>`,
+  );
+
+  // Panel 1: grouped bars of ratios against bare.
+  const bars: { label: [string, string]; roomwire: number; socketio: number }[] = [];
+  const add = (label: [string, string], key: string): void => {
+    const r = results.headline.find((h) => h.metric === key);
+    if (r) bars.push({ label, roomwire: r.roomwireVsBare, socketio: r.socketioVsBare });
+  };
+  add(['small rooms', 'user CPU'], 'small rooms: user CPU per delivery');
+  add(['small rooms', 'total CPU'], 'small rooms: total CPU per delivery');
+  add(['big room', 'user CPU'], 'big room: user CPU per delivery');
+  add(['big room', 'total CPU'], 'big room: total CPU per delivery');
+  add(['idle', 'RSS/conn'], 'idle: RSS per connection');
+  add(['idle', 'heap/conn'], 'idle: JS heap per connection');
+  const p1 = { x: 60, y: 40, w: 470, h: 300 };
+  const finite = bars.flatMap((b) => [b.roomwire, b.socketio]).filter(Number.isFinite);
+  const yMax = Math.max(2, Math.ceil(Math.max(1, ...finite) * 2) / 2);
+  const y1 = (v: number): number => p1.y + p1.h - (v / yMax) * p1.h;
+  parts.push(`<text x="${p1.x}" y="22" font-size="14" font-weight="600">Cost relative to the bare ws loop (lower is better)</text>`);
+  for (let v = 0; v <= yMax + 1e-9; v += 0.5) {
+    parts.push(`<line x1="${p1.x}" x2="${p1.x + p1.w}" y1="${y1(v)}" y2="${y1(v)}" stroke="${v === 1 ? '#495057' : '#e9ecef'}" ${v === 1 ? 'stroke-dasharray="6 4"' : ''}/>`);
+    parts.push(`<text x="${p1.x - 6}" y="${y1(v) + 4}" text-anchor="end" fill="#495057">${v.toFixed(1)}×</text>`);
+  }
+  const group = bars.length > 0 ? p1.w / bars.length : p1.w;
+  bars.forEach((bar, i) => {
+    const gx = p1.x + i * group;
+    const bw = Math.min(28, group / 3);
+    (['roomwire', 'socketio'] as const).forEach((server, j) => {
+      const value = bar[server];
+      if (!Number.isFinite(value)) return;
+      const x = gx + group / 2 - bw + j * bw;
+      const top = y1(Math.min(value, yMax));
+      parts.push(`<rect x="${x.toFixed(1)}" y="${top.toFixed(1)}" width="${(bw - 2).toFixed(1)}" height="${(p1.y + p1.h - top).toFixed(1)}" fill="${COLORS[server]}"/>`);
+      parts.push(`<text x="${(x + bw / 2 - 1).toFixed(1)}" y="${(top - 4).toFixed(1)}" text-anchor="middle" font-size="10">${value.toFixed(2)}</text>`);
+    });
+    parts.push(`<text x="${(gx + group / 2).toFixed(1)}" y="${p1.y + p1.h + 16}" text-anchor="middle">${esc(bar.label[0])}</text>`);
+    parts.push(`<text x="${(gx + group / 2).toFixed(1)}" y="${p1.y + p1.h + 30}" text-anchor="middle">${esc(bar.label[1])}</text>`);
+  });
+  const legend = (x: number, y: number, server: ServerKind): void => {
+    parts.push(`<rect x="${x}" y="${y - 10}" width="12" height="12" fill="${COLORS[server]}"/>`, `<text x="${x + 16}" y="${y}">${SERVER_LABEL[server]}</text>`);
+  };
+  legend(p1.x, p1.y + p1.h + 56, 'roomwire');
+  legend(p1.x + 100, p1.y + p1.h + 56, 'socketio');
+  parts.push(`<text x="${p1.x + 200}" y="${p1.y + p1.h + 56}" fill="#495057">dashed line: bare ws = 1.0×</text>`);
+
+  // Panel 2: p99 latency against deliveries/s along the ladder (log scale).
+  const p2 = { x: 620, y: 40, w: 310, h: 300 };
+  parts.push(`<text x="${p2.x - 40}" y="22" font-size="14" font-weight="600">Rate ladder: p99 latency</text>`);
+  const ladder = results.ladder;
+  if (ladder) {
+    const points = SERVERS.flatMap((s) => (ladder.summary[s]?.curve ?? []).map((p) => ({ server: s, ...p })));
+    const xMax = Math.max(1, ...points.map((p) => p.deliveriesPerS).filter(Number.isFinite)) * 1.05;
+    const lo = 0.1;
+    const hi = 1000;
+    const x2 = (v: number): number => p2.x + (v / xMax) * p2.w;
+    const y2 = (v: number): number => p2.y + p2.h - ((Math.log10(Math.min(hi, Math.max(lo, v))) - Math.log10(lo)) / (Math.log10(hi) - Math.log10(lo))) * p2.h;
+    for (const v of [0.1, 1, 10, 100, 1000]) {
+      parts.push(`<line x1="${p2.x}" x2="${p2.x + p2.w}" y1="${y2(v)}" y2="${y2(v)}" stroke="#e9ecef"/>`);
+      parts.push(`<text x="${p2.x - 6}" y="${y2(v) + 4}" text-anchor="end" fill="#495057">${v} ms</text>`);
+    }
+    const step = Math.pow(10, Math.floor(Math.log10(xMax / 4)));
+    const tick = [1, 2, 5].map((m) => m * step).find((t) => xMax / t <= 6) ?? step * 10;
+    for (let v = 0; v <= xMax; v += tick) {
+      parts.push(`<text x="${x2(v)}" y="${p2.y + p2.h + 16}" text-anchor="middle" fill="#495057">${v >= 1000 ? `${v / 1000}k` : v}</text>`);
+    }
+    parts.push(`<text x="${p2.x + p2.w / 2}" y="${p2.y + p2.h + 32}" text-anchor="middle">deliveries/s</text>`);
+    SERVERS.forEach((server, i) => {
+      const curve = (ladder.summary[server]?.curve ?? []).filter((p) => Number.isFinite(p.deliveriesPerS) && Number.isFinite(p.p99Ms));
+      if (curve.length === 0) return;
+      const path = curve.map((p, j) => `${j === 0 ? 'M' : 'L'}${x2(p.deliveriesPerS).toFixed(1)},${y2(p.p99Ms).toFixed(1)}`).join(' ');
+      parts.push(`<path d="${path}" fill="none" stroke="${COLORS[server]}" stroke-width="2"/>`);
+      for (const p of curve) {
+        const fill = p.sustained < p.reached ? '#fff' : COLORS[server];
+        parts.push(`<circle cx="${x2(p.deliveriesPerS).toFixed(1)}" cy="${y2(p.p99Ms).toFixed(1)}" r="3.5" fill="${fill}" stroke="${COLORS[server]}" stroke-width="1.5"/>`);
+      }
+      legend(p2.x + i * 100, p2.y + p2.h + 56, server);
+    });
+    parts.push(`<text x="${p2.x}" y="${p2.y + p2.h + 74}" fill="#495057" font-size="11">hollow: a step not sustained (loss, p99 or rate)</text>`);
+  } else {
+    parts.push(`<text x="${p2.x}" y="${p2.y + 20}">(not run)</text>`);
+  }
+  parts.push(
+    `<text x="${width - 8}" y="${height - 8}" text-anchor="end" fill="#868e96" font-size="10">${esc(`${results.meta.command} · ${results.meta.date.slice(0, 10)} · ${results.meta.machine.cpus} cores · Node ${results.meta.machine.node}`)}</text>`,
+  );
+  parts.push('</svg>');
+  return `${parts.join('\n')}\n`;
+}
+
+/** Replaces the text between `<!-- name:start -->` and `<!-- name:end -->`. */
+export function replaceSection(doc: string, name: string, body: string): string {
+  const start = `<!-- ${name}:start -->`;
+  const end = `<!-- ${name}:end -->`;
+  const from = doc.indexOf(start);
+  const to = doc.indexOf(end);
+  if (from === -1 || to === -1 || to < from) return `${doc.trimEnd()}\n\n${start}\n${body}\n${end}\n`;
+  return `${doc.slice(0, from + start.length)}\n${body}\n${doc.slice(to)}`;
+}
+
+export type { ProfileSummary };

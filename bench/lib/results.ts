@@ -1,0 +1,207 @@
+import type { MemoryReport } from '../servers/harness.js';
+import type { ConnectResult, RunResult, ServerKind } from '../loadgen.js';
+import type { ProfileSummary } from './cpuprofile.js';
+import type { Topology } from './topology.js';
+
+export type { ServerKind };
+
+export const SERVER_LABEL: Record<ServerKind, string> = { roomwire: 'roomwire', bare: 'bare ws', socketio: 'Socket.IO', preframed: 'bare, pre-framed' };
+
+/** Figures computed from one load run. */
+export interface Derived {
+  deliveriesPerS: number;
+  userUsPerDelivery: number;
+  systemUsPerDelivery: number;
+  totalUsPerDelivery: number;
+  /** Server CPU over the window, in % of one core. */
+  serverCpuPct: number;
+  loadgenCpuPct: number;
+  /** Everything else on the machine (other processes), in % of one core. */
+  otherCpuPct: number;
+  lossRatio: number;
+}
+
+export interface LoadStep {
+  server: ServerKind;
+  rep: number;
+  connect: ConnectResult;
+  run: RunResult;
+  derived: Derived;
+  /** The server's memory right after the run (after a GC). */
+  memoryAfter: MemoryReport | undefined;
+}
+
+export interface LoadSummary {
+  runs: number;
+  deliveriesPerS: number;
+  userUsPerDelivery: number;
+  systemUsPerDelivery: number;
+  totalUsPerDelivery: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  /** Lost over expected, all reps together. */
+  lossRatio: number;
+  serverCpuPct: number;
+  loadgenCpuPct: number;
+  otherCpuPct: number;
+  errors: number;
+  dropped: number;
+  /** The server's heap and RSS right after the run, after a GC (history and caches included). */
+  heapAfterMiB: number;
+  rssAfterMiB: number;
+}
+
+export interface LoadScenarioResult {
+  name: string;
+  description: string;
+  topology: Topology;
+  rate: number;
+  reps: number;
+  warmupMs: number;
+  measureMs: number;
+  steps: LoadStep[];
+  summary: Partial<Record<ServerKind, LoadSummary>>;
+}
+
+export interface LadderStep {
+  rate: number;
+  deliveriesPerS: number;
+  sentRate: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  lossRatio: number;
+  userUsPerDelivery: number;
+  totalUsPerDelivery: number;
+  serverCpuPct: number;
+  loadgenCpuPct: number;
+  otherCpuPct: number;
+  sustained: boolean;
+  /** Why the step counts as not sustained. */
+  reason: string | undefined;
+}
+
+export interface LadderRun {
+  server: ServerKind;
+  rep: number;
+  steps: LadderStep[];
+  /** Deliveries/s of the highest sustained step; 0 when none was. */
+  maxSustainedDeliveriesPerS: number;
+}
+
+export interface LadderPoint {
+  rate: number;
+  deliveriesPerS: number;
+  p99Ms: number;
+  lossRatio: number;
+  /** Runs that reached this step, and of them, runs that sustained it. */
+  reached: number;
+  sustained: number;
+}
+
+export interface LadderResult {
+  topology: Topology;
+  rates: number[];
+  reps: number;
+  warmupMs: number;
+  measureMs: number;
+  /**
+   * A step is sustained with loss ≤ maxLossRatio, p99 ≤ maxP99Ms, no dropped connection and
+   * ≥ minSentRatio of the rate sent; the climb stops at loss, p99 > stopP99Ms, a drop or a short send.
+   */
+  criteria: { maxLossRatio: number; maxP99Ms: number; stopP99Ms: number; minSentRatio: number };
+  runs: LadderRun[];
+  summary: Partial<Record<ServerKind, { maxSustainedDeliveriesPerS: number; curve: LadderPoint[] }>>;
+}
+
+export interface IdleStep {
+  server: ServerKind;
+  rep: number;
+  connections: number;
+  first: number;
+  before: MemoryReport;
+  after: MemoryReport;
+  /** Bytes per connection between `first` and `connections` connections. */
+  perConnection: { rss: number; heapUsed: number; external: number; arrayBuffers: number };
+  connectMs: number;
+  /** Server CPU per connection opened (upgrade, auth, join), µs. */
+  connectUserUs: number;
+  connectSystemUs: number;
+  failed: number;
+}
+
+export interface IdleSummary {
+  runs: number;
+  rssPerConn: number;
+  heapPerConn: number;
+  externalPerConn: number;
+  connectUserUs: number;
+  connectSystemUs: number;
+  connectsPerS: number;
+}
+
+export interface IdleResult {
+  connections: number;
+  first: number;
+  roomSize: number;
+  reps: number;
+  scaledDown: string | undefined;
+  steps: IdleStep[];
+  summary: Partial<Record<ServerKind, IdleSummary>>;
+}
+
+export interface HeadlineRow {
+  metric: string;
+  /** Lower is better, except where the metric says otherwise. */
+  higherIsBetter: boolean;
+  roomwireVsBare: number;
+  socketioVsBare: number;
+  roomwireVsSocketio: number;
+}
+
+export interface TargetRow {
+  target: string;
+  measured: string;
+  met: boolean | undefined;
+}
+
+export interface Meta {
+  date: string;
+  mode: 'full' | 'quick' | 'partial';
+  command: string;
+  durationS: number;
+  machine: { cpus: number; model: string; node: string; platform: string; kernel: string; memoryGiB: number };
+  versions: { roomwire: string; ws: string; socketio: string };
+  /** How the children ran: esbuild bundles (the default) or TypeScript under tsx (`--tsx`). */
+  runner: string;
+  /** The roomwire source measured: commit, and whether src/ had uncommitted changes. */
+  source: string;
+  /**
+   * Kept windows during which other processes used more than `thresholdPct` of a core,
+   * and how many windows were measured again for that reason.
+   */
+  noisy: { windows: number; of: number; thresholdPct: number; remeasured: number };
+  loadAverageAtStart: number[];
+  notes: string[];
+}
+
+export interface Results {
+  meta: Meta;
+  small: LoadScenarioResult | undefined;
+  big: LoadScenarioResult | undefined;
+  ladder: LadderResult | undefined;
+  idle: IdleResult | undefined;
+  headline: HeadlineRow[];
+  targets: TargetRow[];
+}
+
+export interface ProfileResults {
+  date: string;
+  command: string;
+  machine: Meta['machine'];
+  runner: string;
+  source: string;
+  scenario: string;
+  profiles: (ProfileSummary & { scenario: string; deliveries: number; serverUserMs: number; serverSystemMs: number })[];
+}

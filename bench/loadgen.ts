@@ -1,0 +1,375 @@
+/**
+ * The load generator: one process, the same code for every server. Plain `ws` clients
+ * speak each server's framing by hand (roomwire's JSON frames, which the bare server
+ * shares, or Engine.IO v4 / Socket.IO v5 text packets), so what the client costs is the
+ * same whoever serves it. Receiving only scans the frame for two integers (the step and
+ * the send time), never parses it.
+ *
+ * Driven by bench/run.ts over IPC: `connect`, `run`, `close`.
+ */
+import { performance } from 'node:perf_hooks';
+import WebSocket from 'ws';
+import { reportEvent, serveRequests } from './lib/ipc.js';
+import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
+import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
+
+/** The servers; `preframed` is an optional variant of the bare loop, not in the default run. */
+export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed';
+
+export interface ConnectRequest {
+  cmd: 'connect';
+  kind: ServerKind;
+  port: number;
+  topology: Topology;
+  /** Connection indexes [from, to) to open; a later call adds more. */
+  from: number;
+  to: number;
+  concurrency: number;
+  timeoutMs: number;
+}
+
+export interface ConnectResult {
+  connected: number;
+  failed: number;
+  ms: number;
+  firstError: string | undefined;
+  fdLimit: number | null;
+}
+
+export interface RunRequest {
+  cmd: 'run';
+  /** Publishes per second over all rooms. */
+  rate: number;
+  warmupMs: number;
+  measureMs: number;
+  /** Longest wait after the last publish for the deliveries still in flight. */
+  drainMs: number;
+  /** A number > 0 carried in each measured message, so late ones of another step are not counted. */
+  step: number;
+  serverPid: number;
+}
+
+export interface RunResult {
+  rate: number;
+  sent: number;
+  /** Publishes per second actually sent (below `rate` when the load generator fell behind). */
+  sentRate: number;
+  expected: number;
+  received: number;
+  lost: number;
+  /** Frames of another step that arrived late. */
+  stale: number;
+  acks: number;
+  errors: number;
+  firstError: string | undefined;
+  /** Connections the server closed while the step ran. */
+  dropped: number;
+  /** Send phase, ms. */
+  sendMs: number;
+  /** Send phase plus the drain: the window the CPU counters cover. */
+  windowMs: number;
+  /** The same window on the machine's monotonic clock (process.hrtime), µs: the clock of V8's CPU profiles. */
+  windowUs: { start: number; end: number };
+  drained: boolean;
+  latency: { count: number; p50Ms: number; p90Ms: number; p99Ms: number; maxMs: number };
+  server: CpuTimes;
+  loadgen: CpuTimes;
+  machine: MachineTimes;
+}
+
+interface Client {
+  readonly ws: WebSocket;
+  readonly index: number;
+  readonly room: number;
+  ready: boolean;
+}
+
+const PAD = 'the quick brown fox jumps over the lazy dog 0123';
+const MSG_JSON = Buffer.from('{"type":"message"');
+const ACK_JSON = Buffer.from('{"type":"ack"');
+const WELCOME_JSON = Buffer.from('{"type":"welcome"');
+const ERROR_JSON = Buffer.from('{"type":"error"');
+const MSG_SIO = Buffer.from('42["message"');
+const KEY_K = Buffer.from('"k":');
+const KEY_T = Buffer.from('"t":');
+const LATENCY_CAP = 2_000_000;
+
+let kind: ServerKind = 'roomwire';
+let topology: Topology = { connections: 0, roomSize: 1 };
+let clients: Client[] = [];
+/** Ready clients per room: publishers and recipients. */
+let byRoom: Client[][] = [];
+let closing = false;
+
+let currentStep = -1;
+let received = 0;
+let stale = 0;
+let acks = 0;
+let errors = 0;
+let dropped = 0;
+let firstError: string | undefined;
+const latencies = new Float64Array(LATENCY_CAP);
+let latencyCount = 0;
+
+function startsWith(data: Buffer, prefix: Buffer): boolean {
+  return data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
+}
+
+/** The non-negative integer after `key`, or -1. */
+function readInt(data: Buffer, key: Buffer): number {
+  const at = data.indexOf(key);
+  if (at === -1) return -1;
+  let value = 0;
+  let digits = 0;
+  for (let i = at + key.length; i < data.length; i++) {
+    const c = data[i] as number;
+    if (c < 48 || c > 57) break;
+    value = value * 10 + (c - 48);
+    digits++;
+  }
+  return digits === 0 ? -1 : value;
+}
+
+function nowUs(): number {
+  return Math.round(performance.now() * 1000);
+}
+
+function record(data: Buffer): void {
+  if (readInt(data, KEY_K) !== currentStep) {
+    stale++;
+    return;
+  }
+  received++;
+  const sentAt = readInt(data, KEY_T);
+  if (latencyCount < LATENCY_CAP) latencies[latencyCount++] = nowUs() - sentAt;
+}
+
+function noteError(data: Buffer): void {
+  errors++;
+  firstError ??= data.toString('utf8', 0, Math.min(data.length, 200));
+}
+
+function onFrame(client: Client, data: Buffer, markReady: () => void): void {
+  if (kind === 'socketio') {
+    if (startsWith(data, MSG_SIO)) return record(data);
+    const c0 = data[0];
+    if (data.length === 1 && c0 === 0x32) return client.ws.send('3'); // Engine.IO ping -> pong
+    if (c0 === 0x30) return client.ws.send('40'); // Engine.IO open -> Socket.IO connect
+    if (c0 === 0x34 && data[1] === 0x30) return markReady(); // Socket.IO connect ack
+    if (c0 === 0x34 && data[1] === 0x34) return noteError(data); // connect_error
+    return;
+  }
+  if (startsWith(data, MSG_JSON)) return record(data);
+  if (startsWith(data, ACK_JSON)) {
+    acks++;
+    return;
+  }
+  if (startsWith(data, WELCOME_JSON)) return markReady();
+  if (startsWith(data, ERROR_JSON)) noteError(data);
+}
+
+function urlFor(port: number, index: number): string {
+  const user = userName(index);
+  return kind === 'socketio'
+    ? `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket&user=${user}`
+    : `ws://127.0.0.1:${port}/?user=${user}`;
+}
+
+function connect(request: ConnectRequest): Promise<ConnectResult> {
+  if (clients.length === 0) {
+    kind = request.kind;
+    topology = request.topology;
+    byRoom = Array.from({ length: roomCount(topology) }, () => []);
+    closing = false;
+  }
+  const started = performance.now();
+  const deadline = Date.now() + request.timeoutMs;
+  let next = request.from;
+  let active = 0;
+  let connected = 0;
+  let failed = 0;
+  let error: string | undefined;
+  return new Promise((resolve) => {
+    const finish = (): void =>
+      resolve({ connected, failed, ms: performance.now() - started, firstError: error, fdLimit: openFilesLimit() });
+    const launch = (): void => {
+      while (active < request.concurrency && next < request.to) {
+        if (Date.now() > deadline) {
+          failed += request.to - next;
+          error ??= 'connect phase timed out';
+          next = request.to;
+          break;
+        }
+        open(next++);
+      }
+      if (active === 0 && next >= request.to) finish();
+    };
+    const open = (index: number): void => {
+      active++;
+      let settled = false;
+      const settle = (ok: boolean, why?: string): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        active--;
+        if (ok) connected++;
+        else {
+          failed++;
+          error ??= why;
+        }
+        launch();
+      };
+      const ws = new WebSocket(urlFor(request.port, index), { perMessageDeflate: false, skipUTF8Validation: true });
+      const client: Client = { ws, index, room: Math.floor(index / topology.roomSize), ready: false };
+      const timer = setTimeout(() => {
+        settle(false, 'connection timed out');
+        ws.terminate();
+      }, 15_000);
+      const markReady = (): void => {
+        if (client.ready) return;
+        client.ready = true;
+        clients.push(client);
+        byRoom[client.room]?.push(client);
+        settle(true);
+      };
+      ws.on('message', (data: Buffer) => onFrame(client, data, markReady));
+      // The bare servers send no welcome: they joined the room before the upgrade completed.
+      if (kind === 'bare' || kind === 'preframed') ws.once('open', markReady);
+      ws.on('error', (err) => settle(false, err.message));
+      ws.once('unexpected-response', (_req, res) => {
+        settle(false, `HTTP ${String(res.statusCode)}`);
+        ws.terminate();
+      });
+      ws.on('close', () => {
+        if (client.ready && !closing) dropped++;
+        client.ready = false;
+        settle(false, 'closed during handshake');
+      });
+    };
+    launch();
+  });
+}
+
+/** Publishes at `rate` for `ms`, from members of each room in turn. */
+function sendPhase(step: number, rate: number, ms: number): Promise<{ sent: number; expected: number; ms: number }> {
+  const rooms = byRoom.filter((members) => members.length > 0);
+  // Catch up after a late tick (the receive side keeps this loop busy), but by at most 100 ms worth at once.
+  const maxBurst = Math.max(2, Math.ceil(rate * 0.1));
+  return new Promise((resolve) => {
+    const start = performance.now();
+    let sent = 0;
+    let expected = 0;
+    let n = 0;
+    const tick = (): void => {
+      const elapsed = Math.min(performance.now() - start, ms);
+      const due = Math.floor((rate * elapsed) / 1000);
+      for (let burst = 0; sent < due && burst < maxBurst && rooms.length > 0; burst++, n++) {
+        const members = rooms[n % rooms.length] as Client[];
+        const publisher = members[Math.floor(n / rooms.length) % members.length] as Client;
+        if (!publisher.ready) continue;
+        const room = roomName(publisher.room);
+        const data = `{"k":${step},"n":${n},"t":${nowUs()},"x":"${PAD}"}`;
+        publisher.ws.send(
+          kind === 'socketio' ? `42["publish",{"room":"${room}","data":${data}}]` : `{"type":"publish","room":"${room}","data":${data}}`,
+        );
+        sent++;
+        let recipients = 0;
+        for (const member of members) if (member.ready && member !== publisher) recipients++;
+        expected += recipients;
+      }
+      if (performance.now() - start >= ms) resolve({ sent, expected, ms: performance.now() - start });
+      else setTimeout(tick, 2);
+    };
+    tick();
+  });
+}
+
+function percentile(sorted: Float64Array, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * (sorted.length - 1)))] as number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function run(request: RunRequest): Promise<RunResult> {
+  currentStep = -1;
+  await sendPhase(0, request.rate, request.warmupMs);
+  await sleep(200);
+  currentStep = request.step;
+  received = 0;
+  stale = 0;
+  acks = 0;
+  errors = 0;
+  dropped = 0;
+  firstError = undefined;
+  latencyCount = 0;
+  const server0 = readProcessCpu(request.serverPid);
+  const self0 = readProcessCpu(process.pid);
+  const machine0 = readMachineCpu();
+  const t0 = performance.now();
+  const start = Number(process.hrtime.bigint() / 1000n);
+  const phase = await sendPhase(request.step, request.rate, request.measureMs);
+  const drainUntil = performance.now() + request.drainMs;
+  while (received < phase.expected && performance.now() < drainUntil) await sleep(5);
+  const windowMs = performance.now() - t0;
+  const end = Number(process.hrtime.bigint() / 1000n);
+  const server1 = readProcessCpu(request.serverPid);
+  const self1 = readProcessCpu(process.pid);
+  const machine1 = readMachineCpu();
+  const sorted = latencies.slice(0, latencyCount).sort();
+  const ms = (us: number): number => us / 1000;
+  return {
+    rate: request.rate,
+    sent: phase.sent,
+    sentRate: (phase.sent * 1000) / phase.ms,
+    expected: phase.expected,
+    received,
+    lost: Math.max(0, phase.expected - received),
+    stale,
+    acks,
+    errors,
+    firstError,
+    dropped,
+    sendMs: phase.ms,
+    windowMs,
+    windowUs: { start, end },
+    drained: received >= phase.expected,
+    latency: {
+      count: latencyCount,
+      p50Ms: ms(percentile(sorted, 0.5)),
+      p90Ms: ms(percentile(sorted, 0.9)),
+      p99Ms: ms(percentile(sorted, 0.99)),
+      maxMs: ms(sorted.length > 0 ? (sorted[sorted.length - 1] as number) : Number.NaN),
+    },
+    server: cpuDelta(server0, server1),
+    loadgen: cpuDelta(self0, self1),
+    machine: machineDelta(machine0, machine1),
+  };
+}
+
+function close(): { closed: number } {
+  closing = true;
+  const count = clients.length;
+  for (const client of clients) {
+    client.ready = false;
+    client.ws.terminate();
+  }
+  clients = [];
+  byRoom = [];
+  currentStep = -1;
+  return { closed: count };
+}
+
+serveRequests((request) => {
+  switch (request.cmd) {
+    case 'connect':
+      return connect(request as unknown as ConnectRequest);
+    case 'run':
+      return run(request as unknown as RunRequest);
+    case 'close':
+      return close();
+    default:
+      throw new Error(`unknown request ${String(request.cmd)}`);
+  }
+});
+reportEvent('ready', { pid: process.pid, fdLimit: openFilesLimit() });
