@@ -174,6 +174,12 @@ const WAITER_TTL_MS = 30_000;
 const ROOMS_OF_ATTEMPTS = 6;
 const ROOMS_OF_BACKOFF_MS = 500;
 
+/** What sending one broadcast frame to one connection came to. */
+type SendOutcome = 0 | 1 | 2;
+const SENT: SendOutcome = 0;
+const SLOW: SendOutcome = 1;
+const FAILED: SendOutcome = 2;
+
 /** Publish cids remembered at once; the oldest are forgotten first past this. */
 const MAX_DEDUPE_ENTRIES = 100_000;
 /** Frames one connection may have waiting for handling before more are refused. */
@@ -1171,20 +1177,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     for (const membership of state.members) {
       const conn = membership.conn;
       if (conn === except) continue;
-      if (conn.socket.bufferedAmount > maxBuffered) {
-        // Growing its buffer further would cost every other connection memory and time.
-        this.dropSlow(conn);
-        slow++;
-        continue;
-      }
-      try {
-        conn.socket.send(text);
-        if (membership.firstSeq === 0) membership.firstSeq = seq;
-        delivered++;
-      } catch (error) {
+      const outcome = this.sendMessage(conn, membership, text, message, maxBuffered);
+      if (outcome === SENT) delivered++;
+      else if (outcome === SLOW) slow++;
+      else {
         conn.lastFailedId = id;
         roomFailures++;
-        this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room });
       }
     }
 
@@ -1211,22 +1209,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           }
           if (conn.left.has(room)) continue;
           if (conn.lastFailedId === id) roomFailures--;
-          if (conn.socket.bufferedAmount > maxBuffered) {
-            this.dropSlow(conn);
-            slow++;
-            continue;
-          }
-          try {
-            conn.socket.send(text);
-            const membership = conn.rooms.get(room);
-            if (membership && membership.firstSeq === 0) membership.firstSeq = seq;
+          const outcome = this.sendMessage(conn, conn.rooms.get(room), text, message, maxBuffered);
+          if (outcome === SENT) {
             delivered++;
             viaFallback++;
             got = true;
-          } catch (error) {
-            failed++;
-            this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room });
-          }
+          } else if (outcome === SLOW) slow++;
+          else failed++;
         }
         if (got) reached++;
       }
@@ -1307,6 +1296,27 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (any) inRoom++;
     }
     return { topology: this.topology, stamp, online, inRoom, missing };
+  }
+
+  /**
+   * Sends one broadcast frame to one connection: the room broadcast and the fallback
+   * both go through here. A connection whose unsent bytes passed the mark is closed
+   * with 4008 instead, since growing its buffer further would cost every other
+   * connection memory and time.
+   */
+  private sendMessage(conn: ConnState, membership: Membership | undefined, text: string, message: StoredMessage, maxBuffered: number): SendOutcome {
+    if (conn.socket.bufferedAmount > maxBuffered) {
+      this.dropSlow(conn);
+      return SLOW;
+    }
+    try {
+      conn.socket.send(text);
+    } catch (error) {
+      this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room: message.room });
+      return FAILED;
+    }
+    if (membership && membership.firstSeq === 0) membership.firstSeq = message.seq;
+    return SENT;
   }
 
   private dropSlow(conn: ConnState): void {
