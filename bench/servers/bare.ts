@@ -1,63 +1,12 @@
 /**
- * The practical limit: a bare `ws` server with a hand-written Map<room, Set<socket>>.
- * It speaks roomwire's JSON frames (`publish` in, `message` out, the same fields), so
- * the load generator and the bytes on the wire are the same, but it does nothing else:
- * no auth check beyond reading `?user=`, no seq store, no ack, no reports. Each message
- * is encoded once into one Buffer that every socket of the room is sent.
+ * The practical limit: a bare `ws` server with a hand-written Map<room, Set<socket>>
+ * (bare-loop.ts). Each message is encoded once into one Buffer that every socket of the
+ * room is sent with `ws.send`.
  */
-import { randomBytes } from 'node:crypto';
-import { createServer } from 'node:http';
-import { WebSocketServer, type WebSocket } from 'ws';
-import { roomOf, topologyFromArgv, userFromUrl } from '../lib/topology.js';
-import { runBenchServer } from './harness.js';
+import { runBareLoop } from './bare-loop.js';
 
-interface Room {
-  readonly sockets: Set<WebSocket>;
-  seq: number;
-}
-
-const topology = topologyFromArgv(process.argv);
-const rooms = new Map<string, Room>();
-const prefix = randomBytes(6).toString('base64url');
-let nextId = 0;
 const asText = { binary: false } as const;
 
-const server = createServer((_request, response) => response.writeHead(404).end());
-const wss = new WebSocketServer({ server, perMessageDeflate: false });
-
-wss.on('connection', (socket, request) => {
-  const user = userFromUrl(request.url ?? '/');
-  const roomName = user === undefined ? undefined : roomOf(user, topology);
-  if (user === undefined || roomName === undefined) {
-    socket.close(1008, 'unknown user');
-    return;
-  }
-  let room = rooms.get(roomName);
-  if (!room) {
-    room = { sockets: new Set(), seq: 0 };
-    rooms.set(roomName, room);
-  }
-  const joined = room;
-  joined.sockets.add(socket);
-  socket.on('error', () => {});
-  socket.on('close', () => {
-    joined.sockets.delete(socket);
-  });
-  socket.on('message', (data, isBinary) => {
-    if (isBinary) return;
-    let frame: { type?: unknown; room?: unknown; data?: unknown };
-    try {
-      frame = JSON.parse(String(data)) as typeof frame;
-    } catch {
-      return;
-    }
-    if (frame.type !== 'publish' || frame.room !== roomName) return;
-    const seq = ++joined.seq;
-    const out = Buffer.from(
-      JSON.stringify({ type: 'message', room: roomName, id: `${prefix}${(++nextId).toString(36)}`, seq, from: user, data: frame.data, ts: Date.now() }),
-    );
-    for (const other of joined.sockets) if (other !== socket) other.send(out, asText);
-  });
+await runBareLoop((sockets, publisher, out) => {
+  for (const other of sockets) if (other !== publisher) other.send(out, asText);
 });
-
-await runBenchServer(server, () => wss.clients.size);
