@@ -1,8 +1,9 @@
 import type { HistoryStore, StoredMessage } from './history-store.js';
 
 /**
- * A membership change made on one process (`addMember`, `removeMember`, `invalidate`)
- * that every other process of the cluster applies too.
+ * A change made on one process that every other process of the cluster applies too:
+ * `addMember`, `removeMember` and `invalidate`, the participants a broadcast found
+ * (so processes not receiving the room bring their connections in), and presence.
  */
 export type MembershipChange =
   | {
@@ -26,7 +27,41 @@ export type MembershipChange =
       readonly kind: 'invalidate';
       /** The room whose cached participants are forgotten. */
       readonly room: string;
+    }
+  | {
+      /**
+       * Cluster-wide ensure-participants: the process that broadcast `seq` into `room`
+       * found these participants (the ones it had not told the cluster about yet).
+       * A process holding an open connection of one of them outside the room checks
+       * with its own loader, puts the connection in, and sends it the messages from
+       * `seq` on. Sent when a process's cached participants of a room change, never
+       * per message.
+       */
+      readonly kind: 'participants';
+      /** The room. */
+      readonly room: string;
+      /** Participants, at most {@link PARTICIPANTS_PER_NOTICE} per change. */
+      readonly users: readonly string[];
+      /** The broadcast that found them: what those connections are sent from. */
+      readonly seq: number;
+    }
+  | {
+      /**
+       * `user`'s first connection in the cluster opened (`online`) or its last one
+       * closed (`offline`); every process sends `presence` frames to its members of
+       * `rooms` (when the manager's `presence` option is on).
+       */
+      readonly kind: 'presence';
+      /** The user. */
+      readonly user: string;
+      /** Online or offline. */
+      readonly event: 'online' | 'offline';
+      /** The rooms the user's connection was in. */
+      readonly rooms: readonly string[];
     };
+
+/** The most participants one `participants` change carries; a bigger room is told in several. */
+export const PARTICIPANTS_PER_NOTICE = 1_000;
 
 /** What a {@link Backplane} calls back into its `RoomManager`. */
 export interface BackplaneHandlers {
@@ -36,7 +71,7 @@ export interface BackplaneHandlers {
    * orders by `seq` and drops duplicates.
    */
   message(message: StoredMessage): void;
-  /** A membership change announced by another process (never one's own). */
+  /** A change announced by another process (never one's own). */
   membership(change: MembershipChange): void;
   /**
    * The connection to the other processes was lost and is back (subscriptions active
@@ -54,10 +89,14 @@ export interface ClusterPresence {
   readonly nodeId: string;
   /**
    * Counts one more (`+1`) or one less (`-1`) open connection of `user` on this process.
-   * Never throws and never waits: the backplane writes in the background and repairs
-   * its record after a failure.
+   * Never rejects: when the shared record cannot be written the backplane repairs it
+   * later and resolves `false`.
+   *
+   * @returns true when this change made the user online in the cluster (its first open
+   * connection on any live process) or offline (its last one closed), decided
+   * atomically so that exactly one process sees each crossing.
    */
-  track(user: string, delta: 1 | -1): void;
+  track(user: string, delta: 1 | -1): Promise<boolean>;
   /**
    * Users with at least one open connection on a live process (one whose heartbeat is
    * younger than the backplane's node timeout). A crashed process's users stop counting
@@ -94,7 +133,7 @@ export interface Backplane {
   subscribe(room: string): Promise<void>;
   /** Stops receiving the room's messages. */
   unsubscribe(room: string): Promise<void>;
-  /** Tells every other process about a membership change. */
+  /** Tells every other process about a change (never calls this process's own `membership` handler). */
   announce(change: MembershipChange): Promise<void>;
   /** Leaves the cluster: stops the heartbeat, removes this process's presence, unsubscribes. */
   close(): Promise<void>;

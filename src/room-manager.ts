@@ -1,7 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'eventemitter3';
 import type { Handshake, Principal } from './authenticator.js';
-import type { Backplane, MembershipChange } from './backplane.js';
+import { PARTICIPANTS_PER_NOTICE, type Backplane, type MembershipChange } from './backplane.js';
 import type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 import { DedupeWindow } from './dedupe-window.js';
 import type { DeliveryReport } from './delivery-report.js';
@@ -256,6 +256,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly started: Promise<void> | undefined;
   private readonly feeds = new Map<string, RoomFeed>();
   private readonly waiters = new Map<string, DeliveryWaiter>();
+  /**
+   * Per room, the participants this process last told the cluster about and the cache
+   * stamp they came from: a broadcast announces only participants new since then.
+   */
+  private readonly told = new Map<string, { stamp: number; users: ReadonlySet<string> }>();
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
   /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
   private feedEpoch: string | undefined;
@@ -459,7 +464,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       joined.push(room);
     }
     conn.state = 'open';
-    this.backplane?.presence.track(conn.user.id, 1);
+    const crossed = this.backplane?.presence.track(conn.user.id, 1);
     conn.user.open++;
     this.topology++;
     this.send(conn, {
@@ -476,7 +481,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.logger.info({ user: conn.user.id, connectionId: conn.id, rooms: joined.length }, `user ${conn.user.id} auto-joined to ${joined.length} rooms`);
     }
     this.emit('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
-    if (this.options.presence && conn.user.open === 1) this.announcePresence(conn, 'online');
+    if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', [...conn.rooms.keys()], crossed ?? conn.user.open === 1);
     this.armExpiry(conn);
     const early = conn.early;
     conn.early = undefined;
@@ -568,9 +573,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const user = conn.user;
     if (wasOpen) {
       user.open--;
-      this.backplane?.presence.track(user.id, -1);
+      const crossed = this.backplane?.presence.track(user.id, -1);
+      if (this.options.presence) this.afterPresenceChange(user.id, 'offline', [...conn.rooms.keys()], crossed ?? user.open === 0);
     }
-    if (this.options.presence && wasOpen && user.open === 0) this.announcePresence(conn, 'offline');
     for (const room of [...conn.rooms.keys()]) this.removeFromRoom(conn, room, false, 'server');
     user.conns.delete(conn);
     if (user.conns.size === 0) this.users.delete(user.id);
@@ -903,7 +908,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
-      return { message, report: this.fanOut(message, snapshot, except, encodeData(message.data)) };
+      const report = this.fanOut(message, snapshot, except, encodeData(message.data));
+      this.tellParticipants(room, message.seq);
+      return { message, report };
     });
   }
 
@@ -1100,7 +1107,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const except = waiter?.except;
       const report = this.fanOut(message, snapshot, except, encodeData(message.data));
       if (message.seq > feed.sent) feed.sent = message.seq;
-      waiter?.resolve({ message, report });
+      if (waiter) {
+        this.tellParticipants(message.room, message.seq);
+        waiter.resolve({ message, report });
+      }
     }).catch((error: unknown) => this.reportError('deliver', error, { room: message.room }));
   }
 
@@ -1484,7 +1494,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.started;
       await backplane.announce(change);
     })().catch((error: unknown) => {
-      this.reportError('backplane.announce', error, { room: change.room });
+      this.reportError('backplane.announce', error, change.kind === 'presence' ? { user: change.user } : { room: change.room });
       throw new RoomwireError('internal', `could not tell the other processes about this membership change: ${asError(error).message}`, { cause: error });
     });
   }
@@ -1501,7 +1511,84 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       case 'invalidate':
         this.membership.invalidate(change.room);
         return;
+      case 'participants':
+        this.reachLocally(change.room, change.users, change.seq).catch((error: unknown) => this.reportError('ensure', error, { room: change.room }));
+        return;
+      case 'presence':
+        if (this.options.presence) this.presenceFrames(change.user, change.event, change.rooms);
+        return;
     }
+  }
+
+  /**
+   * Cluster-wide ensure-participants, on the broadcasting process: tells the others about
+   * participants of `room` new since the last time (a changed cache stamp), so that a
+   * process holding their connections outside the room (it may not even receive the
+   * room) brings them in. Costs a map lookup per broadcast while the participants stay
+   * the same.
+   */
+  private tellParticipants(room: string, seq: number): void {
+    const users = this.membership.peek(room);
+    if (!users) return;
+    const stamp = this.membership.stamp(room);
+    const before = this.told.get(room);
+    if (before?.stamp === stamp) return;
+    const fresh: string[] = [];
+    for (const user of users) if (!before?.users.has(user)) fresh.push(user);
+    const record = { stamp, users };
+    this.told.delete(room);
+    this.told.set(room, record);
+    // As many rooms as the membership cache keeps; the oldest told is forgotten first.
+    if (this.told.size > this.options.membershipCacheSize) this.told.delete(this.told.keys().next().value as string);
+    for (let i = 0; i < fresh.length; i += PARTICIPANTS_PER_NOTICE) {
+      const notice = this.announce({ kind: 'participants', room, users: fresh.slice(i, i + PARTICIPANTS_PER_NOTICE), seq });
+      // Not told: the next broadcast tries again.
+      notice?.catch(() => {
+        if (this.told.get(room) === record) this.told.delete(room);
+      });
+    }
+  }
+
+  /**
+   * Another process broadcast `seq` into `room` and found `users` among its participants.
+   * Connections of theirs here that are outside the room (and did not leave it) enter it,
+   * after this process's own loader agrees, and are sent the messages from `seq` on.
+   */
+  private async reachLocally(room: string, users: readonly string[], seq: number): Promise<void> {
+    const outside = (conn: ConnState): boolean =>
+      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
+    const candidates: ConnState[] = [];
+    let unknown = false;
+    const cached = this.membership.peek(room);
+    for (const id of users) {
+      const user = this.users.get(id);
+      if (!user) continue;
+      for (const conn of user.conns) {
+        if (!outside(conn)) continue;
+        candidates.push(conn);
+        if (!cached?.has(id)) unknown = true;
+      }
+    }
+    if (candidates.length === 0 || this.closing) return;
+    // This process's cache does not know them yet: ask the loader, never trust the notice alone.
+    if (unknown) this.membership.invalidate(room);
+    await this.openFeed(room);
+    await this.inRoomOrder(room, async () => {
+      const loaded = this.membership.load(room);
+      const snapshot = loaded instanceof Promise ? await loaded : loaded;
+      const entering = candidates.filter((conn) => outside(conn) && snapshot.users?.has(conn.user.id) === true);
+      if (entering.length === 0) return;
+      const sent = await this.roomSeq(room);
+      const from = Math.min(seq - 1, sent);
+      const missed = sent > from ? await this.history.since(room, from, sent) : [];
+      if (missed === null) this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
+      for (const conn of entering) {
+        if (!outside(conn)) continue;
+        this.addToRoom(conn, room, 'member', 'ensure');
+        this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
+        if (missed) for (const m of missed) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+      }
+    });
   }
 
   /**
@@ -1632,13 +1719,32 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   // ---------------------------------------------------------------- sending
 
-  private announcePresence(conn: ConnState, event: 'online' | 'offline'): void {
-    for (const room of conn.rooms.keys()) {
+  /**
+   * Presence frames for a user who came online or went offline: at once on a single
+   * process; with a backplane once the cluster's record says this was the crossing, here
+   * and (announced) on every other process.
+   */
+  private afterPresenceChange(user: string, event: 'online' | 'offline', rooms: string[], crossed: boolean | Promise<boolean>): void {
+    if (crossed === false) return;
+    if (crossed === true) {
+      this.presenceFrames(user, event, rooms);
+      return;
+    }
+    void crossed.then((yes) => {
+      if (!yes) return;
+      this.presenceFrames(user, event, rooms);
+      this.announce({ kind: 'presence', user, event, rooms })?.catch(noop);
+    });
+  }
+
+  /** Sends `presence` frames to this process's members of `rooms`, the user's own connections excepted. */
+  private presenceFrames(user: string, event: 'online' | 'offline', rooms: readonly string[]): void {
+    for (const room of rooms) {
       const state = this.rooms.get(room);
       if (!state) continue;
-      const text = encodeServerFrame({ type: 'presence', room, user: conn.user.id, event });
+      const text = encodeServerFrame({ type: 'presence', room, user, event });
       for (const { conn: other } of state.members) {
-        if (other.user !== conn.user) trySend(other, text);
+        if (other.user.id !== user) trySend(other, text);
       }
     }
   }

@@ -92,10 +92,13 @@ export class LocalBackplane implements Backplane {
     this.presence = {
       nodeId,
       track: (user, delta) => {
-        if (this.dead) return;
+        if (this.dead) return Promise.resolve(false);
         const next = (record.counts.get(user) ?? 0) + delta;
         if (next > 0) record.counts.set(user, next);
         else record.counts.delete(user);
+        // Crossed zero here, and no other live node has the user: crossed in the cluster.
+        const crossed = (delta === 1 ? next === 1 : next <= 0) && !bus.liveNodes().some((live) => live !== record && live.counts.has(user));
+        return Promise.resolve(crossed);
       },
       onlineUsers: () => {
         const users = new Set<string>();

@@ -128,12 +128,19 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 return #stale
 `);
 
-// KEYS: own presence. ARGV: user, delta, ttl.
+// KEYS: own presence, nodes. ARGV: user, delta, ttl, node id, timeout, presence key prefix.
+// Returns 1 when the user crossed zero here and no other live node has them: online or
+// offline in the cluster. One script, so exactly one process sees each crossing.
 const TRACK = script(`
 local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
 if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return n
+if (ARGV[2] == '1' and n ~= 1) or (ARGV[2] ~= '1' and n > 0) then return 0 end
+${NOW}
+for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[5]), '+inf')) do
+  if node ~= ARGV[4] and redis.call('HEXISTS', ARGV[6] .. node, ARGV[1]) == 1 then return 0 end
+end
+return 1
 `);
 
 // KEYS: nodes. ARGV: timeout, presence key prefix, [user]. Users online on live nodes,
@@ -469,15 +476,19 @@ export class RedisBackplane implements Backplane {
     }
   }
 
-  private track(user: string, delta: 1 | -1): void {
+  private async track(user: string, delta: 1 | -1): Promise<boolean> {
     const next = (this.counts.get(user) ?? 0) + delta;
     if (next > 0) this.counts.set(user, next);
     else this.counts.delete(user);
-    if (this.closed) return;
-    this.run(TRACK, [this.ownPresence], [user, delta, this.nodeTimeoutMs * 2]).catch((error: unknown) => {
+    if (this.closed) return false;
+    try {
+      const args = [user, delta, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
+      return (await this.run(TRACK, [this.ownPresence, this.keys.nodes], args)) === 1;
+    } catch (error) {
       this.dirty = true;
       this.handlers?.error(asError(error), 'presence');
-    });
+      return false;
+    }
   }
 
   private onMessage(channel: string, payload: string): void {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Backplane } from '../../src/index.js';
+import type { Backplane, RoomManagerOptions } from '../../src/index.js';
 import { TestClient, closeClients, type Frame } from '../helpers/client.js';
 import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 
@@ -37,12 +37,12 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       fixture = undefined;
     });
 
-    async function cluster(table: MembershipTable, count = 3): Promise<Node[]> {
+    async function cluster(table: MembershipTable, count = 3, options: Partial<RoomManagerOptions> = {}): Promise<Node[]> {
       fixture = await setup();
       const nodes: Node[] = [];
       for (let i = 0; i < count; i++) {
         const backplane = fixture.node();
-        nodes.push({ backplane, server: await startServer({ membership: table, backplane, publishRate: false }) });
+        nodes.push({ backplane, server: await startServer({ membership: table, backplane, publishRate: false, ...options }) });
       }
       return nodes;
     }
@@ -123,6 +123,65 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       await bob.next('message', (m) => m.data === 'after carol');
       expect(await carol.quiet(200)).toEqual([]);
       expect(messages(carol)).toHaveLength(1);
+    });
+
+    it('brings in a participant whose only connection is on a node that does not receive the room', async () => {
+      // carol became a participant after she connected, and nobody called addMember: the
+      // node she is on has no reason to receive the room. The broadcast finds her.
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const [n1, n2, n3] = await cluster(table);
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n2!, 'bob');
+      const carol = await connect(n3!, 'carol');
+      expect(carol.welcome.rooms).toEqual([]);
+      table.add('team', 'carol');
+
+      await alice.request({ type: 'publish', room: 'team', data: 'first' });
+      expect(await carol.next('joined')).toEqual({ type: 'joined', room: 'team', seq: 0 });
+      expect(await carol.next('message')).toMatchObject({ room: 'team', seq: 1, data: 'first', from: 'alice' });
+      await bob.request({ type: 'publish', room: 'team', data: 'second' });
+      expect(await carol.next('message', (m) => m.seq === 2)).toMatchObject({ data: 'second' });
+      await carol.quiet(200);
+      expect(messages(carol).map((m) => m.seq)).toEqual([1, 2]);
+      expect(carol.of('joined')).toHaveLength(1);
+    });
+
+    it('finds a participant added after the room was cached, once the cache expires', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const [n1, , n3] = await cluster(table, 3, { membershipTtlMs: 300 });
+      const alice = await connect(n1!, 'alice');
+      const carol = await connect(n3!, 'carol');
+      await alice.request({ type: 'publish', room: 'team', data: 'before' });
+      table.add('team', 'carol');
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      await alice.request({ type: 'publish', room: 'team', data: 'after' });
+      expect(await carol.next('joined')).toEqual({ type: 'joined', room: 'team', seq: 1 });
+      expect(await carol.next('message')).toMatchObject({ seq: 2, data: 'after' });
+      expect(await carol.quiet(200)).toEqual([]);
+      expect(messages(carol)).toHaveLength(1);
+    });
+
+    it('sends presence once per user for the whole cluster', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob', 'carol'] });
+      const [n1, n2, n3] = await cluster(table, 3, { presence: true });
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n2!, 'bob');
+      const presence = (client: TestClient): Frame[] => client.of('presence');
+      const online = { type: 'presence', room: 'team', user: 'carol', event: 'online' };
+      const offline = { ...online, event: 'offline' };
+
+      const carolOn3 = await connect(n3!, 'carol');
+      for (const client of [alice, bob]) expect(await client.next('presence', (f) => f.user === 'carol')).toEqual(online);
+      const carolOn1 = await connect(n1!, 'carol');
+      await carolOn3.close();
+      await alice.quiet(300);
+      for (const client of [alice, bob]) expect(presence(client).filter((f) => f.user === 'carol')).toEqual([online]);
+
+      await carolOn1.close();
+      for (const client of [alice, bob]) await client.next('presence', (f) => f.user === 'carol' && f.event === 'offline');
+      await alice.quiet(200);
+      for (const client of [alice, bob]) expect(presence(client).filter((f) => f.user === 'carol')).toEqual([online, offline]);
+      expect(presence(carolOn1).filter((f) => f.user === 'carol')).toEqual([]);
     });
 
     it('replays the missed messages when a client resumes on another node', async () => {
