@@ -8,7 +8,7 @@
 import type { IncomingMessage } from 'node:http';
 import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
-import type { Connection } from '../connection.js';
+import type { Connection, ConnectionHandlers } from '../connection.js';
 import type { Handshake } from '../authenticator.js';
 import type { RoomManager } from '../room-manager.js';
 import { CloseCode, SUBPROTOCOL } from '../protocol/limits.js';
@@ -71,6 +71,67 @@ const MISSED_PINGS_BEFORE_TERMINATE = 2;
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
 
+/**
+ * One unmasked WebSocket text frame (RFC 6455, 5.2), header and payload in one buffer:
+ * what ws would write for `send(text)`, built once so every recipient of a broadcast
+ * gets the same bytes in one socket write.
+ */
+function textFrame(text: string): Buffer {
+  const length = Buffer.byteLength(text);
+  const header = length < 126 ? 2 : length < 65_536 ? 4 : 10;
+  const frame = Buffer.allocUnsafe(header + length);
+  frame[0] = 0x81; // FIN, opcode 1 (text)
+  if (header === 2) {
+    frame[1] = length;
+  } else if (header === 4) {
+    frame[1] = 126;
+    frame.writeUInt16BE(length, 2);
+  } else {
+    frame[1] = 127;
+    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2);
+    frame.writeUInt32BE(length >>> 0, 6);
+  }
+  frame.write(text, header);
+  return frame;
+}
+
+/** The parts of a ws socket's underlying stream that the direct write uses. */
+interface RawStream {
+  write(chunk: Buffer): boolean;
+  readonly writableLength: number;
+}
+
+/**
+ * The stream under a ws socket, when frames may be written to it directly: no extension
+ * was negotiated (so ws's sender never compresses or queues, and a frame written here
+ * keeps its place among ws's own pings and closes). `_socket` is ws's internal field, the
+ * one Socket.IO's pre-encoded frames also rely on; without it, sends go through `ws.send`.
+ */
+function rawStreamOf(ws: WebSocket): RawStream | undefined {
+  if (ws.extensions !== '') return undefined;
+  const raw = (ws as unknown as { _socket?: Partial<RawStream> })._socket;
+  return raw && typeof raw.write === 'function' && typeof raw.writableLength === 'number' ? (raw as RawStream) : undefined;
+}
+
+/** Where a ws socket keeps its manager callbacks, so one set of listener functions serves every socket. */
+const kHandlers = Symbol('roomwire.handlers');
+type TaggedSocket = WebSocket & { [kHandlers]: ConnectionHandlers };
+
+function handlersOf(ws: WebSocket): ConnectionHandlers {
+  return (ws as TaggedSocket)[kHandlers];
+}
+
+function onMessage(this: WebSocket, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  const bytes = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? Buffer.from(data) : data;
+  // ws has already checked that a text frame is valid UTF-8 (RFC 6455 closes it with 1007
+  // otherwise): hand the core the string, which skips a second, strict decode.
+  handlersOf(this).message(isBinary ? bytes : bytes.toString(), isBinary);
+}
+
+function ignoreError(): void {
+  // ws reports protocol errors (a frame over maxPayload: 1009) and then closes; the close handler cleans up.
+}
+
 const STATUS_TEXT: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found' };
 
 /** The paths each server's roomwire adapters serve, so they can tell which upgrades nobody serves. */
@@ -90,15 +151,21 @@ function destroyOnError(this: Duplex): void {
  * `send` once per recipient.
  */
 class WsConnection implements Connection {
+  private readonly raw: RawStream | undefined;
+
   constructor(
     private readonly ws: WebSocket,
-    private readonly toBytes: (text: string) => Buffer,
-  ) {}
+    private readonly frames: FrameCache,
+  ) {
+    this.raw = rawStreamOf(ws);
+  }
 
   send(text: string): void {
     // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
     if (this.ws.readyState !== 1) throw new Error('socket is not open');
-    this.ws.send(this.toBytes(text), TEXT_FRAME);
+    const raw = this.raw;
+    if (raw) raw.write(this.frames.frame(text));
+    else this.ws.send(this.frames.bytes(text), TEXT_FRAME);
   }
 
   close(code: number, reason: string): void {
@@ -106,7 +173,39 @@ class WsConnection implements Connection {
   }
 
   get bufferedAmount(): number {
-    return this.ws.bufferedAmount;
+    // ws adds bytes its sender queued, which it never does without an extension.
+    return this.raw ? this.raw.writableLength : this.ws.bufferedAmount;
+  }
+}
+
+/**
+ * A broadcast hands every connection the same string in a row: encode it once, not once
+ * per recipient. Server frames are unmasked, so the shared buffers are never written to.
+ */
+class FrameCache {
+  private lastText = '';
+  private lastFrame: Buffer | undefined;
+  private lastBytes: Buffer | undefined;
+
+  /** The whole WebSocket frame of `text`. */
+  frame(text: string): Buffer {
+    if (text !== this.lastText || !this.lastFrame) this.reset(text).lastFrame = textFrame(text);
+    return this.lastFrame as Buffer;
+  }
+
+  /** The UTF-8 bytes of `text`, for ws to frame. */
+  bytes(text: string): Buffer {
+    if (text !== this.lastText || !this.lastBytes) this.reset(text).lastBytes = Buffer.from(text);
+    return this.lastBytes as Buffer;
+  }
+
+  private reset(text: string): this {
+    if (text !== this.lastText) {
+      this.lastText = text;
+      this.lastFrame = undefined;
+      this.lastBytes = undefined;
+    }
+    return this;
   }
 }
 
@@ -165,36 +264,28 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     handleProtocols: (protocols) => (protocols.has(SUBPROTOCOL) ? SUBPROTOCOL : false),
   });
   const clients = new Set<WebSocket>();
-  // A broadcast hands every connection the same string in a row: encode it to bytes once,
-  // not once per recipient. ws sends server frames unmasked, so the shared buffer is never
-  // written to.
-  let lastText = '';
-  let lastBytes = Buffer.alloc(0);
-  const toBytes = (text: string): Buffer => {
-    if (text !== lastText) {
-      lastBytes = Buffer.from(text);
-      lastText = text;
-    }
-    return lastBytes;
-  };
+  const frames = new FrameCache();
   /** Connections with a ping outstanding, and how many sweeps since have found it unanswered. */
   const unanswered = new Map<WebSocket, number>();
   let closing: Promise<void> | undefined;
 
+  // One listener of each kind for every socket of this adapter: no closures per connection.
+  function onPong(this: WebSocket): void {
+    unanswered.delete(this);
+  }
+  function onClose(this: WebSocket, code: number, reason: Buffer): void {
+    clients.delete(this);
+    unanswered.delete(this);
+    handlersOf(this).closed(code, reason.toString());
+  }
+
   const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
     clients.add(ws);
-    const handlers = manager.open(new WsConnection(ws, toBytes), principal);
-    ws.on('message', (data, isBinary) => {
-      handlers.message(Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? new Uint8Array(data) : data, isBinary);
-    });
-    ws.on('pong', () => unanswered.delete(ws));
-    // ws reports protocol errors (a frame over maxPayload: 1009) and then closes; the close handler cleans up.
-    ws.on('error', () => {});
-    ws.on('close', (code, reason) => {
-      clients.delete(ws);
-      unanswered.delete(ws);
-      handlers.closed(code, reason.toString());
-    });
+    (ws as TaggedSocket)[kHandlers] = manager.open(new WsConnection(ws, frames), principal);
+    ws.on('message', onMessage);
+    ws.on('pong', onPong);
+    ws.on('error', ignoreError);
+    ws.on('close', onClose);
   };
 
   const onUpgrade = (request: IncomingMessage, socket: Duplex, head: Buffer): void => {

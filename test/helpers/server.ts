@@ -66,7 +66,7 @@ const leftovers = new Set<TestServer>();
 /** Starts a real node:http server with the ws adapter on port 0. Tear down with closeAll(). */
 export async function startServer(
   options: Partial<RoomManagerOptions> & { membership: MembershipLoader },
-  adapterOptions: { path?: string; allowedOrigins?: string[]; heartbeat?: boolean } = {},
+  adapterOptions: { path?: string; allowedOrigins?: string[]; heartbeat?: boolean; perMessageDeflate?: boolean } = {},
 ): Promise<TestServer> {
   const manager = new RoomManager({ authenticate: jwtAuthenticator({ secret: TEST_SECRET }), ...options });
   const server = createServer((_req, res) => res.writeHead(404).end());
