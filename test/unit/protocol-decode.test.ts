@@ -1,6 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { decodeClientFrame, type DecodeResult } from '../../src/protocol/index.js';
+import { clientFrameSchemas } from '../../src/protocol/index.js';
 
 /** Decodes a value sent as a JSON text frame. */
 function decode(value: unknown): DecodeResult {
@@ -329,6 +330,38 @@ describe('decodeClientFrame: never throws (property)', () => {
         if (isBinary) expect(result.ok).toBe(false);
       }),
       { numRuns: 300 },
+    );
+  });
+});
+
+describe('publish: the hand-checked path agrees with the schema', () => {
+  const field = fc.oneof(
+    fc.constant(undefined),
+    fc.constant(null),
+    fc.integer(),
+    fc.boolean(),
+    fc.string({ maxLength: 3 }),
+    fc.string({ minLength: 60, maxLength: 70 }),
+    fc.string({ minLength: 250, maxLength: 260 }),
+    fc.constant(''),
+    fc.dictionary(fc.string({ maxLength: 3 }), fc.integer(), { maxKeys: 2 }),
+    fc.array(fc.integer(), { maxLength: 2 }),
+  );
+
+  it('accepts and refuses exactly what clientFrameSchemas.publish does, with the same frame', () => {
+    fc.assert(
+      fc.property(field, field, field, field, fc.boolean(), (room, data, cid, ref, extra) => {
+        const object: Record<string, unknown> = { type: 'publish' };
+        for (const [key, value] of Object.entries({ room, data, cid, ref })) if (value !== undefined) object[key] = value;
+        if (extra) object.other = 1;
+        const text = JSON.stringify(object);
+        const decoded = decodeClientFrame(text);
+        const parsed = clientFrameSchemas.publish.safeParse(JSON.parse(text));
+        const refOk = ref === undefined || (typeof ref === 'string' && ref.length <= 64);
+        expect(decoded.ok).toBe(parsed.success && refOk);
+        if (decoded.ok && parsed.success) expect(decoded.frame).toEqual(parsed.data);
+      }),
+      { numRuns: 3_000, seed: 7 },
     );
   });
 });
