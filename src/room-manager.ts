@@ -90,17 +90,21 @@ interface ConnState {
   readonly principal: Principal;
   readonly socket: Connection;
   readonly rooms: Map<string, Membership>;
-  /** Rooms this connection left: auto-join and ensure-participants never put it back. */
-  readonly left: Set<string>;
+  /**
+   * Rooms this connection left: auto-join and ensure-participants never put it back.
+   * The shared empty set until the first leave (most connections never leave a room).
+   */
+  left: ReadonlySet<string>;
   state: 'opening' | 'open' | 'closed';
-  /** Frames received before `welcome` was sent, handled right after it. */
+  /** Frames received before `welcome` was sent (state `opening`), handled right after it. */
   early: [data: string | Uint8Array, isBinary: boolean][] | undefined;
   /** The tail of this connection's frame handling; frames are handled in arrival order. */
   queue: Promise<void> | undefined;
   inflight: number;
-  readonly publishBucket: TokenBucket | undefined;
-  readonly joinBucket: TokenBucket | undefined;
-  readonly strikes: TokenBucket;
+  /** Rate limits, made on first use: an idle connection holds none. */
+  publishBucket: TokenBucket | undefined;
+  joinBucket: TokenBucket | undefined;
+  strikes: TokenBucket | undefined;
   /** The id of the last message whose send to this connection threw, for the fallback. */
   lastFailedId: string;
   readonly openedAt: number;
@@ -261,6 +265,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * stamp they came from: a broadcast announces only participants new since then.
    */
   private readonly told = new Map<string, { stamp: number; users: ReadonlySet<string> }>();
+  /** Publishes may take the synchronous path (`publishNow`): no hook, no backplane, history in memory. */
+  private readonly syncPublish: boolean;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
   /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
   private feedEpoch: string | undefined;
@@ -281,6 +287,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       onError: (room, error) => this.reportError('membersOf', error, { room }),
     });
     this.dedupe = new DedupeWindow(this.options.dedupeWindowMs, Date.now, MAX_DEDUPE_ENTRIES);
+    this.syncPublish = !this.backplane && this.options.onPublish === undefined && this.history.constructor === InMemoryHistoryStore;
     if (this.backplane) {
       this.started = this.backplane.start({
         message: (message) => this.received(message),
@@ -381,14 +388,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       principal,
       socket,
       rooms: new Map(),
-      left: new Set(),
+      left: NO_ROOMS,
       state: 'opening',
-      early: [],
+      early: undefined,
       queue: undefined,
       inflight: 0,
-      publishBucket: bucket(this.options.publishRate),
-      joinBucket: bucket(this.options.joinRate),
-      strikes: new TokenBucket(this.options.rateLimitStrikes.burst, this.options.rateLimitStrikes.perSecond),
+      publishBucket: undefined,
+      joinBucket: undefined,
+      strikes: undefined,
       lastFailedId: '',
       openedAt: Date.now(),
       expiryTimer: undefined,
@@ -594,7 +601,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       safeClose(conn.socket, CloseCode.MessageTooBig, 'frame too large');
       return;
     }
-    if (conn.early) {
+    if (conn.state === 'opening') {
+      conn.early ??= [];
       if (conn.early.length >= MAX_INFLIGHT_FRAMES) {
         this.sendError(conn, 'rate_limited', 'too many frames before welcome');
         return;
@@ -613,8 +621,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.send(conn, frame.ref === undefined ? { type: 'pong' } : { type: 'pong', ref: frame.ref });
       return;
     }
-    const limiter = frame.type === 'publish' ? conn.publishBucket : conn.joinBucket;
-    if (limiter && !limiter.take()) {
+    if (!this.takeToken(conn, frame.type === 'publish' ? 'publish' : 'join')) {
       this.refuseOverLimit(conn, frame.type === 'publish' ? 'publish' : 'join', frame.ref);
       return;
     }
@@ -625,6 +632,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.sendError(conn, 'rate_limited', 'too many frames waiting; slow down', { ref: frame.ref });
       return;
     }
+    if (frame.type === 'publish' && this.syncPublish && this.publishNow(conn, frame, size)) return;
     conn.inflight++;
     const run = (): Promise<void> =>
       this.handle(conn, frame, size).then(
@@ -644,9 +652,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     });
   }
 
+  /** Spends one token of the connection's publish or join limit; true when there is no limit. */
+  private takeToken(conn: ConnState, kind: 'publish' | 'join'): boolean {
+    if (kind === 'publish') {
+      const limit = this.options.publishRate;
+      return limit === false || (conn.publishBucket ??= new TokenBucket(limit.burst, limit.perSecond)).take();
+    }
+    const limit = this.options.joinRate;
+    return limit === false || (conn.joinBucket ??= new TokenBucket(limit.burst, limit.perSecond)).take();
+  }
+
   /** Answers `rate_limited`; a connection that keeps at it is closed with 4008. */
   private refuseOverLimit(conn: ConnState, kind: 'publish' | 'join', ref: string | undefined): void {
-    if (conn.strikes.take()) {
+    const { burst, perSecond } = this.options.rateLimitStrikes;
+    if ((conn.strikes ??= new TokenBucket(burst, perSecond)).take()) {
       this.sendError(conn, 'rate_limited', `too many ${kind} frames; slow down`, { ref });
       this.emit('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: false });
       return;
@@ -694,7 +713,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         mode = 'admitted';
       }
       if (conn.state === 'closed') return;
-      conn.left.delete(room);
+      if (conn.left.has(room)) (conn.left as Set<string>).delete(room);
       await this.enterRoom(conn, room, mode, 'join', ref);
       return;
     }
@@ -707,7 +726,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private handleLeave(conn: ConnState, frame: LeaveFrame): void {
     const { room, ref } = frame;
     if (conn.rooms.has(room)) this.removeFromRoom(conn, room, false, 'leave');
-    if (conn.left.size < this.options.maxRoomsPerConnection) conn.left.add(room);
+    if (conn.left.size < this.options.maxRoomsPerConnection) markLeft(conn, room);
     this.send(conn, ref === undefined ? { type: 'left', room } : { type: 'left', room, ref });
   }
 
@@ -736,15 +755,63 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     try {
       message = await accepted;
     } catch (error) {
-      if (isRoomwireError(error)) {
-        this.sendError(conn, error.code, error.message, { ref, room, details: error.details });
-        return;
-      }
-      this.reportError('publish', error, { connectionId: conn.id, user: conn.user.id, room });
-      this.sendError(conn, 'internal', 'publish failed', { ref, room });
+      this.refusePublish(conn, error, ref, room);
       return;
     }
     this.send(conn, { type: 'ack', room, id: message.id, seq: message.seq, ...(ref === undefined ? {} : { ref }) });
+  }
+
+  /**
+   * The common publish, handled start to end in the tick its frame arrived: no promise,
+   * no queued task. Taken when the connection has no earlier frame pending and is in the
+   * room, the room has no ordered work pending, its participants are cached, the history
+   * is in memory, there is no `onPublish` hook and no backplane (`syncPublish`). For any
+   * other publish it returns false having done nothing, and the general path gives the
+   * same outcome: the same checks, seq, fan-out, report and ack.
+   */
+  private publishNow(conn: ConnState, frame: PublishFrame, frameBytes: number): boolean {
+    const { room, ref, cid } = frame;
+    if (conn.queue !== undefined || frameBytes > this.options.maxMessageBytes || !conn.rooms.has(room)) return false;
+    const state = this.rooms.get(room);
+    if (!state || state.tail !== undefined) return false;
+    const key = cid === undefined ? undefined : `${conn.user.id}\n${room}\n${cid}`;
+    if (key !== undefined && this.dedupe.get(key) !== undefined) return false;
+    const snapshot = this.membership.load(room);
+    if (snapshot instanceof Promise) return false;
+    try {
+      const data = this.checkPublishData(frame.data);
+      const dataJson = encodeData(data);
+      const message = this.history.append({ room, id: this.nextId(), from: conn.user.id, data: data === undefined ? null : data, ts: Date.now() }) as StoredMessage;
+      const { id, seq } = message;
+      if (key !== undefined) this.dedupe.set(key, Promise.resolve({ id, seq }));
+      this.fanOut(message, snapshot, conn, dataJson);
+      this.send(conn, ref === undefined ? { type: 'ack', room, id, seq } : { type: 'ack', room, id, seq, ref });
+    } catch (error) {
+      this.refusePublish(conn, error, ref, room);
+    }
+    return true;
+  }
+
+  /** Answers a publish that failed: its own code for a `RoomwireError`, else `internal` (and reported). */
+  private refusePublish(conn: ConnState, error: unknown, ref: string | undefined, room: string): void {
+    if (isRoomwireError(error)) {
+      this.sendError(conn, error.code, error.message, { ref, room, details: error.details });
+      return;
+    }
+    this.reportError('publish', error, { connectionId: conn.id, user: conn.user.id, room });
+    this.sendError(conn, 'internal', 'publish failed', { ref, room });
+  }
+
+  /**
+   * The data as `publishSchema` returns it (unchanged without one).
+   * @throws {RoomwireError} `bad_request` when the schema refuses it.
+   */
+  private checkPublishData(data: unknown): unknown {
+    const schema = this.options.publishSchema;
+    if (!schema) return data;
+    const result = schema.safeParse(data);
+    if (!result.success) throw new RoomwireError('bad_request', 'publish data is invalid', { details: describeValidationError(result.error) });
+    return result.data;
   }
 
   /** A participant whose auto-join failed may still publish: put it in the room first. */
@@ -756,15 +823,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private async acceptPublish(conn: ConnState, frame: PublishFrame): Promise<StoredMessage> {
-    let data: unknown = frame.data;
-    const schema = this.options.publishSchema;
-    if (schema) {
-      const result = schema.safeParse(data);
-      if (!result.success) {
-        throw new RoomwireError('bad_request', 'publish data is invalid', { details: describeValidationError(result.error) });
-      }
-      data = result.data;
-    }
+    let data = this.checkPublishData(frame.data);
     const hook = this.options.onPublish;
     if (hook) {
       const transformed = await hook({ user: conn.principal, connectionId: conn.id, room: frame.room, data, cid: frame.cid });
@@ -790,7 +849,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (conn.state === 'closed') return;
       if (!conn.rooms.has(room)) {
         // Reading a room the connection is not in asks the loader: it costs a join token.
-        if (conn.joinBucket && !conn.joinBucket.take()) {
+        if (!this.takeToken(conn, 'join')) {
           this.sendError(conn, 'rate_limited', 'too many rooms to check; resume them later', { ref, room });
           continue;
         }
@@ -1603,7 +1662,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (!conn || conn.state !== 'open') return false;
     if (conn.rooms.has(room)) return true;
     if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-    conn.left.delete(room);
+    if (conn.left.has(room)) (conn.left as Set<string>).delete(room);
     await this.enterRoom(conn, room, 'admitted', 'server', undefined);
     return conn.rooms.has(room);
   }
@@ -1618,7 +1677,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const conn = this.conns.get(connectionId);
     if (!conn || !conn.rooms.has(room)) return false;
     this.removeFromRoom(conn, room, true, 'server');
-    conn.left.add(room);
+    markLeft(conn, room);
     return true;
   }
 
@@ -1773,8 +1832,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 }
 
-function bucket(limit: RateLimit | false): TokenBucket | undefined {
-  return limit === false ? undefined : new TokenBucket(limit.burst, limit.perSecond);
+/** Every connection's `left` until its first leave; never written to (see `markLeft`). */
+const NO_ROOMS: ReadonlySet<string> = new Set();
+
+function markLeft(conn: ConnState, room: string): void {
+  if (conn.left === NO_ROOMS) conn.left = new Set([room]);
+  else (conn.left as Set<string>).add(room);
 }
 
 function trySend(conn: ConnState, text: string): boolean {

@@ -242,6 +242,30 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(alice.frames.at(-1)).toMatchObject({ type: 'error', code: 'bad_request', ref: 'r', details: { issues: [{ path: 'content', message: 'Required' }] } });
   });
 
+  it('handles a plain publish in the tick it arrives, with the same frames as the general path', async () => {
+    const run = async (options: Partial<RoomManagerOptions>): Promise<{ sync: unknown[]; all: unknown[][] }> => {
+      const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), options);
+      const alice = await openFake(rooms, 'alice');
+      const bob = await openFake(rooms, 'bob');
+      await rooms.broadcast('a', 'warm'); // participants cached
+      const before = alice.frames.length;
+      alice.receive({ type: 'publish', room: 'a', data: { n: 1 }, cid: 'c1', ref: 'r1' });
+      const sync = alice.frames.slice(before).map((f) => f.type);
+      alice.receive({ type: 'publish', room: 'a', data: { n: 1 }, cid: 'c1', ref: 'r2' }); // a repeat: dedupe
+      alice.receive({ type: 'publish', room: 'a', data: 2, ref: 'r3' });
+      await settle();
+      const strip = (frames: Record<string, unknown>[]): unknown[] => frames.map(({ id: _id, ts: _ts, connectionId: _c, epoch: _e, ...rest }) => rest);
+      return { sync, all: [strip(alice.frames), strip(bob.frames)] };
+    };
+    const fast = await run({});
+    // A hook that changes nothing sends every publish down the general (asynchronous) path.
+    const general = await run({ onPublish: () => undefined });
+    expect(fast.sync).toEqual(['ack']);
+    expect(general.sync).toEqual([]);
+    expect(fast.all).toEqual(general.all);
+    expect(fast.all[0]).toMatchObject([{ type: 'welcome' }, { type: 'message', seq: 1 }, { type: 'ack', seq: 2, ref: 'r1' }, { type: 'ack', seq: 2, ref: 'r2' }, { type: 'ack', seq: 3, ref: 'r3' }]);
+  });
+
   it('answers data over maxMessageBytes with too_large', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxMessageBytes: 100 });
     const alice = await openFake(rooms, 'alice');
