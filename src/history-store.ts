@@ -42,20 +42,22 @@ export interface HistoryStore {
   since(room: string, afterSeq: number, untilSeq?: number): MaybePromise<StoredMessage[] | null>;
 }
 
-/** A fixed-capacity ring of one room's newest messages. */
+/**
+ * A ring of one room's newest messages, at most `capacity`. It grows as messages come
+ * (a room with three messages holds an array of three, not of `capacity`).
+ */
 class RoomHistory {
   latest = 0;
-  private readonly ring: (StoredMessage | undefined)[];
+  private readonly ring: StoredMessage[] = [];
   private size = 0;
 
-  constructor(private readonly capacity: number) {
-    this.ring = new Array<StoredMessage | undefined>(capacity);
-  }
+  constructor(private readonly capacity: number) {}
 
   push(message: StoredMessage): void {
     this.latest = message.seq;
     if (this.capacity === 0) return;
-    this.ring[message.seq % this.capacity] = message;
+    // Seqs start at 1: slot seq - 1, so the array fills from index 0 without holes.
+    this.ring[(message.seq - 1) % this.capacity] = message;
     if (this.size < this.capacity) this.size++;
   }
 
@@ -66,7 +68,7 @@ class RoomHistory {
     const until = Math.min(untilSeq, this.latest);
     const out: StoredMessage[] = [];
     for (let seq = afterSeq + 1; seq <= until; seq++) {
-      const message = this.ring[seq % this.capacity];
+      const message = this.ring[(seq - 1) % this.capacity];
       if (message) out.push(message);
     }
     return out;
@@ -94,7 +96,8 @@ export class InMemoryHistoryStore implements HistoryStore {
       history = new RoomHistory(this.limit);
       this.rooms.set(message.room, history);
     }
-    const stored: StoredMessage = { ...message, seq: history.latest + 1 };
+    const { room, id, from, data, ts } = message;
+    const stored: StoredMessage = { room, id, seq: history.latest + 1, from, data, ts };
     history.push(stored);
     return stored;
   }
