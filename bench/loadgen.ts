@@ -5,12 +5,17 @@
  * same whoever serves it. Receiving only scans the frame for two integers (the step and
  * the send time), never parses it.
  *
+ * Connections may be spread over several server processes (the cluster scenario):
+ * connection `i` goes to the `i mod N`-th port, so every room spans every process.
+ *
  * Driven by bench/run.ts over IPC: `connect`, `run`, `close`.
  */
 import { performance } from 'node:perf_hooks';
+import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
 import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
+import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
 
 /** The servers; `preframed` is an optional variant of the bare loop, not in the default run. */
@@ -19,7 +24,8 @@ export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed';
 export interface ConnectRequest {
   cmd: 'connect';
   kind: ServerKind;
-  port: number;
+  /** The servers' ports: connection `i` goes to `ports[i mod ports.length]`. */
+  ports: number[];
   topology: Topology;
   /** Connection indexes [from, to) to open; a later call adds more. */
   from: number;
@@ -46,7 +52,19 @@ export interface RunRequest {
   drainMs: number;
   /** A number > 0 carried in each measured message, so late ones of another step are not counted. */
   step: number;
-  serverPid: number;
+  /** The server processes, whose CPU counters are read around the window and summed. */
+  serverPids: number[];
+  /** Redis to read around the window (the cluster scenario); its figures come back as `redis`. */
+  redis?: RedisProbe | undefined;
+}
+
+/** Where the Redis counters of a window come from. */
+export interface RedisProbe {
+  url: string;
+  /** The redis-server process, for its CPU from /proc; null when not readable. */
+  pid: number | null;
+  /** The seq counters of the run's rooms: their growth counts the window's publishes on the Redis side. */
+  seqKeys: string[];
 }
 
 export interface RunResult {
@@ -72,9 +90,16 @@ export interface RunResult {
   windowUs: { start: number; end: number };
   drained: boolean;
   latency: { count: number; p50Ms: number; p90Ms: number; p99Ms: number; maxMs: number };
+  /** All server processes together. */
   server: CpuTimes;
+  /** Each server process, in the order of `serverPids`. */
+  servers: CpuTimes[];
   loadgen: CpuTimes;
   machine: MachineTimes;
+  /** Redis over the same window, when the request asked for it and it answered. */
+  redis: RedisWindow | null;
+  /** Why `redis` is null although the request asked for it. */
+  redisError: string | undefined;
 }
 
 interface Client {
@@ -168,8 +193,9 @@ function onFrame(client: Client, data: Buffer, markReady: () => void): void {
   if (startsWith(data, ERROR_JSON)) noteError(data);
 }
 
-function urlFor(port: number, index: number): string {
+function urlFor(ports: readonly number[], index: number): string {
   const user = userName(index);
+  const port = ports[index % ports.length] as number;
   return kind === 'socketio'
     ? `ws://127.0.0.1:${port}/socket.io/?EIO=4&transport=websocket&user=${user}`
     : `ws://127.0.0.1:${port}/?user=${user}`;
@@ -219,7 +245,7 @@ function connect(request: ConnectRequest): Promise<ConnectResult> {
         }
         launch();
       };
-      const ws = new WebSocket(urlFor(request.port, index), { perMessageDeflate: false, skipUTF8Validation: true });
+      const ws = new WebSocket(urlFor(request.ports, index), { perMessageDeflate: false, skipUTF8Validation: true });
       const client: Client = { ws, index, room: Math.floor(index / topology.roomSize), ready: false };
       const timer = setTimeout(() => {
         settle(false, 'connection timed out');
@@ -291,8 +317,44 @@ function percentile(sorted: Float64Array, p: number): number {
 
 const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
+/** Counters of every server process; null for one that is gone. */
+function readServers(pids: readonly number[]): (CpuTimes | null)[] {
+  return pids.map((pid) => readProcessCpu(pid));
+}
+
+function sumCpu(times: readonly CpuTimes[]): CpuTimes {
+  return times.reduce((a, t) => ({ userMs: a.userMs + t.userMs, systemMs: a.systemMs + t.systemMs }), { userMs: 0, systemMs: 0 });
+}
+
+/** Reads the Redis counters; a failure ends the Redis figures of the window, not the window. */
+async function redisSnapshot(probe: RedisProbe, client: Redis | undefined): Promise<RedisSnapshot | string> {
+  if (!client) return 'no connection to Redis';
+  try {
+    return await snapshotRedis(client, probe.seqKeys, probe.pid);
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+}
+
 async function run(request: RunRequest): Promise<RunResult> {
   currentStep = -1;
+  let redisClient: Redis | undefined;
+  let redisError: string | undefined;
+  if (request.redis) {
+    try {
+      redisClient = await openProbeClient(request.redis.url);
+    } catch (error) {
+      redisError = error instanceof Error ? error.message : String(error);
+    }
+  }
+  try {
+    return await measure(request, redisClient, redisError);
+  } finally {
+    if (redisClient) await closeProbeClient(redisClient);
+  }
+}
+
+async function measure(request: RunRequest, redisClient: Redis | undefined, redisError: string | undefined): Promise<RunResult> {
   await sendPhase(0, request.rate, request.warmupMs);
   await sleep(200);
   currentStep = request.step;
@@ -303,19 +365,28 @@ async function run(request: RunRequest): Promise<RunResult> {
   dropped = 0;
   firstError = undefined;
   latencyCount = 0;
-  const server0 = readProcessCpu(request.serverPid);
+  // Redis first and last: its counters then cover the whole window the CPU counters do.
+  const redis0 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
+  const server0 = readServers(request.serverPids);
   const self0 = readProcessCpu(process.pid);
   const machine0 = readMachineCpu();
   const t0 = performance.now();
   const start = Number(process.hrtime.bigint() / 1000n);
   const phase = await sendPhase(request.step, request.rate, request.measureMs);
   const drainUntil = performance.now() + request.drainMs;
-  while (received < phase.expected && performance.now() < drainUntil) await sleep(5);
+  // With Redis figures, every publish's ack too: the acks are the publishes Redis counts are divided by.
+  const ackAll = request.redis !== undefined && kind === 'roomwire';
+  while ((received < phase.expected || (ackAll && acks < phase.sent)) && performance.now() < drainUntil) await sleep(5);
   const windowMs = performance.now() - t0;
   const end = Number(process.hrtime.bigint() / 1000n);
-  const server1 = readProcessCpu(request.serverPid);
+  const server1 = readServers(request.serverPids);
   const self1 = readProcessCpu(process.pid);
   const machine1 = readMachineCpu();
+  const redis1 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
+  const servers = request.serverPids.map((_, i) => cpuDelta(server0[i] ?? null, server1[i] ?? null));
+  let redis: RedisWindow | null = null;
+  if (request.redis && typeof redis0 === 'object' && typeof redis1 === 'object') redis = redisWindow(redis0, redis1, request.redis.seqKeys);
+  else if (request.redis) redisError ??= typeof redis0 === 'string' ? redis0 : typeof redis1 === 'string' ? redis1 : 'unknown';
   const sorted = latencies.slice(0, latencyCount).sort();
   const ms = (us: number): number => us / 1000;
   return {
@@ -341,9 +412,12 @@ async function run(request: RunRequest): Promise<RunResult> {
       p99Ms: ms(percentile(sorted, 0.99)),
       maxMs: ms(sorted.length > 0 ? (sorted[sorted.length - 1] as number) : Number.NaN),
     },
-    server: cpuDelta(server0, server1),
+    server: sumCpu(servers),
+    servers,
     loadgen: cpuDelta(self0, self1),
     machine: machineDelta(machine0, machine1),
+    redis,
+    redisError,
   };
 }
 

@@ -6,22 +6,34 @@
  *   npm run bench -- --quick      smoke run (about 1 minute); writes bench/results/quick.*
  *   npm run bench -- --profile    CPU profiles (node --cpu-prof) of each server under the small-rooms load
  *
- * Options: --only=small,big,ladder,idle  --servers=roomwire,bare,socketio  --reps=N  --docs (write the docs from a
- * quick or partial run too).
+ * Options: --only=small,big,ladder,idle,cluster  --servers=roomwire,bare,socketio  --reps=N  --docs (write the docs
+ * from a quick or partial run too)  --redis=URL (the cluster scenario's Redis; default redis://127.0.0.1:6379).
+ *
+ * The cluster scenario (roomwire alone, then 3 roomwire processes on one Redis) is skipped, with the reason, when
+ * Redis does not answer; its results also go to bench/results/cluster.json.
  */
 import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import type { Redis } from 'ioredis';
 import { cpus, loadavg, release, tmpdir, totalmem, platform } from 'node:os';
 import { join } from 'node:path';
 import type { ConnectResult, RunRequest, RunResult, ServerKind } from './loadgen.js';
 import type { MemoryReport, ReadyEvent } from './servers/harness.js';
 import { buildEntries, ENTRIES, type EntryName } from './lib/build.js';
+import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describeRedis, openProbeClient, runPrefix, seqKey, type RedisConfig } from './lib/redis.js';
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { chartSvg, headline, profileMarkdown, replaceSection, resultsMarkdown, targets } from './lib/report.js';
+import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
+  type ClusterComparison,
+  type ClusterDerived,
+  type ClusterResult,
+  type ClusterResults,
+  type ClusterSetup,
+  type ClusterStep,
+  type ClusterSummary,
   type Derived,
   type IdleResult,
   type IdleStep,
@@ -36,8 +48,8 @@ import {
   type ProfileResults,
   type Results,
 } from './lib/results.js';
-import { fmt, median } from './lib/stats.js';
-import type { Topology } from './lib/topology.js';
+import { fmt, fmtRatio, median, ratio } from './lib/stats.js';
+import { roomCount, roomName, type Topology } from './lib/topology.js';
 
 // ---------------------------------------------------------------- plan
 
@@ -70,13 +82,25 @@ interface IdlePlan {
   settleMs: number;
 }
 
+interface ClusterPlan {
+  description: string;
+  topology: Topology;
+  /** Server processes of the Redis setup. */
+  processes: number;
+  rates: number[];
+  reps: number;
+  warmupMs: number;
+  measureMs: number;
+  drainMs: number;
+}
+
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--src=', '--server-flags='];
+const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--src=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle] [--servers=roomwire,bare,socketio] [--reps=N] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
@@ -127,6 +151,22 @@ const idlePlan: IdlePlan = {
   reps: reps(quick ? 1 : 3),
   settleMs: 1_000,
 };
+const clusterPlan: ClusterPlan = {
+  description:
+    '2,000 connections in 200 rooms of 10, spread round-robin over the processes (connection i on process i mod N, so every room has members on every process); publishes from members on every process',
+  topology: { connections: 2_000, roomSize: 10 },
+  processes: 3,
+  // 1,000/s is the small-rooms load; 2,000/s is as high as 2 cores go with 3 servers, Redis and the load generator.
+  rates: [1_000, 2_000],
+  reps: reps(quick ? 1 : 2),
+  // 2,000 publishes at the first rate: every connection publishes once, so every process has published into every room
+  // before the first window and the one-time cost of a process's first broadcast into a room (a participants notice on
+  // the control channel) stays out of the windows.
+  warmupMs: 2_000,
+  measureMs: quick ? 2_000 : 5_000,
+  drainMs: quick ? 1_500 : 2_000,
+};
+const redisUrl = option('redis') ?? DEFAULT_REDIS_URL;
 /** Hard bound on the whole run: whatever happens, the children die and the process ends. */
 const RUN_LIMIT_MS = (profileMode ? 5 : quick ? 4 : 14) * 60_000;
 
@@ -142,22 +182,38 @@ const runnerFlags = useTsx ? ['--import', 'tsx'] : [];
 
 const startedAt = Date.now();
 const notes: string[] = [];
+const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** What must be undone even when the run is cut short (the cluster scenario's keys in Redis). */
+const cleanups = new Set<() => Promise<void>>();
+
+/** Set once the run is being stopped: nothing is written after that. */
+let aborting = false;
+
+/** Kills the children, then runs the cleanups (at most 3 s) and exits. */
+function abort(code: number): void {
+  if (aborting) return;
+  aborting = true;
+  killAllChildren();
+  if (cleanups.size === 0) process.exit(code);
+  // A killed server's last heartbeat may still be on its way to Redis.
+  void sleep(200)
+    .then(() => Promise.race([Promise.allSettled([...cleanups].map((cleanup) => cleanup())), sleep(3_000)]))
+    .finally(() => process.exit(code));
+}
+
 process.on('exit', killAllChildren);
 for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.on(signal, () => {
     console.error(`\n${signal}: stopping every child process`);
-    killAllChildren();
-    process.exit(130);
+    abort(130);
   });
 }
 const runLimit = setTimeout(() => {
   console.error(`\nthe run exceeded its ${RUN_LIMIT_MS / 60_000} minute limit; stopping every child process`);
-  killAllChildren();
-  process.exit(1);
+  abort(1);
 }, RUN_LIMIT_MS);
 runLimit.unref();
-
-const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
 
 function elapsed(): string {
   const s = Math.round((Date.now() - startedAt) / 1000);
@@ -181,8 +237,13 @@ interface RunningServer {
 }
 
 async function startServer(kind: ServerKind, topology: Topology, nodeFlags: string[] = []): Promise<RunningServer> {
-  const child = new ChildHandle(scripts[kind], [JSON.stringify(topology)], {
-    name: `${SERVER_LABEL[kind]} server`,
+  return startChild(kind, `${SERVER_LABEL[kind]} server`, [JSON.stringify(topology)], nodeFlags);
+}
+
+/** Starts one server process from its bundle and waits until it listens. */
+async function startChild(entry: EntryName, name: string, childArgs: string[], nodeFlags: string[] = []): Promise<RunningServer> {
+  const child = new ChildHandle(scripts[entry], childArgs, {
+    name,
     nodeFlags: [...runnerFlags, '--expose-gc', ...serverFlags, ...nodeFlags],
   });
   const ready = child.waitEvent<ReadyEvent>('ready', 30_000);
@@ -204,9 +265,10 @@ function lg(): ChildHandle {
 
 let stepNumber = 0;
 
-async function connectAll(kind: ServerKind, server: RunningServer, topology: Topology, from: number, to: number): Promise<ConnectResult> {
+/** Opens connections [from, to) on the servers: connection i on the (i mod N)-th. */
+async function connectAll(kind: ServerKind, on: RunningServer[], topology: Topology, from: number, to: number): Promise<ConnectResult> {
   const result = await lg().request<ConnectResult>(
-    { cmd: 'connect', kind, port: server.port, topology, from, to, concurrency: 64, timeoutMs: 90_000 },
+    { cmd: 'connect', kind, ports: on.map((server) => server.port), topology, from, to, concurrency: 64, timeoutMs: 90_000 },
     120_000,
   );
   if (result.failed > 0) {
@@ -218,7 +280,7 @@ async function connectAll(kind: ServerKind, server: RunningServer, topology: Top
 }
 
 function runOnce(server: RunningServer, rate: number, timing: { warmupMs: number; measureMs: number; drainMs: number }): Promise<RunResult> {
-  const request: RunRequest = { cmd: 'run', rate, ...timing, step: ++stepNumber, serverPid: server.pid };
+  const request: RunRequest = { cmd: 'run', rate, ...timing, step: ++stepNumber, serverPids: [server.pid] };
   return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + 60_000);
 }
 
@@ -297,7 +359,7 @@ function describeRun(run: RunResult, d: Derived): string {
 async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags: string[] = []): Promise<LoadStep> {
   const server = await startServer(kind, plan.topology, nodeFlags);
   try {
-    const connect = await connectAll(kind, server, plan.topology, 0, plan.topology.connections);
+    const connect = await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
     const run = await runLoad(server, plan.rate, plan);
     if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ${plan.name} step (see its output above)`);
     const memoryAfter = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000).catch(() => undefined);
@@ -362,7 +424,7 @@ async function ladderRun(plan: LadderPlan, kind: ServerKind, rep: number): Promi
   const server = await startServer(kind, plan.topology);
   const steps: LadderStep[] = [];
   try {
-    await connectAll(kind, server, plan.topology, 0, plan.topology.connections);
+    await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
     for (const rate of plan.rates) {
       const run = await runLoad(server, rate, plan);
       if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ladder (see its output above)`);
@@ -439,11 +501,11 @@ async function idleStep(plan: IdlePlan, kind: ServerKind, rep: number): Promise<
   const topology: Topology = { connections: plan.connections, roomSize: plan.roomSize };
   const server = await startServer(kind, topology);
   try {
-    const firstConnect = await connectAll(kind, server, topology, 0, plan.first);
+    const firstConnect = await connectAll(kind, [server], topology, 0, plan.first);
     await sleep(plan.settleMs / 2);
     const before = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000);
     const cpu0 = readProcessCpu(server.pid);
-    const rest = await connectAll(kind, server, topology, plan.first, plan.connections);
+    const rest = await connectAll(kind, [server], topology, plan.first, plan.connections);
     const cpu1 = readProcessCpu(server.pid);
     await sleep(plan.settleMs);
     const after = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000);
@@ -494,6 +556,310 @@ async function idleScenario(plan: IdlePlan): Promise<IdleResult> {
     summary[kind] = value;
   }
   return { ...plan, scaledDown: scaledDownReason, steps, summary };
+}
+
+// ---------------------------------------------------------------- cluster
+
+/** Redis as the cluster scenario uses it, once it answered. */
+interface RedisContext {
+  config: RedisConfig;
+  /** The redis-server process, for its CPU; null when /proc does not show it. */
+  pid: number | null;
+  /** The seq counters of the scenario's rooms. */
+  seqKeys: string[];
+}
+
+function errorMessage(error: unknown): string {
+  return error instanceof Error ? error.message : String(error);
+}
+
+/**
+ * derive() for several server processes and Redis: "other" leaves the redis-server process
+ * out too. Redis figures are per publish accepted in the window: on Redis, those Redis
+ * sequenced (the growth of the rooms' seq counters, read atomically with the command
+ * counts); alone, the acks.
+ */
+function deriveCluster(run: RunResult, setup: ClusterSetup): ClusterDerived {
+  const base = derive(run);
+  const pct = (ms: number): number => (100 * ms) / run.windowMs;
+  const redisMs = run.redis?.cpu ? run.redis.cpu.userMs + run.redis.cpu.systemMs : null;
+  const serverMs = run.server.userMs + run.server.systemMs;
+  const loadgenMs = run.loadgen.userMs + run.loadgen.systemMs;
+  const accepted = setup === 'redis' ? (run.redis?.sequenced ?? 0) : run.acks;
+  const perBroadcast = (count: number | undefined): number | null => (count === undefined || accepted <= 0 ? null : count / accepted);
+  return {
+    ...base,
+    redisCpuPct: redisMs === null ? null : pct(redisMs),
+    redisUsPerDelivery: redisMs === null || run.received === 0 ? null : (redisMs * 1000) / run.received,
+    otherCpuPct: Math.max(0, pct(run.machine.busyMs - serverMs - loadgenMs - (redisMs ?? 0))),
+    accepted,
+    redisPublishesPerBroadcast: perBroadcast(run.redis?.publishCalls),
+    redisCommandsPerBroadcast: perBroadcast(run.redis?.totalCalls),
+    acksPerBroadcast: perBroadcast(run.acks),
+  };
+}
+
+function describeClusterRun(run: RunResult, d: ClusterDerived): string {
+  const extra = [
+    run.errors > 0 ? `${run.errors} errors (${run.firstError ?? ''})` : '',
+    run.dropped > 0 ? `${run.dropped} dropped` : '',
+    run.sentRate < run.rate * 0.95 ? `load gen. sent only ${fmt(run.sentRate)}/s` : '',
+    run.redisError !== undefined ? `no Redis figures (${run.redisError})` : '',
+    (run.redis?.foreignClients ?? 0) > 0 ? `${run.redis?.foreignClients ?? 0} other Redis clients connected` : '',
+  ].filter(Boolean);
+  const n = (v: number | null, digits = 3): string => (v === null ? '–' : fmt(v, digits));
+  return (
+    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
+    `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
+    `  Redis: ${n(d.redisPublishesPerBroadcast)} PUBLISH, ${n(d.redisCommandsPerBroadcast)} cmds per broadcast` +
+    `  (cpu: servers ${fmt(d.serverCpuPct, 2)}%, redis ${n(d.redisCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +
+    (extra.length > 0 ? `  ${extra.join(', ')}` : '') +
+    (d.otherCpuPct > NOISY_PCT ? '  [noisy]' : '')
+  );
+}
+
+/** One measured window over every process of a setup, with Redis's counters around it. */
+function runCluster(on: RunningServer[], rate: number, plan: ClusterPlan, redis: RedisContext): Promise<RunResult> {
+  const request: RunRequest = {
+    cmd: 'run',
+    rate,
+    warmupMs: plan.warmupMs,
+    measureMs: plan.measureMs,
+    drainMs: plan.drainMs,
+    step: ++stepNumber,
+    serverPids: on.map((server) => server.pid),
+    redis: { url: redis.config.url, pid: redis.pid, seqKeys: redis.seqKeys },
+  };
+  return lg().request<RunResult>(request, plan.warmupMs + plan.measureMs + plan.drainMs + 60_000);
+}
+
+/**
+ * One setup: start its processes, connect every connection round-robin over them, measure
+ * each rate on the same connections, stop. No window is measured again when the machine
+ * was busy (it is flagged): the scenario's time stays bounded.
+ */
+async function clusterSetup(plan: ClusterPlan, setup: ClusterSetup, rep: number, redis: RedisContext, into: ClusterStep[]): Promise<void> {
+  const processes = setup === 'single' ? 1 : plan.processes;
+  const label = setupLabel(setup, processes);
+  const topologyArg = JSON.stringify(plan.topology);
+  const started = await Promise.allSettled(
+    Array.from({ length: processes }, (_, i) =>
+      setup === 'single'
+        ? startServer('roomwire', plan.topology)
+        : startChild('roomwire-redis', `roomwire-redis server ${i + 1}/${processes}`, [topologyArg, JSON.stringify(redis.config)]),
+    ),
+  );
+  const on = started.flatMap((result) => (result.status === 'fulfilled' ? [result.value] : []));
+  try {
+    const failed = started.find((result) => result.status === 'rejected');
+    if (failed) throw failed.reason;
+    const connect = await connectAll('roomwire', on, plan.topology, 0, plan.topology.connections);
+    const connectionsPerProcess = await Promise.all(
+      on.map((server) => server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000).then((m) => m.connections, () => Number.NaN)),
+    );
+    for (const rate of plan.rates) {
+      const run = await runCluster(on, rate, plan, redis);
+      const dead = on.find((server) => !server.child.alive);
+      if (dead) throw new Error(`${dead.child.name} exited during the cluster scenario (see its output above)`);
+      const derived = deriveCluster(run, setup);
+      countWindow(derived);
+      into.push({ setup, processes, rate, rep, connect, connectionsPerProcess, run, derived });
+      progress(`cluster ${label.padEnd(21)} ${String(rate).padStart(5)}/s rep ${rep + 1}/${plan.reps} ${describeClusterRun(run, derived)}`);
+    }
+  } finally {
+    // The servers go first (their TIME_WAIT sockets on their side), then the clients, then the run's keys.
+    await Promise.all(on.map((server) => server.child.stop()));
+    await lg().request({ cmd: 'close' }, 30_000);
+  }
+}
+
+/** A median of the values that are known; null when none is. */
+function medianOrNull(values: readonly (number | null)[]): number | null {
+  const known = values.filter((v): v is number => v !== null && Number.isFinite(v));
+  return known.length === 0 ? null : median(known);
+}
+
+function summarizeCluster(plan: ClusterPlan, steps: ClusterStep[]): ClusterSummary[] {
+  const out: ClusterSummary[] = [];
+  for (const setup of ['single', 'redis'] as const) {
+    for (const rate of plan.rates) {
+      const mine = steps.filter((s) => s.setup === setup && s.rate === rate);
+      const first = mine[0];
+      if (!first) continue;
+      const m = (get: (s: ClusterStep) => number): number => median(mine.map(get));
+      const expected = mine.reduce((a, s) => a + s.run.expected, 0);
+      const lost = mine.reduce((a, s) => a + s.run.lost, 0);
+      const names = [...new Set(mine.flatMap((s) => Object.keys(s.run.redis?.calls ?? {})))];
+      const commands = names
+        .map((name): [string, number | null] => [name, medianOrNull(mine.map((s) => (s.run.redis && s.derived.accepted > 0 ? (s.run.redis.calls[name] ?? 0) / s.derived.accepted : null)))])
+        .filter((entry): entry is [string, number] => entry[1] !== null)
+        .sort((a, b) => b[1] - a[1]);
+      out.push({
+        setup,
+        processes: first.processes,
+        rate,
+        runs: mine.length,
+        deliveriesPerS: m((s) => s.derived.deliveriesPerS),
+        userUsPerDelivery: m((s) => s.derived.userUsPerDelivery),
+        systemUsPerDelivery: m((s) => s.derived.systemUsPerDelivery),
+        totalUsPerDelivery: m((s) => s.derived.totalUsPerDelivery),
+        p50Ms: m((s) => s.run.latency.p50Ms),
+        p99Ms: m((s) => s.run.latency.p99Ms),
+        maxMs: m((s) => s.run.latency.maxMs),
+        lossRatio: expected > 0 ? lost / expected : 0,
+        serverCpuPct: m((s) => s.derived.serverCpuPct),
+        loadgenCpuPct: m((s) => s.derived.loadgenCpuPct),
+        redisCpuPct: medianOrNull(mine.map((s) => s.derived.redisCpuPct)),
+        redisUsPerDelivery: medianOrNull(mine.map((s) => s.derived.redisUsPerDelivery)),
+        otherCpuPct: m((s) => s.derived.otherCpuPct),
+        redisPublishesPerBroadcast: medianOrNull(mine.map((s) => s.derived.redisPublishesPerBroadcast)),
+        redisCommandsPerBroadcast: medianOrNull(mine.map((s) => s.derived.redisCommandsPerBroadcast)),
+        acksPerBroadcast: medianOrNull(mine.map((s) => s.derived.acksPerBroadcast)),
+        commandsPerBroadcast: Object.fromEntries(commands),
+        errors: mine.reduce((a, s) => a + s.run.errors, 0),
+        dropped: mine.reduce((a, s) => a + s.run.dropped, 0),
+      });
+    }
+  }
+  return out;
+}
+
+function compareCluster(plan: ClusterPlan, summary: ClusterSummary[]): ClusterComparison[] {
+  return plan.rates.flatMap((rate) => {
+    const single = summary.find((s) => s.setup === 'single' && s.rate === rate);
+    const redis = summary.find((s) => s.setup === 'redis' && s.rate === rate);
+    if (!single || !redis) return [];
+    return [
+      {
+        rate,
+        deliveriesRatio: ratio(redis.deliveriesPerS, single.deliveriesPerS),
+        p99DiffMs: redis.p99Ms - single.p99Ms,
+        p99Ratio: ratio(redis.p99Ms, single.p99Ms),
+        serverCpuRatio: ratio(redis.totalUsPerDelivery, single.totalUsPerDelivery),
+      },
+    ];
+  });
+}
+
+function ioredisVersion(): string {
+  return version('node_modules/ioredis/package.json');
+}
+
+/**
+ * roomwire alone against `plan.processes` roomwire processes on one Redis, at each rate,
+ * on the same machine in the same run. Skipped (with the reason) when Redis does not
+ * answer; every key the processes wrote (one prefix per run) is deleted afterwards, also
+ * when the run is cut short.
+ */
+async function clusterScenario(plan: ClusterPlan): Promise<ClusterResult> {
+  const began = Date.now();
+  const stepsPlanned = plan.reps * 2 * plan.rates.length;
+  const result: ClusterResult = {
+    description: plan.description,
+    topology: plan.topology,
+    processes: plan.processes,
+    rates: plan.rates,
+    reps: plan.reps,
+    warmupMs: plan.warmupMs,
+    measureMs: plan.measureMs,
+    drainMs: plan.drainMs,
+    durationS: 0,
+    skipped: undefined,
+    failed: undefined,
+    redis: undefined,
+    steps: [],
+    summary: [],
+    comparison: [],
+    notes: [],
+  };
+  const skip = (reason: string): ClusterResult => {
+    console.warn(`  ! cluster scenario skipped: ${reason}`);
+    stepsTotal -= stepsPlanned;
+    return { ...result, skipped: reason, durationS: (Date.now() - began) / 1000 };
+  };
+  let probe: Redis;
+  try {
+    probe = await openProbeClient(redisUrl);
+  } catch (error) {
+    return skip(`Redis at ${redisUrl} is not reachable (${errorMessage(error)})`);
+  }
+  const prefix = runPrefix();
+  let keysDeleted = 0;
+  const cleanup = async (): Promise<void> => {
+    keysDeleted += await deletePrefix(probe, prefix);
+  };
+  cleanups.add(cleanup);
+  try {
+    const server = await describeRedis(probe, redisUrl).catch((error: unknown) => errorMessage(error));
+    if (typeof server === 'string') return skip(`Redis at ${redisUrl} did not answer INFO (${server})`);
+    if (Number.parseInt(server.version, 10) < 7) return skip(`Redis at ${redisUrl} is version ${server.version}; the backplane needs 7 or later`);
+    if (server.pid === null) {
+      const note = `redis-server's CPU is not reported: ${server.pidNote ?? 'unknown process'}`;
+      console.warn(`  ! ${note}`);
+      result.notes.push(note);
+    }
+    const rooms = Array.from({ length: roomCount(plan.topology) }, (_, i) => roomName(i));
+    const redis: RedisContext = { config: { url: redisUrl, prefix }, pid: server.pid, seqKeys: rooms.map((room) => seqKey(prefix, room)) };
+    result.redis = { url: redisUrl, version: server.version, ioredis: ioredisVersion(), pid: server.pid, pidNote: server.pidNote, prefix, keysDeleted: 0, keysLeft: null };
+    try {
+      for (let rep = 0; rep < plan.reps; rep++) {
+        // Alternation, and the other order on odd reps: drift in the machine's load spreads over both setups.
+        const order: ClusterSetup[] = rep % 2 === 0 ? ['single', 'redis'] : ['redis', 'single'];
+        for (const setup of order) {
+          try {
+            await clusterSetup(plan, setup, rep, redis, result.steps);
+          } finally {
+            // Each setup on Redis starts from empty keys.
+            if (setup === 'redis') await cleanup();
+          }
+        }
+      }
+    } catch (error) {
+      result.failed = errorMessage(error);
+      console.warn(`  ! the cluster scenario stopped: ${result.failed}`);
+      // The steps it did not get to, out of the progress total.
+      stepsTotal -= stepsPlanned - result.steps.length;
+    }
+    await cleanup();
+    const left = await countPrefix(probe, prefix);
+    result.redis = { ...result.redis, keysDeleted, keysLeft: left };
+    if (left > 0) result.notes.push(`${left} keys under ${prefix}: were still in Redis at the end`);
+    const foreign = Math.max(0, ...result.steps.map((s) => s.run.redis?.foreignClients ?? 0));
+    if (foreign > 0) {
+      result.notes.push(
+        `up to ${foreign} Redis client(s) that are not the benchmark's were connected during the windows: INFO commandstats counts their commands too (the seq counters do not)`,
+      );
+    }
+    result.summary = summarizeCluster(plan, result.steps);
+    result.comparison = compareCluster(plan, result.summary);
+    return { ...result, durationS: (Date.now() - began) / 1000 };
+  } finally {
+    cleanups.delete(cleanup);
+    await closeProbeClient(probe);
+  }
+}
+
+function printCluster(cluster: ClusterResult): void {
+  if (cluster.skipped !== undefined) {
+    console.log(`\ncluster scenario: skipped (${cluster.skipped})`);
+    return;
+  }
+  const n = (v: number | null, digits = 3): string => (v === null ? '–' : fmt(v, digits));
+  console.log(`\ncluster scenario (${fmt(cluster.durationS)} s; medians of ${cluster.reps} rep(s)):`);
+  for (const s of cluster.summary) {
+    console.log(
+      `  ${setupLabel(s.setup, s.processes).padEnd(21)} ${String(s.rate).padStart(5)}/s  ${fmt(s.deliveriesPerS).padStart(6)} del/s  loss ${fmt(s.lossRatio * 100)}%` +
+        `  p50 ${fmt(s.p50Ms)} p99 ${fmt(s.p99Ms)} max ${fmt(s.maxMs)} ms  servers ${fmt(s.userUsPerDelivery)} + ${fmt(s.systemUsPerDelivery)} µs/delivery` +
+        `  redis-server ${n(s.redisCpuPct, 2)}% cpu  PUBLISH/broadcast ${n(s.redisPublishesPerBroadcast)}  commands/broadcast ${n(s.redisCommandsPerBroadcast)}`,
+    );
+  }
+  for (const c of cluster.comparison) {
+    console.log(
+      `  at ${c.rate}/s: deliveries/s ${cluster.processes} on Redis / 1 alone ${fmtRatio(c.deliveriesRatio)}, p99 ${c.p99DiffMs >= 0 ? '+' : ''}${fmt(c.p99DiffMs)} ms (${fmtRatio(c.p99Ratio)}), server CPU per delivery ${fmtRatio(c.serverCpuRatio)}`,
+    );
+  }
+  for (const note of cluster.notes) console.log(`  ! ${note}`);
+  if (cluster.failed !== undefined) console.log(`  ! stopped early: ${cluster.failed}`);
 }
 
 // ---------------------------------------------------------------- meta
@@ -640,7 +1006,8 @@ async function main(): Promise<void> {
     (runs('small') ? small.reps * perServer : 0) +
     (runs('big') ? big.reps * perServer : 0) +
     (runs('ladder') ? ladderPlan.reps * perServer * ladderPlan.rates.length : 0) +
-    (runs('idle') ? idlePlan.reps * perServer : 0);
+    (runs('idle') ? idlePlan.reps * perServer : 0) +
+    (runs('cluster') ? clusterPlan.reps * 2 * clusterPlan.rates.length : 0);
   console.log(
     `roomwire benchmark (${quick ? 'quick' : 'full'}): ${servers.map((s) => SERVER_LABEL[s]).join(', ')} on ${cpus().length} cores, Node ${process.version}; load average ${loadAverageAtStart.map((v) => v.toFixed(2)).join(' ')}`,
   );
@@ -650,46 +1017,80 @@ async function main(): Promise<void> {
   const bigResult = runs('big') ? await loadScenario(big) : undefined;
   const ladderResult = runs('ladder') ? await ladderScenario(ladderPlan) : undefined;
   const idleResult = runs('idle') ? await idleScenario(idlePlan) : undefined;
+  const clusterResult = runs('cluster') ? await clusterScenario(clusterPlan) : undefined;
 
+  if (aborting) {
+    console.error('the run was stopped: no results written');
+    return;
+  }
   const partial = option('src') !== undefined || serverFlags.length > 0 || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
   const scenarios = { small: smallResult, big: bigResult, ladder: ladderResult, idle: idleResult };
+  /** The scenarios of the results section (all but the cluster one, which has its own files and section). */
+  const classic = Object.values(scenarios).some((scenario) => scenario !== undefined);
+  const meta: Meta = {
+    date: new Date().toISOString(),
+    mode: partial ? 'partial' : quick ? 'quick' : 'full',
+    command,
+    durationS: (Date.now() - startedAt) / 1000,
+    machine: machine(),
+    versions: { roomwire: version('package.json'), ws: version('node_modules/ws/package.json'), socketio: version('node_modules/socket.io/package.json') },
+    runner: useTsx ? 'TypeScript under tsx (--tsx)' : 'esbuild bundles of the TypeScript sources (bench/lib/build.ts)',
+    source: measuredSource,
+    noisy: { windows: windows.noisy, of: windows.all, thresholdPct: NOISY_PCT, remeasured: retries },
+    loadAverageAtStart,
+    notes,
+  };
   const results: Results = {
-    meta: {
-      date: new Date().toISOString(),
-      mode: partial ? 'partial' : quick ? 'quick' : 'full',
-      command,
-      durationS: (Date.now() - startedAt) / 1000,
-      machine: machine(),
-      versions: { roomwire: version('package.json'), ws: version('node_modules/ws/package.json'), socketio: version('node_modules/socket.io/package.json') },
-      runner: useTsx ? 'TypeScript under tsx (--tsx)' : 'esbuild bundles of the TypeScript sources (bench/lib/build.ts)',
-      source: measuredSource,
-      noisy: { windows: windows.noisy, of: windows.all, thresholdPct: NOISY_PCT, remeasured: retries },
-      loadAverageAtStart,
-      notes,
-    },
+    meta,
     ...scenarios,
+    cluster: clusterResult,
     headline: headline(scenarios),
     targets: targets(scenarios),
   };
   const base = partial ? 'partial' : quick ? 'quick' : 'full';
   mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
-  writeFileSync(join(ROOT, `bench/results/${base}.json`), `${JSON.stringify(results, null, 2)}\n`);
-  writeFileSync(join(ROOT, `bench/results/${base}.svg`), chartSvg(results));
-  console.log(`\nwrote bench/results/${base}.json and bench/results/${base}.svg`);
+  if (classic) {
+    writeFileSync(join(ROOT, `bench/results/${base}.json`), `${JSON.stringify(results, null, 2)}\n`);
+    writeFileSync(join(ROOT, `bench/results/${base}.svg`), chartSvg(results));
+    console.log(`\nwrote bench/results/${base}.json and bench/results/${base}.svg`);
 
-  console.log('\nheadline (lower is better, ↑ higher is better):');
-  for (const r of results.headline) {
-    const f = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}×` : '–').padStart(7);
-    console.log(`  ${(r.metric + (r.higherIsBetter ? ' ↑' : '')).padEnd(48)} roomwire/bare ${f(r.roomwireVsBare)}  Socket.IO/bare ${f(r.socketioVsBare)}  roomwire/Socket.IO ${f(r.roomwireVsSocketio)}`);
+    console.log('\nheadline (lower is better, ↑ higher is better):');
+    for (const r of results.headline) {
+      const f = (v: number): string => (Number.isFinite(v) ? `${v.toFixed(2)}×` : '–').padStart(7);
+      console.log(`  ${(r.metric + (r.higherIsBetter ? ' ↑' : '')).padEnd(48)} roomwire/bare ${f(r.roomwireVsBare)}  Socket.IO/bare ${f(r.socketioVsBare)}  roomwire/Socket.IO ${f(r.roomwireVsSocketio)}`);
+    }
+    console.log('\ntargets of issue 7:');
+    for (const t of results.targets) console.log(`  ${t.met === undefined ? '?' : t.met ? 'met' : 'NOT met'}  ${t.target}: ${t.measured}`);
   }
-  console.log('\ntargets of issue 7:');
-  for (const t of results.targets) console.log(`  ${t.met === undefined ? '?' : t.met ? 'met' : 'NOT met'}  ${t.target}: ${t.measured}`);
+
+  // The cluster scenario also has a file of its own, so a run of it alone (--only=cluster) replaces no other results.
+  const measuredCluster = clusterResult !== undefined && clusterResult.skipped === undefined && clusterResult.steps.length > 0 ? clusterResult : undefined;
+  const clusterFile = `bench/results/cluster${quick ? '-quick' : ''}.json`;
+  if (clusterResult) printCluster(clusterResult);
+  if (measuredCluster) {
+    const file: ClusterResults = { meta, cluster: measuredCluster };
+    writeFileSync(join(ROOT, clusterFile), `${JSON.stringify(file, null, 2)}\n`);
+    console.log(`wrote ${clusterFile}`);
+  }
 
   if ((!quick && !partial) || flag('docs')) {
     const docPath = join(ROOT, 'docs/benchmarks.md');
-    const doc = readFileSync(docPath, 'utf8');
-    writeFileSync(docPath, replaceSection(doc, 'results', resultsMarkdown(results, `../bench/results/${base}.svg`)));
-    console.log('updated the results section of docs/benchmarks.md');
+    let doc = readFileSync(docPath, 'utf8');
+    const updated: string[] = [];
+    if (classic) {
+      doc = replaceSection(doc, 'results', resultsMarkdown(results, `../bench/results/${base}.svg`));
+      updated.push('results');
+    }
+    if (measuredCluster) {
+      doc = replaceSection(doc, 'cluster', clusterMarkdown(meta, measuredCluster, `../${clusterFile}`));
+      updated.push('cluster');
+    } else if (clusterResult) {
+      console.log('the cluster section of docs/benchmarks.md is left as it was: the scenario measured nothing');
+    }
+    if (updated.length > 0) {
+      writeFileSync(docPath, doc);
+      console.log(`updated the ${updated.join(' and ')} section${updated.length > 1 ? 's' : ''} of docs/benchmarks.md`);
+    }
   }
   console.log(`done in ${elapsed()}`);
 }

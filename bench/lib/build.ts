@@ -5,6 +5,7 @@ import { ROOT } from './ipc.js';
 /** The child processes of the benchmark, by name. */
 export const ENTRIES = {
   roomwire: 'bench/servers/roomwire.ts',
+  'roomwire-redis': 'bench/servers/roomwire-redis.ts',
   bare: 'bench/servers/bare.ts',
   socketio: 'bench/servers/socketio.ts',
   preframed: 'bench/servers/preframed.ts',
@@ -14,13 +15,18 @@ export const ENTRIES = {
 export type EntryName = keyof typeof ENTRIES;
 
 /**
- * Where the bundles go: inside node_modules, so their imports of ws, socket.io and zod
+ * Where the bundles go: inside node_modules, so their imports of ws, socket.io, ioredis and zod
  * resolve as they do from the repository, and nothing lands in the work tree.
  */
 export const BUILD_DIR = join(ROOT, 'node_modules/.cache/roomwire-bench');
 
 /** The package's entry points, relative to a source directory. */
-const SUBPATHS: Record<string, string> = { roomwire: 'index.ts', 'roomwire/ws': 'transports/ws.ts', 'roomwire/auth/jwt': 'auth/jwt.ts' };
+const SUBPATHS: Record<string, string> = {
+  roomwire: 'index.ts',
+  'roomwire/ws': 'transports/ws.ts',
+  'roomwire/auth/jwt': 'auth/jwt.ts',
+  'roomwire/redis': 'backplanes/redis.ts',
+};
 
 /** Resolves `roomwire` imports to another source directory (a worktree of a branch, a patched copy). */
 function sourceFrom(dir: string): Plugin {

@@ -2,10 +2,14 @@ import type { ProfileSummary } from './cpuprofile.js';
 import { fmt, fmtRatio, ratio } from './stats.js';
 import {
   SERVER_LABEL,
+  type ClusterResult,
+  type ClusterSetup,
+  type ClusterStep,
   type HeadlineRow,
   type IdleResult,
   type LadderResult,
   type LoadScenarioResult,
+  type Meta,
   type ProfileResults,
   type Results,
   type ServerKind,
@@ -193,6 +197,95 @@ export function resultsMarkdown(results: Results, chartPath: string): string {
   if (results.ladder) out.push('', ladderTable(results.ladder));
   if (results.idle) out.push('', idleTable(results.idle));
   out.push('', '"server CPU", "load gen. CPU" and "other load" are in % of one core over the measured window; "other load" is what the rest of the machine used meanwhile (other processes), a sign of how noisy the run was.');
+  return out.join('\n');
+}
+
+/** How the cluster scenario's two setups are called in tables. */
+export function setupLabel(setup: ClusterSetup, processes: number): string {
+  return setup === 'single' ? '1 process alone' : `${processes} processes on Redis`;
+}
+
+const known = (value: number | null, digits = 3): string => (value === null ? '–' : fmt(value, digits));
+
+/**
+ * What the windows on Redis say about `INFO commandstats`: whether the `PUBLISH` calls it
+ * counted match the publishes Redis sequenced in the run's rooms (their seq counters, read
+ * in the same transaction, which no other client touches).
+ */
+function publishEvidence(cluster: ClusterResult, steps: ClusterStep[]): string {
+  const onRedis = steps.filter((s) => s.setup === 'redis' && s.run.redis !== null);
+  if (onRedis.length === 0) return 'No window on Redis has Redis figures.';
+  const sum = (get: (s: ClusterStep) => number): number => onRedis.reduce((a, s) => a + get(s), 0);
+  const n = (value: number): string => value.toLocaleString('en-US');
+  const publishes = sum((s) => s.run.redis?.publishCalls ?? 0);
+  const sequenced = sum((s) => s.run.redis?.sequenced ?? 0);
+  const scripts = sum((s) => (s.run.redis?.calls.evalsha ?? 0) + (s.run.redis?.calls.eval ?? 0));
+  const acks = sum((s) => s.run.acks);
+  const version = cluster.redis?.version ?? '?';
+  const counts =
+    `Over the ${onRedis.length} windows on Redis, \`cmdstat_publish\` grew by ${n(publishes)} and the run's seq counters (one \`INCR\` per publish, in the same script as its \`PUBLISH\`) by ${n(sequenced)}; ` +
+    `scripts run (\`EVALSHA\`/\`EVAL\`, heartbeats included): ${n(scripts)}; acks received by the load generator: ${n(acks)}${acks === sequenced ? '' : " (acks in flight at the windows' edges make the difference)"}.`;
+  if (publishes === sequenced) {
+    return `${counts} The servers send \`PUBLISH\` only from inside the backplane's Lua scripts, so Redis ${version} counts a \`PUBLISH\` run by a script in \`INFO commandstats\` (checked by this run, not assumed), and one broadcast costs exactly one Redis publish, whatever the number of members or processes.`;
+  }
+  return `${counts} They differ: \`PUBLISH\` calls other than the broadcasts' (control-channel notices, or other clients of the same Redis, see the notes) fell in the windows, or publishes failed; the per-broadcast figures include them.`;
+}
+
+/** The generated part of the cluster section of docs/benchmarks.md. */
+export function clusterMarkdown(meta: Meta, cluster: ClusterResult, jsonPath: string): string {
+  const r = cluster.redis;
+  const out: string[] = [
+    `Run of ${meta.date.slice(0, 10)} (${meta.mode}; the scenario took ${Math.round(cluster.durationS)} s): \`${meta.command}\` on ${meta.machine.cpus} × ${meta.machine.model}, Linux ${meta.machine.kernel}, Node ${meta.machine.node}; roomwire ${meta.versions.roomwire} (${meta.source}), run as ${meta.runner}; Redis ${r?.version ?? '?'} on the same machine, ioredis ${r?.ioredis ?? '?'}. Raw figures of every window: [\`${jsonPath.replace(/^\.\.\//, '')}\`](${jsonPath}).`,
+    '',
+    `**cluster**: ${cluster.description}. Rates: ${cluster.rates.map((rate) => `${rate.toLocaleString('en-US')} publishes/s (${(rate * (cluster.topology.roomSize - 1)).toLocaleString('en-US')} deliveries/s)`).join(' and ')}. ${cluster.reps} rep(s) of each setup (alternating), each rate measured ${cluster.measureMs / 1000} s after ${cluster.warmupMs / 1000} s of warm-up on the same connections; medians. Windows are not measured again when the machine was busy.`,
+    '',
+    '| setup | publishes/s | deliveries/s | loss | p50 ms | p99 ms | max ms | server µs/delivery, user + system (all processes) | server CPU | redis-server CPU | redis-server µs/delivery | Redis `PUBLISH` per broadcast | Redis commands per broadcast | other load |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+  ];
+  for (const s of cluster.summary) {
+    const pct = (value: number | null): string => (value === null ? '–' : `${fmt(value, 2)}%`);
+    out.push(
+      `| ${setupLabel(s.setup, s.processes)} | ${s.rate.toLocaleString('en-US')} | ${fmt(s.deliveriesPerS)} | ${fmt(s.lossRatio * 100)}% | ${fmt(s.p50Ms)} | ${fmt(s.p99Ms)} | ${fmt(s.maxMs)} | ${fmt(s.userUsPerDelivery)} + ${fmt(s.systemUsPerDelivery)} | ${pct(s.serverCpuPct)} | ${pct(s.redisCpuPct)} | ${known(s.redisUsPerDelivery)} | ${known(s.redisPublishesPerBroadcast)} | ${known(s.redisCommandsPerBroadcast)} | ${pct(s.otherCpuPct)} |`,
+    );
+  }
+  if (cluster.comparison.length > 0) {
+    out.push(
+      '',
+      `| publishes/s | deliveries/s, ${cluster.processes} on Redis / 1 alone | p99, ${cluster.processes} on Redis − 1 alone | p99, ${cluster.processes} on Redis / 1 alone | server CPU per delivery, ${cluster.processes} on Redis / 1 alone |`,
+      '| ---: | ---: | ---: | ---: | ---: |',
+    );
+    for (const c of cluster.comparison) {
+      const diff = Number.isFinite(c.p99DiffMs) ? `${c.p99DiffMs >= 0 ? '+' : ''}${fmt(c.p99DiffMs)} ms` : '–';
+      out.push(`| ${c.rate.toLocaleString('en-US')} | ${fmtRatio(c.deliveriesRatio)} | ${diff} | ${fmtRatio(c.p99Ratio)} | ${fmtRatio(c.serverCpuRatio)} |`);
+    }
+  }
+  out.push('', publishEvidence(cluster, cluster.steps));
+  const perCommand = cluster.summary
+    .filter((s) => s.setup === 'redis' && Object.keys(s.commandsPerBroadcast).length > 0)
+    .map((s) => {
+      const entries = Object.entries(s.commandsPerBroadcast);
+      const main = entries.filter(([, calls]) => calls >= 0.01).map(([name, calls]) => `\`${name}\` ${fmt(calls)}`);
+      const rest = entries.filter(([, calls]) => calls < 0.01);
+      const restSum = rest.reduce((a, [, calls]) => a + calls, 0);
+      const tail = rest.length === 0 ? '' : `, and ${fmt(restSum, 2)} in all of ${rest.map(([name]) => `\`${name}\``).join(', ')}`;
+      return `${s.rate.toLocaleString('en-US')}/s: ${main.join(', ')}${tail}`;
+    });
+  if (perCommand.length > 0) {
+    out.push(
+      '',
+      `Redis commands per broadcast with ${cluster.processes} processes, by command (INFO commandstats over the window; the commands a script runs are counted besides the \`EVALSHA\`; the rare ones are the heartbeats): ${perCommand.join('; ')}.`,
+    );
+  }
+  const noisy = cluster.steps.filter((s) => s.derived.otherCpuPct > meta.noisy.thresholdPct).length;
+  if (noisy > 0) out.push('', `> ${noisy} of ${cluster.steps.length} windows had other processes using over ${meta.noisy.thresholdPct}% of a core (the "other load" column); they were not measured again.`);
+  if (r) {
+    out.push(
+      '',
+      `Keys: every process of the run used the prefix \`${r.prefix}\`; ${r.keysDeleted.toLocaleString('en-US')} keys under it were deleted after the steps (SCAN + UNLINK), ${r.keysLeft === null ? 'an unknown number' : r.keysLeft.toLocaleString('en-US')} found left at the end.${r.pid === null ? ` redis-server's CPU: not reported (${r.pidNote ?? 'unknown process'}).` : ''}`,
+    );
+  }
+  for (const note of cluster.notes) out.push('', `> ${note}`);
+  if (cluster.failed !== undefined) out.push('', `> The scenario stopped early: ${cluster.failed}. The figures are those of the windows measured before.`);
   return out.join('\n');
 }
 

@@ -186,14 +186,143 @@ export interface Meta {
   notes: string[];
 }
 
+/** The cluster scenario's two setups: roomwire alone, and several roomwire processes on one Redis. */
+export type ClusterSetup = 'single' | 'redis';
+
+/** Figures computed from one window of the cluster scenario; server figures are of all processes together. */
+export interface ClusterDerived {
+  deliveriesPerS: number;
+  userUsPerDelivery: number;
+  systemUsPerDelivery: number;
+  totalUsPerDelivery: number;
+  /** All server processes' CPU over the window, in % of one core. */
+  serverCpuPct: number;
+  loadgenCpuPct: number;
+  /** The redis-server process's CPU over the window, in % of one core; null when its /proc entry is not readable. */
+  redisCpuPct: number | null;
+  /** redis-server CPU (user + system) per delivery, µs. */
+  redisUsPerDelivery: number | null;
+  /** Everything else on the machine, Redis taken out, in % of one core. */
+  otherCpuPct: number;
+  lossRatio: number;
+  /**
+   * Publishes accepted during the window, the broadcasts the Redis figures are divided by:
+   * on Redis, the growth of the run's seq counters (read atomically with INFO, so exactly
+   * the window's); alone, the acks the load generator received.
+   */
+  accepted: number;
+  /** `PUBLISH` calls (INFO commandstats, those inside the Lua script included) per accepted publish. */
+  redisPublishesPerBroadcast: number | null;
+  /** Every command Redis ran (INFO commandstats, script calls included) per accepted publish. */
+  redisCommandsPerBroadcast: number | null;
+  /** Acks the load generator received per accepted publish: about 1, off by the acks in flight at the window's edges. */
+  acksPerBroadcast: number | null;
+}
+
+export interface ClusterStep {
+  setup: ClusterSetup;
+  processes: number;
+  rate: number;
+  rep: number;
+  connect: ConnectResult;
+  /** Open connections as each server process counted them after the connect phase. */
+  connectionsPerProcess: number[];
+  run: RunResult;
+  derived: ClusterDerived;
+}
+
+/** Medians of the reps of one setup at one rate (loss: all reps together). */
+export interface ClusterSummary {
+  setup: ClusterSetup;
+  processes: number;
+  rate: number;
+  runs: number;
+  deliveriesPerS: number;
+  userUsPerDelivery: number;
+  systemUsPerDelivery: number;
+  totalUsPerDelivery: number;
+  p50Ms: number;
+  p99Ms: number;
+  maxMs: number;
+  lossRatio: number;
+  serverCpuPct: number;
+  loadgenCpuPct: number;
+  redisCpuPct: number | null;
+  redisUsPerDelivery: number | null;
+  otherCpuPct: number;
+  redisPublishesPerBroadcast: number | null;
+  redisCommandsPerBroadcast: number | null;
+  acksPerBroadcast: number | null;
+  /** Calls per accepted publish of each command Redis ran (medians), the largest first. */
+  commandsPerBroadcast: Record<string, number>;
+  errors: number;
+  dropped: number;
+}
+
+/** The processes on Redis against one process alone, at one rate, from the same run. */
+export interface ClusterComparison {
+  rate: number;
+  /** Deliveries/s on Redis over deliveries/s alone. */
+  deliveriesRatio: number;
+  /** p99 on Redis minus p99 alone, ms. */
+  p99DiffMs: number;
+  p99Ratio: number;
+  /** Server CPU per delivery (all processes) on Redis over alone. */
+  serverCpuRatio: number;
+}
+
+export interface ClusterResult {
+  description: string;
+  topology: Topology;
+  /** Server processes of the Redis setup. */
+  processes: number;
+  rates: number[];
+  reps: number;
+  warmupMs: number;
+  measureMs: number;
+  drainMs: number;
+  /** How long the scenario took, connect phases and cleanup included. */
+  durationS: number;
+  /** Why the scenario did not run (Redis unreachable); nothing else is set then. */
+  skipped: string | undefined;
+  /** Why it stopped early; the steps measured until then are kept. */
+  failed: string | undefined;
+  redis:
+    | {
+        url: string;
+        version: string;
+        ioredis: string;
+        /** The redis-server process whose CPU is read; null when its /proc entry is not readable. */
+        pid: number | null;
+        pidNote: string | undefined;
+        /** Key and channel prefix of this run's processes. */
+        prefix: string;
+        /** Keys under the prefix deleted after the steps, and found left at the end (should be 0). */
+        keysDeleted: number;
+        keysLeft: number | null;
+      }
+    | undefined;
+  steps: ClusterStep[];
+  summary: ClusterSummary[];
+  comparison: ClusterComparison[];
+  notes: string[];
+}
+
 export interface Results {
   meta: Meta;
   small: LoadScenarioResult | undefined;
   big: LoadScenarioResult | undefined;
   ladder: LadderResult | undefined;
   idle: IdleResult | undefined;
+  cluster: ClusterResult | undefined;
   headline: HeadlineRow[];
   targets: TargetRow[];
+}
+
+/** bench/results/cluster.json: the cluster scenario of one run, whatever else ran. */
+export interface ClusterResults {
+  meta: Meta;
+  cluster: ClusterResult;
 }
 
 export interface ProfileResults {
