@@ -13,7 +13,8 @@ export interface Connection {
 
 /**
  * What the core gives back for an opened {@link Connection}: the transport calls
- * `message` for each frame received and `closed` once when the socket closes.
+ * `message` for each frame received and `closed` once when the socket closes, as
+ * methods of this object (they are shared by every connection, not bound closures).
  */
 export interface ConnectionHandlers {
   /** The server-side id of the connection (the one sent in `welcome`). */

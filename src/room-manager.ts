@@ -265,6 +265,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * stamp they came from: a broadcast announces only participants new since then.
    */
   private readonly told = new Map<string, { stamp: number; users: ReadonlySet<string> }>();
+  /** What every connection's handlers call back into: two functions for all connections, not two closures each. */
+  private readonly core: ConnectionCore = {
+    receive: (conn, data, isBinary) => this.receive(conn, data, isBinary),
+    release: (conn, code, reason) => this.release(conn, code, reason),
+  };
   /** Publishes may take the synchronous path (`publishNow`): no hook, no backplane, history in memory. */
   private readonly syncPublish: boolean;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
@@ -406,12 +411,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.reportError('open', error, { connectionId: id, user: principal.id });
       safeClose(socket, CloseCode.InternalError, 'internal error');
     });
-    return {
-      id,
-      ready,
-      message: (data, isBinary) => this.receive(conn, data, isBinary),
-      closed: (code, reason) => this.release(conn, code, reason),
-    };
+    return new OpenConnection(this.core, conn, ready);
   }
 
   private async autoJoin(conn: ConnState): Promise<void> {
@@ -1829,6 +1829,33 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const err = asError(error);
     this.logger.warn({ ...context, phase, err }, `${phase} failed: ${err.message}`);
     this.emit('error', err, { phase, ...context });
+  }
+}
+
+/** The manager's side of {@link OpenConnection}. */
+interface ConnectionCore {
+  receive(conn: ConnState, data: string | Uint8Array, isBinary: boolean): void;
+  release(conn: ConnState, code: number, reason: string): void;
+}
+
+/** The handlers `open()` gives a transport: one small object per connection, its methods shared. */
+class OpenConnection implements ConnectionHandlers {
+  constructor(
+    private readonly core: ConnectionCore,
+    private readonly conn: ConnState,
+    readonly ready: Promise<void>,
+  ) {}
+
+  get id(): string {
+    return this.conn.id;
+  }
+
+  message(data: string | Uint8Array, isBinary: boolean): void {
+    this.core.receive(this.conn, data, isBinary);
+  }
+
+  closed(code: number, reason: string): void {
+    this.core.release(this.conn, code, reason);
   }
 }
 
