@@ -93,13 +93,18 @@ function script(source: string): Script {
 const NOW = `local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
 
 // KEYS: seq, stream, epoch. ARGV: history limit, channel, message JSON, epoch candidate.
-// One script, so seq, history and publish happen atomically and in the same order.
+// One script, so seq, history and publish happen atomically and in the same order. The
+// epoch is written only when Redis lost it (with its data): seqs restart under a new one.
 const PUBLISH = script(`
-redis.call('SET', KEYS[3], ARGV[4], 'NX')
+local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[3], epoch)
+end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'm', ARGV[3])
 redis.call('PUBLISH', ARGV[2], seq .. '\\n' .. ARGV[3])
-return {seq, redis.call('GET', KEYS[3])}
+return {seq, epoch}
 `);
 
 // KEYS: epoch. ARGV: candidate.
@@ -182,6 +187,10 @@ function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<
   return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
 
+function newEpoch(): string {
+  return randomBytes(8).toString('base64url');
+}
+
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
@@ -204,6 +213,8 @@ function parseMessage(json: string, seq: number): StoredMessage {
 export class RedisHistoryStore implements HistoryStore {
   /** @internal Set from Redis at start and by every publish. */
   currentEpoch: string | undefined;
+  /** The epoch this process proposes should Redis have lost its own; replaced once used. */
+  private candidate = newEpoch();
 
   /** @internal Use {@link RedisBackplane}. */
   constructor(
@@ -229,9 +240,11 @@ export class RedisHistoryStore implements HistoryStore {
       this.limit,
       this.keys.channel(room),
       json,
-      randomBytes(8).toString('base64url'),
+      this.candidate,
     ])) as [number, string];
     this.currentEpoch = reply[1];
+    // Never propose the same epoch twice: Redis could lose its data again.
+    if (reply[1] === this.candidate) this.candidate = newEpoch();
     return { room, id, seq: Number(reply[0]), from, data, ts };
   }
 
@@ -460,7 +473,7 @@ export class RedisBackplane implements Backplane {
   }
 
   private async readEpoch(): Promise<void> {
-    this.history.currentEpoch = (await this.run(EPOCH, [this.keys.epoch], [randomBytes(8).toString('base64url')])) as string;
+    this.history.currentEpoch = (await this.run(EPOCH, [this.keys.epoch], [newEpoch()])) as string;
   }
 
   private async beat(rewrite = this.dirty): Promise<void> {
