@@ -1594,6 +1594,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (before?.stamp === stamp) return;
     const fresh: string[] = [];
     for (const user of users) if (!before?.users.has(user)) fresh.push(user);
+    // The cache's own set: addMember/removeMember change it in place, and are announced themselves.
     const record = { stamp, users };
     this.told.delete(room);
     this.told.set(room, record);
