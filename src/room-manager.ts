@@ -272,6 +272,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   };
   /** Publishes may take the synchronous path (`publishNow`): no hook, no backplane, history in memory. */
   private readonly syncPublish: boolean;
+  /** The history is roomwire's in-memory one, which keeps broadcast frames as the strings already encoded. */
+  private readonly framedHistory: boolean;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
   /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
   private feedEpoch: string | undefined;
@@ -292,7 +294,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       onError: (room, error) => this.reportError('membersOf', error, { room }),
     });
     this.dedupe = new DedupeWindow(this.options.dedupeWindowMs, Date.now, MAX_DEDUPE_ENTRIES);
-    this.syncPublish = !this.backplane && this.options.onPublish === undefined && this.history.constructor === InMemoryHistoryStore;
+    this.framedHistory = this.history.constructor === InMemoryHistoryStore;
+    this.syncPublish = !this.backplane && this.options.onPublish === undefined && this.framedHistory;
     if (this.backplane) {
       this.started = this.backplane.start({
         message: (message) => this.received(message),
@@ -1239,6 +1242,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
 
     const text = encodeMessageFrame(message, dataJson);
+    if (this.framedHistory) (this.history as InMemoryHistoryStore).keepEncoded(message, text);
     let delivered = 0;
     let roomFailures = 0;
     let slow = 0;
