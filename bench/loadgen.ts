@@ -18,8 +18,8 @@ import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readProcessCpu,
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
 
-/** The servers; `preframed` is an optional variant of the bare loop, not in the default run. */
-export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed';
+/** The servers; `preframed` and `bare-ack` are optional variants of the bare loop, not in the default run. */
+export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed' | 'bare-ack';
 
 export interface ConnectRequest {
   cmd: 'connect';
@@ -260,7 +260,7 @@ function connect(request: ConnectRequest): Promise<ConnectResult> {
       };
       ws.on('message', (data: Buffer) => onFrame(client, data, markReady));
       // The bare servers send no welcome: they joined the room before the upgrade completed.
-      if (kind === 'bare' || kind === 'preframed') ws.once('open', markReady);
+      if (kind === 'bare' || kind === 'preframed' || kind === 'bare-ack') ws.once('open', markReady);
       ws.on('error', (err) => settle(false, err.message));
       ws.once('unexpected-response', (_req, res) => {
         settle(false, `HTTP ${String(res.statusCode)}`);

@@ -9,6 +9,7 @@ export const ENTRIES = {
   bare: 'bench/servers/bare.ts',
   socketio: 'bench/servers/socketio.ts',
   preframed: 'bench/servers/preframed.ts',
+  'bare-ack': 'bench/servers/bare-ack.ts',
   loadgen: 'bench/loadgen.ts',
 } as const;
 

@@ -16,7 +16,7 @@ import {
   type TargetRow,
 } from './results.js';
 
-const SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio', 'preframed'];
+const SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio', 'preframed', 'bare-ack'];
 
 function row(metric: string, values: Partial<Record<ServerKind, number>>, higherIsBetter = false): HeadlineRow {
   const rw = values.roomwire ?? Number.NaN;
@@ -324,7 +324,7 @@ export function profileMarkdown(results: ProfileResults): string {
 
 // ---------------------------------------------------------------- chart
 
-const COLORS: Record<ServerKind, string> = { roomwire: '#d9480f', bare: '#495057', socketio: '#1971c2', preframed: '#2f9e44' };
+const COLORS: Record<ServerKind, string> = { roomwire: '#d9480f', bare: '#495057', socketio: '#1971c2', preframed: '#2f9e44', 'bare-ack': '#868e96' };
 
 function esc(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

@@ -7,6 +7,8 @@ import { runBenchServer } from './harness.js';
 /** Sends one encoded `message` frame to every socket of the room but the publisher. */
 export type FanOut = (sockets: ReadonlySet<WebSocket>, publisher: WebSocket, out: Buffer) => void;
 
+const TEXT = { binary: false } as const;
+
 interface Room {
   readonly sockets: Set<WebSocket>;
   seq: number;
@@ -16,9 +18,11 @@ interface Room {
  * The hand-written Map<room, Set<socket>> loop that the bare server and its pre-framed
  * variant share; they differ only in how a message reaches the sockets (`fanOut`). It
  * speaks roomwire's JSON frames (`publish` in, `message` out, the same fields) and does
- * nothing else: no auth beyond `?user=`, no seq store, no ack, no reports.
+ * nothing else: no auth beyond `?user=`, no seq store, no reports, and no ack unless
+ * `ack` is set (the bare-ack variant: the same socket writes per publish as roomwire).
  */
-export async function runBareLoop(fanOut: FanOut): Promise<void> {
+export async function runBareLoop(fanOut: FanOut, options: { ack?: boolean } = {}): Promise<void> {
+  const ack = options.ack ?? false;
   const topology = topologyFromArgv(process.argv);
   const rooms = new Map<string, Room>();
   const prefix = randomBytes(6).toString('base64url');
@@ -55,10 +59,10 @@ export async function runBareLoop(fanOut: FanOut): Promise<void> {
       }
       if (frame.type !== 'publish' || frame.room !== roomName) return;
       const seq = ++joined.seq;
-      const out = Buffer.from(
-        JSON.stringify({ type: 'message', room: roomName, id: `${prefix}${(++nextId).toString(36)}`, seq, from: user, data: frame.data, ts: Date.now() }),
-      );
+      const id = `${prefix}${(++nextId).toString(36)}`;
+      const out = Buffer.from(JSON.stringify({ type: 'message', room: roomName, id, seq, from: user, data: frame.data, ts: Date.now() }));
       fanOut(joined.sockets, socket, out);
+      if (ack) socket.send(Buffer.from(JSON.stringify({ type: 'ack', room: roomName, id, seq })), TEXT);
     });
   });
 
