@@ -1163,17 +1163,32 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private deliverLocally(feed: RoomFeed, message: StoredMessage): void {
     const waiter = this.waiters.get(message.id);
     if (waiter) this.waiters.delete(message.id);
-    void this.inRoomOrder(message.room, async () => {
-      const loaded = this.membership.load(message.room);
-      const snapshot = loaded instanceof Promise ? await loaded : loaded;
-      const except = waiter?.except;
-      const report = this.fanOut(message, snapshot, except, encodeData(message.data));
-      if (message.seq > feed.sent) feed.sent = message.seq;
-      if (waiter) {
-        this.tellParticipants(message.room, message.seq);
-        waiter.resolve({ message, report });
+    const room = message.room;
+    // Nothing of the room pending and its participants cached: deliver now, no task.
+    if (!this.rooms.get(room)?.tail) {
+      const loaded = this.membership.load(room);
+      if (!(loaded instanceof Promise)) {
+        try {
+          this.deliverFromFeed(feed, message, loaded, waiter);
+        } catch (error) {
+          this.reportError('deliver', error, { room });
+        }
+        return;
       }
-    }).catch((error: unknown) => this.reportError('deliver', error, { room: message.room }));
+    }
+    void this.inRoomOrder(room, async () => {
+      const loaded = this.membership.load(room);
+      this.deliverFromFeed(feed, message, loaded instanceof Promise ? await loaded : loaded, waiter);
+    }).catch((error: unknown) => this.reportError('deliver', error, { room }));
+  }
+
+  private deliverFromFeed(feed: RoomFeed, message: StoredMessage, snapshot: MembersSnapshot, waiter: DeliveryWaiter | undefined): void {
+    const report = this.fanOut(message, snapshot, waiter?.except, encodeData(message.data));
+    if (message.seq > feed.sent) feed.sent = message.seq;
+    if (waiter) {
+      this.tellParticipants(message.room, message.seq);
+      waiter.resolve({ message, report });
+    }
   }
 
   /** A message this process will not deliver (a duplicate, or older than the baseline). */
