@@ -41,6 +41,8 @@ import {
   type LadderResult,
   type LadderRun,
   type LadderStep,
+  type LoadFigures,
+  type ClusterPlan,
   type LoadScenarioResult,
   type LoadStep,
   type LoadSummary,
@@ -80,18 +82,6 @@ interface IdlePlan {
   roomSize: number;
   reps: number;
   settleMs: number;
-}
-
-interface ClusterPlan {
-  description: string;
-  topology: Topology;
-  /** Server processes of the Redis setup. */
-  processes: number;
-  rates: number[];
-  reps: number;
-  warmupMs: number;
-  measureMs: number;
-  drainMs: number;
 }
 
 const args = process.argv.slice(2);
@@ -374,29 +364,37 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
   }
 }
 
+/** The figures every load run reports, from the reps of one server (or setup). */
+function loadFigures(mine: readonly { run: RunResult; derived: Derived }[]): LoadFigures {
+  const m = (get: (s: (typeof mine)[number]) => number): number => median(mine.map(get));
+  const expected = mine.reduce((a, s) => a + s.run.expected, 0);
+  const lost = mine.reduce((a, s) => a + s.run.lost, 0);
+  return {
+    runs: mine.length,
+    deliveriesPerS: m((s) => s.derived.deliveriesPerS),
+    userUsPerDelivery: m((s) => s.derived.userUsPerDelivery),
+    systemUsPerDelivery: m((s) => s.derived.systemUsPerDelivery),
+    totalUsPerDelivery: m((s) => s.derived.totalUsPerDelivery),
+    p50Ms: m((s) => s.run.latency.p50Ms),
+    p99Ms: m((s) => s.run.latency.p99Ms),
+    maxMs: m((s) => s.run.latency.maxMs),
+    lossRatio: expected > 0 ? lost / expected : 0,
+    serverCpuPct: m((s) => s.derived.serverCpuPct),
+    loadgenCpuPct: m((s) => s.derived.loadgenCpuPct),
+    otherCpuPct: m((s) => s.derived.otherCpuPct),
+    errors: mine.reduce((a, s) => a + s.run.errors, 0),
+    dropped: mine.reduce((a, s) => a + s.run.dropped, 0),
+  };
+}
+
 function summarizeLoad(steps: LoadStep[]): LoadScenarioResult['summary'] {
   const summary: LoadScenarioResult['summary'] = {};
   for (const kind of servers) {
     const mine = steps.filter((s) => s.server === kind);
     if (mine.length === 0) continue;
     const m = (get: (s: LoadStep) => number): number => median(mine.map(get));
-    const expected = mine.reduce((a, s) => a + s.run.expected, 0);
-    const lost = mine.reduce((a, s) => a + s.run.lost, 0);
     const value: LoadSummary = {
-      runs: mine.length,
-      deliveriesPerS: m((s) => s.derived.deliveriesPerS),
-      userUsPerDelivery: m((s) => s.derived.userUsPerDelivery),
-      systemUsPerDelivery: m((s) => s.derived.systemUsPerDelivery),
-      totalUsPerDelivery: m((s) => s.derived.totalUsPerDelivery),
-      p50Ms: m((s) => s.run.latency.p50Ms),
-      p99Ms: m((s) => s.run.latency.p99Ms),
-      maxMs: m((s) => s.run.latency.maxMs),
-      lossRatio: expected > 0 ? lost / expected : 0,
-      serverCpuPct: m((s) => s.derived.serverCpuPct),
-      loadgenCpuPct: m((s) => s.derived.loadgenCpuPct),
-      otherCpuPct: m((s) => s.derived.otherCpuPct),
-      errors: mine.reduce((a, s) => a + s.run.errors, 0),
-      dropped: mine.reduce((a, s) => a + s.run.dropped, 0),
+      ...loadFigures(mine),
       heapAfterMiB: m((s) => (s.memoryAfter?.heapUsed ?? Number.NaN) / 2 ** 20),
       rssAfterMiB: m((s) => (s.memoryAfter?.rss ?? Number.NaN) / 2 ** 20),
     };
@@ -688,38 +686,22 @@ function summarizeCluster(plan: ClusterPlan, steps: ClusterStep[]): ClusterSumma
       const mine = steps.filter((s) => s.setup === setup && s.rate === rate);
       const first = mine[0];
       if (!first) continue;
-      const m = (get: (s: ClusterStep) => number): number => median(mine.map(get));
-      const expected = mine.reduce((a, s) => a + s.run.expected, 0);
-      const lost = mine.reduce((a, s) => a + s.run.lost, 0);
       const names = [...new Set(mine.flatMap((s) => Object.keys(s.run.redis?.calls ?? {})))];
       const commands = names
         .map((name): [string, number | null] => [name, medianOrNull(mine.map((s) => (s.run.redis && s.derived.accepted > 0 ? (s.run.redis.calls[name] ?? 0) / s.derived.accepted : null)))])
         .filter((entry): entry is [string, number] => entry[1] !== null)
         .sort((a, b) => b[1] - a[1]);
       out.push({
+        ...loadFigures(mine),
         setup,
         processes: first.processes,
         rate,
-        runs: mine.length,
-        deliveriesPerS: m((s) => s.derived.deliveriesPerS),
-        userUsPerDelivery: m((s) => s.derived.userUsPerDelivery),
-        systemUsPerDelivery: m((s) => s.derived.systemUsPerDelivery),
-        totalUsPerDelivery: m((s) => s.derived.totalUsPerDelivery),
-        p50Ms: m((s) => s.run.latency.p50Ms),
-        p99Ms: m((s) => s.run.latency.p99Ms),
-        maxMs: m((s) => s.run.latency.maxMs),
-        lossRatio: expected > 0 ? lost / expected : 0,
-        serverCpuPct: m((s) => s.derived.serverCpuPct),
-        loadgenCpuPct: m((s) => s.derived.loadgenCpuPct),
         redisCpuPct: medianOrNull(mine.map((s) => s.derived.redisCpuPct)),
         redisUsPerDelivery: medianOrNull(mine.map((s) => s.derived.redisUsPerDelivery)),
-        otherCpuPct: m((s) => s.derived.otherCpuPct),
         redisPublishesPerBroadcast: medianOrNull(mine.map((s) => s.derived.redisPublishesPerBroadcast)),
         redisCommandsPerBroadcast: medianOrNull(mine.map((s) => s.derived.redisCommandsPerBroadcast)),
         acksPerBroadcast: medianOrNull(mine.map((s) => s.derived.acksPerBroadcast)),
         commandsPerBroadcast: Object.fromEntries(commands),
-        errors: mine.reduce((a, s) => a + s.run.errors, 0),
-        dropped: mine.reduce((a, s) => a + s.run.dropped, 0),
       });
     }
   }

@@ -31,7 +31,8 @@ export interface LoadStep {
   memoryAfter: MemoryReport | undefined;
 }
 
-export interface LoadSummary {
+/** What every load run reports, as medians of its reps (loss, errors and drops: all reps together). */
+export interface LoadFigures {
   runs: number;
   deliveriesPerS: number;
   userUsPerDelivery: number;
@@ -47,6 +48,9 @@ export interface LoadSummary {
   otherCpuPct: number;
   errors: number;
   dropped: number;
+}
+
+export interface LoadSummary extends LoadFigures {
   /** The server's heap and RSS right after the run, after a GC (history and caches included). */
   heapAfterMiB: number;
   rssAfterMiB: number;
@@ -189,22 +193,15 @@ export interface Meta {
 /** The cluster scenario's two setups: roomwire alone, and several roomwire processes on one Redis. */
 export type ClusterSetup = 'single' | 'redis';
 
-/** Figures computed from one window of the cluster scenario; server figures are of all processes together. */
-export interface ClusterDerived {
-  deliveriesPerS: number;
-  userUsPerDelivery: number;
-  systemUsPerDelivery: number;
-  totalUsPerDelivery: number;
-  /** All server processes' CPU over the window, in % of one core. */
-  serverCpuPct: number;
-  loadgenCpuPct: number;
+/**
+ * Figures computed from one window of the cluster scenario: server figures are of all
+ * processes together, and "other" load leaves Redis out.
+ */
+export interface ClusterDerived extends Derived {
   /** The redis-server process's CPU over the window, in % of one core; null when its /proc entry is not readable. */
   redisCpuPct: number | null;
   /** redis-server CPU (user + system) per delivery, µs. */
   redisUsPerDelivery: number | null;
-  /** Everything else on the machine, Redis taken out, in % of one core. */
-  otherCpuPct: number;
-  lossRatio: number;
   /**
    * Publishes accepted during the window, the broadcasts the Redis figures are divided by:
    * on Redis, the growth of the run's seq counters (read atomically with INFO, so exactly
@@ -232,31 +229,17 @@ export interface ClusterStep {
 }
 
 /** Medians of the reps of one setup at one rate (loss: all reps together). */
-export interface ClusterSummary {
+export interface ClusterSummary extends LoadFigures {
   setup: ClusterSetup;
   processes: number;
   rate: number;
-  runs: number;
-  deliveriesPerS: number;
-  userUsPerDelivery: number;
-  systemUsPerDelivery: number;
-  totalUsPerDelivery: number;
-  p50Ms: number;
-  p99Ms: number;
-  maxMs: number;
-  lossRatio: number;
-  serverCpuPct: number;
-  loadgenCpuPct: number;
   redisCpuPct: number | null;
   redisUsPerDelivery: number | null;
-  otherCpuPct: number;
   redisPublishesPerBroadcast: number | null;
   redisCommandsPerBroadcast: number | null;
   acksPerBroadcast: number | null;
   /** Calls per accepted publish of each command Redis ran (medians), the largest first. */
   commandsPerBroadcast: Record<string, number>;
-  errors: number;
-  dropped: number;
 }
 
 /** The processes on Redis against one process alone, at one rate, from the same run. */
@@ -271,7 +254,8 @@ export interface ClusterComparison {
   serverCpuRatio: number;
 }
 
-export interface ClusterResult {
+/** What the cluster scenario runs: its plan, kept with its results. */
+export interface ClusterPlan {
   description: string;
   topology: Topology;
   /** Server processes of the Redis setup. */
@@ -281,6 +265,9 @@ export interface ClusterResult {
   warmupMs: number;
   measureMs: number;
   drainMs: number;
+}
+
+export interface ClusterResult extends ClusterPlan {
   /** How long the scenario took, connect phases and cleanup included. */
   durationS: number;
   /** Why the scenario did not run (Redis unreachable); nothing else is set then. */
