@@ -611,7 +611,7 @@ function describeClusterRun(run: RunResult, d: ClusterDerived): string {
   return (
     `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
     `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
-    `  Redis: ${n(d.redisPublishesPerBroadcast)} PUBLISH, ${n(d.redisCommandsPerBroadcast)} cmds per broadcast` +
+    `  Redis: ${n(d.redisPublishesPerBroadcast)} publish, ${n(d.redisCommandsPerBroadcast)} cmds per broadcast` +
     `  (cpu: servers ${fmt(d.serverCpuPct, 2)}%, redis ${n(d.redisCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +
     (extra.length > 0 ? `  ${extra.join(', ')}` : '') +
     (d.otherCpuPct > NOISY_PCT ? '  [noisy]' : '')
@@ -834,7 +834,7 @@ function printCluster(cluster: ClusterResult): void {
     console.log(
       `  ${setupLabel(s.setup, s.processes).padEnd(21)} ${String(s.rate).padStart(5)}/s  ${fmt(s.deliveriesPerS).padStart(6)} del/s  loss ${fmt(s.lossRatio * 100)}%` +
         `  p50 ${fmt(s.p50Ms)} p99 ${fmt(s.p99Ms)} max ${fmt(s.maxMs)} ms  servers ${fmt(s.userUsPerDelivery)} + ${fmt(s.systemUsPerDelivery)} µs/delivery` +
-        `  redis-server ${n(s.redisCpuPct, 2)}% cpu  PUBLISH/broadcast ${n(s.redisPublishesPerBroadcast)}  commands/broadcast ${n(s.redisCommandsPerBroadcast)}`,
+        `  redis-server ${n(s.redisCpuPct, 2)}% cpu  publishes/broadcast ${n(s.redisPublishesPerBroadcast)}  commands/broadcast ${n(s.redisCommandsPerBroadcast)}`,
     );
   }
   for (const c of cluster.comparison) {

@@ -207,7 +207,8 @@ export function redisWindow(before: RedisSnapshot, after: RedisSnapshot, seqKeys
   }
   return {
     calls,
-    publishCalls: calls.publish ?? 0,
+    // Rooms go over sharded pub/sub (SPUBLISH); PUBLISH is the control channel's.
+    publishCalls: (calls.spublish ?? 0) + (calls.publish ?? 0),
     totalCalls: Object.values(calls).reduce((a, b) => a + b, 0),
     sequenced: after.seqSum - before.seqSum,
     netInputBytes: after.netInputBytes - before.netInputBytes,

@@ -208,7 +208,7 @@ export function setupLabel(setup: ClusterSetup, processes: number): string {
 const known = (value: number | null, digits = 3): string => (value === null ? '–' : fmt(value, digits));
 
 /**
- * What the windows on Redis say about `INFO commandstats`: whether the `PUBLISH` calls it
+ * What the windows on Redis say about `INFO commandstats`: whether the publish calls it
  * counted match the publishes Redis sequenced in the run's rooms (their seq counters, read
  * in the same transaction, which no other client touches).
  */
@@ -223,12 +223,12 @@ function publishEvidence(cluster: ClusterResult, steps: ClusterStep[]): string {
   const acks = sum((s) => s.run.acks);
   const version = cluster.redis?.version ?? '?';
   const counts =
-    `Over the ${onRedis.length} windows on Redis, \`cmdstat_publish\` grew by ${n(publishes)} and the run's seq counters (one \`INCR\` per publish, in the same script as its \`PUBLISH\`) by ${n(sequenced)}; ` +
+    `Over the ${onRedis.length} windows on Redis, \`cmdstat_spublish\` and \`cmdstat_publish\` together grew by ${n(publishes)} and the run's seq counters (one \`INCR\` per publish, in the same script as its \`SPUBLISH\`) by ${n(sequenced)}; ` +
     `scripts run (\`EVALSHA\`/\`EVAL\`, heartbeats included): ${n(scripts)}; acks received by the load generator: ${n(acks)}${acks === sequenced ? '' : " (acks in flight at the windows' edges make the difference)"}.`;
   if (publishes === sequenced) {
-    return `${counts} The servers send \`PUBLISH\` only from inside the backplane's Lua scripts, so Redis ${version} counts a \`PUBLISH\` run by a script in \`INFO commandstats\` (checked by this run, not assumed), and one broadcast costs exactly one Redis publish, whatever the number of members or processes.`;
+    return `${counts} The servers publish only from inside the backplane's Lua scripts, so Redis ${version} counts a publish run by a script in \`INFO commandstats\` (checked by this run, not assumed), and one broadcast costs exactly one Redis publish (an \`SPUBLISH\` on the room's sharded channel), whatever the number of members or processes.`;
   }
-  return `${counts} They differ: \`PUBLISH\` calls other than the broadcasts' (control-channel notices, or other clients of the same Redis, see the notes) fell in the windows, or publishes failed; the per-broadcast figures include them.`;
+  return `${counts} They differ: publishes other than the broadcasts' (control-channel notices, or other clients of the same Redis, see the notes) fell in the windows, or publishes failed; the per-broadcast figures include them.`;
 }
 
 /** The generated part of the cluster section of docs/benchmarks.md. */
@@ -239,7 +239,7 @@ export function clusterMarkdown(meta: Meta, cluster: ClusterResult, jsonPath: st
     '',
     `**cluster**: ${cluster.description}. Rates: ${cluster.rates.map((rate) => `${rate.toLocaleString('en-US')} publishes/s (${(rate * (cluster.topology.roomSize - 1)).toLocaleString('en-US')} deliveries/s)`).join(' and ')}. ${cluster.reps} rep(s) of each setup (alternating), each rate measured ${cluster.measureMs / 1000} s after ${cluster.warmupMs / 1000} s of warm-up on the same connections; medians. Windows are not measured again when the machine was busy.`,
     '',
-    '| setup | publishes/s | deliveries/s | loss | p50 ms | p99 ms | max ms | server µs/delivery, user + system (all processes) | server CPU | redis-server CPU | redis-server µs/delivery | Redis `PUBLISH` per broadcast | Redis commands per broadcast | other load |',
+    '| setup | publishes/s | deliveries/s | loss | p50 ms | p99 ms | max ms | server µs/delivery, user + system (all processes) | server CPU | redis-server CPU | redis-server µs/delivery | Redis publishes (`SPUBLISH` + `PUBLISH`) per broadcast | Redis commands per broadcast | other load |',
     '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const s of cluster.summary) {

@@ -29,6 +29,10 @@ export interface RedisLike {
   subscribe(...channels: string[]): Promise<unknown>;
   /** `UNSUBSCRIBE` (on the subscriber connection). */
   unsubscribe(...channels: string[]): Promise<unknown>;
+  /** `SSUBSCRIBE`, sharded pub/sub (on the subscriber connection). */
+  ssubscribe(...channels: string[]): Promise<unknown>;
+  /** `SUNSUBSCRIBE` (on the subscriber connection). */
+  sunsubscribe(...channels: string[]): Promise<unknown>;
   /** A new connection with the same options: the subscriber, unless one is given. */
   duplicate(): RedisLike;
   /** Closes the connection after pending replies. */
@@ -37,14 +41,14 @@ export interface RedisLike {
   disconnect(): void;
   /** `'ready'` once connected (and after each reconnect). */
   readonly status: string;
-  /** A published message on a subscribed channel. */
-  on(event: 'message', listener: (channel: string, message: string) => void): unknown;
+  /** A published message on a subscribed channel (`message`) or sharded channel (`smessage`). */
+  on(event: 'message' | 'smessage', listener: (channel: string, message: string) => void): unknown;
   /** Connected (again) and usable. */
   on(event: 'ready', listener: () => void): unknown;
   /** A connection error; the client reconnects on its own. */
   on(event: 'error', listener: (error: Error) => void): unknown;
-  /** Removes a `message` listener. */
-  removeListener(event: 'message', listener: (channel: string, message: string) => void): unknown;
+  /** Removes a `message` or `smessage` listener. */
+  removeListener(event: 'message' | 'smessage', listener: (channel: string, message: string) => void): unknown;
   /** Removes a `ready` listener. */
   removeListener(event: 'ready', listener: () => void): unknown;
   /** Removes an `error` listener. */
@@ -93,7 +97,8 @@ function script(source: string): Script {
 const NOW = `local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
 
 // KEYS: seq, stream, epoch. ARGV: history limit, channel, message JSON, epoch candidate.
-// One script, so seq, history and publish happen atomically and in the same order. The
+// One script, so seq, history and publish happen atomically and in the same order. Rooms
+// use sharded pub/sub (SPUBLISH, Redis 7): on a single server it is delivered like PUBLISH. The
 // epoch is written only when Redis lost it (with its data): seqs restart under a new one.
 const PUBLISH = script(`
 local epoch = redis.call('GET', KEYS[3])
@@ -103,7 +108,7 @@ if not epoch then
 end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'm', ARGV[3])
-redis.call('PUBLISH', ARGV[2], seq .. '\\n' .. ARGV[3])
+redis.call('SPUBLISH', ARGV[2], seq .. '\\n' .. ARGV[3])
 return {seq, epoch}
 `);
 
@@ -288,10 +293,11 @@ interface RedisKeys {
  * presence shared by every process that uses the same Redis and prefix.
  *
  * - A publish is one Lua script: `INCR` the room's seq, `XADD` to its capped stream,
- *   `PUBLISH` on the room's channel — one Redis publish per broadcast, whatever the
- *   number of members or processes. It fails to the publisher when Redis is unreachable.
- * - Each process subscribes only to the channels of rooms with local connections, on
- *   one subscriber connection, plus one control channel for membership changes.
+ *   `SPUBLISH` on the room's sharded channel — one Redis publish per broadcast, whatever
+ *   the number of members or processes. It fails to the publisher when Redis is unreachable.
+ * - Each process subscribes (`SSUBSCRIBE`) only to the channels of rooms with local
+ *   connections, on one subscriber connection, plus one control channel (`SUBSCRIBE`)
+ *   for membership changes and presence.
  * - Each process beats every `heartbeatMs` (a sorted set of node ids by Redis time) and
  *   keeps its users' connection counts in a hash; presence queries count only nodes
  *   beaten within `nodeTimeoutMs`, and survivors delete the records of dead ones.
@@ -381,6 +387,7 @@ export class RedisBackplane implements Backplane {
     this.handlers = handlers;
     const sub = this.subscriber;
     sub.on('message', this.listeners.message);
+    sub.on('smessage', this.listeners.message);
     if (this.ownsSubscriber) sub.on('error', this.listeners.error);
     await Promise.all([this.ready(this.redis), this.ready(sub)]);
     sub.on('ready', this.listeners.subscriberReady);
@@ -399,12 +406,12 @@ export class RedisBackplane implements Backplane {
 
   async subscribe(room: string): Promise<void> {
     this.rooms.add(room);
-    await withTimeout(this.subscriber.subscribe(this.keys.channel(room)), this.commandTimeoutMs, 'subscribe');
+    await withTimeout(this.subscriber.ssubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'subscribe');
   }
 
   async unsubscribe(room: string): Promise<void> {
     this.rooms.delete(room);
-    await withTimeout(this.subscriber.unsubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'unsubscribe');
+    await withTimeout(this.subscriber.sunsubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'unsubscribe');
   }
 
   async announce(change: MembershipChange): Promise<void> {
@@ -422,6 +429,7 @@ export class RedisBackplane implements Backplane {
     this.handlers = undefined;
     const sub = this.subscriber;
     sub.removeListener('message', this.listeners.message);
+    sub.removeListener('smessage', this.listeners.message);
     sub.removeListener('ready', this.listeners.subscriberReady);
     this.redis.removeListener('ready', this.listeners.redisReady);
     try {
@@ -438,7 +446,8 @@ export class RedisBackplane implements Backplane {
       sub.removeListener('error', this.listeners.error);
     } else {
       const channels = [...this.rooms].map((room) => this.keys.channel(room));
-      await sub.unsubscribe(this.keys.control, ...channels).catch(() => undefined);
+      await sub.unsubscribe(this.keys.control).catch(() => undefined);
+      if (channels.length > 0) await sub.sunsubscribe(...channels).catch(() => undefined);
     }
     this.rooms.clear();
     if (this.closeClients) {
@@ -529,8 +538,12 @@ export class RedisBackplane implements Backplane {
     const handlers = this.handlers;
     if (!handlers || this.closed) return;
     try {
-      const channels = [this.keys.control, ...[...this.rooms].map((room) => this.keys.channel(room))];
-      await withTimeout(this.subscriber.subscribe(...channels), this.commandTimeoutMs, 'resubscribe');
+      const rooms = [...this.rooms].map((room) => this.keys.channel(room));
+      await withTimeout(
+        Promise.all([this.subscriber.subscribe(this.keys.control), rooms.length > 0 ? this.subscriber.ssubscribe(...rooms) : undefined]),
+        this.commandTimeoutMs,
+        'resubscribe',
+      );
       // The command connection reconnects on its own schedule; the epoch tells the manager
       // whether Redis lost its data, so it must be read from the Redis that is back.
       await this.ready(this.redis);

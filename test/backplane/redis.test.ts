@@ -102,7 +102,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       await closeAll();
     });
 
-    it('costs one PUBLISH whatever the number of members and processes', async () => {
+    it('costs one SPUBLISH whatever the number of members and processes', async () => {
       const f = fixture(SHARED_PORT, 5_000);
       const table = new MembershipTable({ big: Array.from({ length: 20 }, (_, i) => `u${i}`) });
       const servers: TestServer[] = [];
@@ -111,15 +111,15 @@ describe.skipIf(!up)('RedisBackplane', () => {
         Array.from({ length: 20 }, async (_, i) => TestClient.connect(servers[i % 3]!.url, await tokenFor(`u${i}`))),
       );
       const monitor = admin(SHARED_PORT);
-      // PUBSUB NUMSUB tells how many processes listen on the room's channel: all three.
+      // PUBSUB SHARDNUMSUB tells how many processes listen on the room's sharded channel: all three.
       const channel = `${FILE_PREFIX}:${testCount}:room:big`;
-      const [, listeners] = (await monitor.call('PUBSUB', 'NUMSUB', channel)) as [string, number];
+      const [, listeners] = (await monitor.call('PUBSUB', 'SHARDNUMSUB', channel)) as [string, number];
       expect(listeners).toBe(3);
       const receivedBy = new Promise<number>((resolve) => {
         const spy = admin(SHARED_PORT);
-        void spy.subscribe(channel);
+        void spy.ssubscribe(channel);
         let count = 0;
-        spy.on('message', () => count++);
+        spy.on('smessage', () => count++);
         setTimeout(() => {
           spy.disconnect();
           resolve(count);
