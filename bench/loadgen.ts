@@ -14,7 +14,7 @@ import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
-import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
+import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
 
@@ -92,6 +92,8 @@ export interface RunResult {
   latency: { count: number; p50Ms: number; p90Ms: number; p99Ms: number; maxMs: number };
   /** All server processes together. */
   server: CpuTimes;
+  /** Their main threads alone (the event loops); the rest is V8's and libuv's helper threads. */
+  serverMainThread: CpuTimes;
   /** Each server process, in the order of `serverPids`. */
   servers: CpuTimes[];
   loadgen: CpuTimes;
@@ -368,6 +370,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   // Redis first and last: its counters then cover the whole window the CPU counters do.
   const redis0 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
   const server0 = readServers(request.serverPids);
+  const main0 = request.serverPids.map((pid) => readMainThreadCpu(pid));
   const self0 = readProcessCpu(process.pid);
   const machine0 = readMachineCpu();
   const t0 = performance.now();
@@ -380,6 +383,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const windowMs = performance.now() - t0;
   const end = Number(process.hrtime.bigint() / 1000n);
   const server1 = readServers(request.serverPids);
+  const main1 = request.serverPids.map((pid) => readMainThreadCpu(pid));
   const self1 = readProcessCpu(process.pid);
   const machine1 = readMachineCpu();
   const redis1 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
@@ -413,6 +417,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
       maxMs: ms(sorted.length > 0 ? (sorted[sorted.length - 1] as number) : Number.NaN),
     },
     server: sumCpu(servers),
+    serverMainThread: sumCpu(request.serverPids.map((_, i) => cpuDelta(main0[i] ?? null, main1[i] ?? null))),
     servers,
     loadgen: cpuDelta(self0, self1),
     machine: machineDelta(machine0, machine1),

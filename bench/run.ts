@@ -87,10 +87,10 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--src=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--src=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
@@ -103,6 +103,9 @@ const only = option('only')?.split(',');
 const runs = (name: string): boolean => only === undefined || only.includes(name);
 const repsOverride = option('reps') === undefined ? undefined : Math.max(1, Number(option('reps')));
 const reps = (n: number): number => repsOverride ?? n;
+const warmupOverride = option('warmup') === undefined ? undefined : Math.max(0, Number(option('warmup')));
+/** The small-rooms and big-room warm-up, unless `--warmup=MS` says otherwise. */
+const warmup = (ms: number): number => warmupOverride ?? ms;
 
 const small: LoadPlan = {
   name: 'small rooms',
@@ -112,7 +115,7 @@ const small: LoadPlan = {
   // Five, not three: at under a fifth of a core per server, one window's CPU moves by a
   // third with the machine's other load, and the median of three still moved run to run.
   reps: reps(quick ? 1 : 5),
-  warmupMs: quick ? 500 : 2_000,
+  warmupMs: warmup(quick ? 500 : 2_000),
   measureMs: quick ? 2_000 : 6_000,
   drainMs: quick ? 1_500 : 3_000,
 };
@@ -122,7 +125,7 @@ const big: LoadPlan = {
   topology: { connections: 2_000, roomSize: 2_000 },
   rate: 20,
   reps: reps(quick ? 1 : 3),
-  warmupMs: quick ? 500 : 2_000,
+  warmupMs: warmup(quick ? 500 : 2_000),
   measureMs: quick ? 2_000 : 6_000,
   drainMs: quick ? 1_500 : 3_000,
 };
@@ -321,6 +324,7 @@ function derive(run: RunResult): Derived {
   return {
     deliveriesPerS: (run.received * 1000) / run.sendMs,
     userUsPerDelivery: perDelivery(run.server.userMs),
+    mainThreadUserUsPerDelivery: perDelivery(run.serverMainThread.userMs),
     systemUsPerDelivery: perDelivery(run.server.systemMs),
     totalUsPerDelivery: perDelivery(serverMs),
     serverCpuPct: pct(serverMs),
@@ -338,7 +342,7 @@ function describeRun(run: RunResult, d: Derived): string {
     run.sentRate < run.rate * 0.95 ? `load gen. sent only ${fmt(run.sentRate)}/s` : '',
   ].filter(Boolean);
   return (
-    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
+    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs (main thread ${fmt(d.mainThreadUserUsPerDelivery).padStart(5)})  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
     `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
     `  (cpu: server ${fmt(d.serverCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +
     (extra.length > 0 ? `  ${extra.join(', ')}` : '') +
@@ -373,6 +377,7 @@ function loadFigures(mine: readonly { run: RunResult; derived: Derived }[]): Loa
     runs: mine.length,
     deliveriesPerS: m((s) => s.derived.deliveriesPerS),
     userUsPerDelivery: m((s) => s.derived.userUsPerDelivery),
+    mainThreadUserUsPerDelivery: m((s) => s.derived.mainThreadUserUsPerDelivery),
     systemUsPerDelivery: m((s) => s.derived.systemUsPerDelivery),
     totalUsPerDelivery: m((s) => s.derived.totalUsPerDelivery),
     p50Ms: m((s) => s.run.latency.p50Ms),
@@ -609,7 +614,7 @@ function describeClusterRun(run: RunResult, d: ClusterDerived): string {
   ].filter(Boolean);
   const n = (v: number | null, digits = 3): string => (v === null ? '–' : fmt(v, digits));
   return (
-    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
+    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs (main thread ${fmt(d.mainThreadUserUsPerDelivery).padStart(5)})  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
     `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
     `  Redis: ${n(d.redisPublishesPerBroadcast)} publish, ${n(d.redisCommandsPerBroadcast)} cmds per broadcast` +
     `  (cpu: servers ${fmt(d.serverCpuPct, 2)}%, redis ${n(d.redisCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +

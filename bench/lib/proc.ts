@@ -30,9 +30,22 @@ const MS_PER_TICK = 1000 / CLK_TCK;
 
 /** utime and stime of a process from /proc/<pid>/stat (fields 14 and 15); null once it is gone. */
 export function readProcessCpu(pid: number): CpuTimes | null {
+  return readStat(`/proc/${pid}/stat`);
+}
+
+/**
+ * The same for the process's main thread alone (/proc/<pid>/task/<pid>/stat): the
+ * JavaScript event loop, without V8's helper threads (parallel scavenges, concurrent
+ * marking, the optimizing compiler) and libuv's pool.
+ */
+export function readMainThreadCpu(pid: number): CpuTimes | null {
+  return readStat(`/proc/${pid}/task/${pid}/stat`);
+}
+
+function readStat(path: string): CpuTimes | null {
   let stat: string;
   try {
-    stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    stat = readFileSync(path, 'utf8');
   } catch {
     return null;
   }

@@ -118,14 +118,14 @@ function loadTable(scenario: LoadScenarioResult): string {
   const lines = [
     `**${scenario.name}**: ${scenario.description}. ${scenario.reps} rep(s) per server, ${scenario.measureMs / 1000} s measured after ${scenario.warmupMs / 1000} s of warm-up; medians.`,
     '',
-    '| server | deliveries/s | user µs/delivery | system µs/delivery | total µs/delivery | p50 ms | p99 ms | max ms | loss | server CPU | load gen. CPU | other load | heap / RSS after, MiB |',
-    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
+    '| server | deliveries/s | user µs/delivery | of which main thread | system µs/delivery | total µs/delivery | p50 ms | p99 ms | max ms | loss | server CPU | load gen. CPU | other load | heap / RSS after, MiB |',
+    '| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |',
   ];
   for (const server of SERVERS) {
     const s = scenario.summary[server];
     if (!s) continue;
     lines.push(
-      `| ${SERVER_LABEL[server]} | ${fmt(s.deliveriesPerS)} | ${fmt(s.userUsPerDelivery)} | ${fmt(s.systemUsPerDelivery)} | ${fmt(s.totalUsPerDelivery)} | ${fmt(s.p50Ms)} | ${fmt(s.p99Ms)} | ${fmt(s.maxMs)} | ${fmt(s.lossRatio * 100)}% | ${fmt(s.serverCpuPct, 2)}% | ${fmt(s.loadgenCpuPct, 2)}% | ${fmt(s.otherCpuPct, 2)}% | ${fmt(s.heapAfterMiB)} / ${fmt(s.rssAfterMiB)} |`,
+      `| ${SERVER_LABEL[server]} | ${fmt(s.deliveriesPerS)} | ${fmt(s.userUsPerDelivery)} | ${fmt(s.mainThreadUserUsPerDelivery)} | ${fmt(s.systemUsPerDelivery)} | ${fmt(s.totalUsPerDelivery)} | ${fmt(s.p50Ms)} | ${fmt(s.p99Ms)} | ${fmt(s.maxMs)} | ${fmt(s.lossRatio * 100)}% | ${fmt(s.serverCpuPct, 2)}% | ${fmt(s.loadgenCpuPct, 2)}% | ${fmt(s.otherCpuPct, 2)}% | ${fmt(s.heapAfterMiB)} / ${fmt(s.rssAfterMiB)} |`,
     );
   }
   return lines.join('\n');

@@ -11,6 +11,8 @@ export const SERVER_LABEL: Record<ServerKind, string> = { roomwire: 'roomwire', 
 export interface Derived {
   deliveriesPerS: number;
   userUsPerDelivery: number;
+  /** The user CPU of the servers' main threads alone, per delivery: the rest is V8's and libuv's helper threads. */
+  mainThreadUserUsPerDelivery: number;
   systemUsPerDelivery: number;
   totalUsPerDelivery: number;
   /** Server CPU over the window, in % of one core. */
@@ -36,6 +38,7 @@ export interface LoadFigures {
   runs: number;
   deliveriesPerS: number;
   userUsPerDelivery: number;
+  mainThreadUserUsPerDelivery: number;
   systemUsPerDelivery: number;
   totalUsPerDelivery: number;
   p50Ms: number;
