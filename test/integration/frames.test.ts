@@ -24,6 +24,15 @@ describe.each([
       const message = client.of('message').find((m) => m.seq === seq);
       return Buffer.byteLength(JSON.stringify(message));
     };
+    // Which path the adapter takes: ws.send only with an extension negotiated.
+    let wsSends = 0;
+    for (const ws of server.adapter.clients) {
+      const send = ws.send.bind(ws);
+      ws.send = ((...args: Parameters<typeof ws.send>) => {
+        wsSends++;
+        send(...args);
+      }) as typeof ws.send;
+    }
     // Pad `data` so the whole message frame lands near each boundary, multi-byte characters included.
     for (const [i, target] of BOUNDARIES.entries()) {
       const data = target < 200 ? 'é'.repeat(target % 7) : 'x'.repeat(target - 120) + 'é€😀';
@@ -45,5 +54,7 @@ describe.each([
     expect(await alice!.next('pong')).toEqual({ type: 'pong', ref: 'p' });
     expect(await alice!.next('message', (m) => m.seq === BOUNDARIES.length + 1)).toMatchObject({ data: 'after' });
     expect(bob!.ws.extensions).toBe(perMessageDeflate ? 'permessage-deflate' : '');
+    if (perMessageDeflate) expect(wsSends).toBeGreaterThan(BOUNDARIES.length * 3);
+    else expect(wsSends).toBe(0);
   });
 });
