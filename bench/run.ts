@@ -42,6 +42,7 @@ import {
   type LadderRun,
   type LadderStep,
   type LoadFigures,
+  type LoadPlan,
   type ClusterPlan,
   type LoadScenarioResult,
   type LoadStep,
@@ -54,17 +55,6 @@ import { fmt, fmtRatio, median, ratio } from './lib/stats.js';
 import { roomCount, roomName, type Topology } from './lib/topology.js';
 
 // ---------------------------------------------------------------- plan
-
-interface LoadPlan {
-  name: string;
-  description: string;
-  topology: Topology;
-  rate: number;
-  reps: number;
-  warmupMs: number;
-  measureMs: number;
-  drainMs: number;
-}
 
 interface LadderPlan {
   topology: Topology;

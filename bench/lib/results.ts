@@ -59,7 +59,8 @@ export interface LoadSummary extends LoadFigures {
   rssAfterMiB: number;
 }
 
-export interface LoadScenarioResult {
+/** What a load scenario (small rooms, big room) runs. */
+export interface LoadPlan {
   name: string;
   description: string;
   topology: Topology;
@@ -67,6 +68,10 @@ export interface LoadScenarioResult {
   reps: number;
   warmupMs: number;
   measureMs: number;
+  drainMs: number;
+}
+
+export interface LoadScenarioResult extends Omit<LoadPlan, 'drainMs'> {
   steps: LoadStep[];
   summary: Partial<Record<ServerKind, LoadSummary>>;
 }
