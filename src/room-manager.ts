@@ -761,7 +761,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.refusePublish(conn, error, ref, room);
       return;
     }
-    this.send(conn, { type: 'ack', room, id: message.id, seq: message.seq, ...(ref === undefined ? {} : { ref }) });
+    this.sendAck(conn, room, message, ref);
+  }
+
+  /** The `ack` of an accepted publish; both publish paths answer with it. */
+  private sendAck(conn: ConnState, room: string, { id, seq }: { id: string; seq: number }, ref: string | undefined): void {
+    this.send(conn, ref === undefined ? { type: 'ack', room, id, seq } : { type: 'ack', room, id, seq, ref });
   }
 
   /**
@@ -785,10 +790,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const data = this.checkPublishData(frame.data);
       const dataJson = encodeData(data);
       const message = this.history.append({ room, id: this.nextId(), from: conn.user.id, data: data === undefined ? null : data, ts: Date.now() }) as StoredMessage;
-      const { id, seq } = message;
-      if (key !== undefined) this.dedupe.set(key, Promise.resolve({ id, seq }));
+      if (key !== undefined) this.dedupe.set(key, Promise.resolve({ id: message.id, seq: message.seq }));
       this.fanOut(message, snapshot, conn, dataJson);
-      this.send(conn, ref === undefined ? { type: 'ack', room, id, seq } : { type: 'ack', room, id, seq, ref });
+      this.sendAck(conn, room, message, ref);
     } catch (error) {
       this.refusePublish(conn, error, ref, room);
     }
