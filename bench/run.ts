@@ -7,7 +7,8 @@
  *   npm run bench -- --profile    CPU profiles (node --cpu-prof) of each server under the small-rooms load
  *
  * Options: --only=small,big,ladder,idle,cluster  --servers=roomwire,bare,socketio  --reps=N  --docs (write the docs
- * from a quick or partial run too)  --redis=URL (the cluster scenario's Redis; default redis://127.0.0.1:6379).
+ * from a quick or partial run too)  --redis=URL (the cluster scenario's Redis; default redis://127.0.0.1:6379)
+ * --warmup=MS and --measure=MS (the small-rooms and big-room warm-up and measured window; a run with either is partial).
  *
  * The cluster scenario (roomwire alone, then 3 roomwire processes on one Redis) is skipped, with the reason, when
  * Redis does not answer; its results also go to bench/results/cluster.json.
@@ -77,10 +78,10 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--src=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
@@ -96,6 +97,13 @@ const reps = (n: number): number => repsOverride ?? n;
 const warmupOverride = option('warmup') === undefined ? undefined : Math.max(0, Number(option('warmup')));
 /** The small-rooms and big-room warm-up, unless `--warmup=MS` says otherwise. */
 const warmup = (ms: number): number => warmupOverride ?? ms;
+const measureOverride = option('measure') === undefined ? undefined : Math.max(1_000, Number(option('measure')));
+/**
+ * The small-rooms and big-room measured window, unless `--measure=MS` says otherwise: a
+ * window longer than about 20 s takes in the servers' heartbeats (roomwire's and
+ * Socket.IO's ping every 25 s), which the default steps end before.
+ */
+const measure = (ms: number): number => measureOverride ?? ms;
 
 const small: LoadPlan = {
   name: 'small rooms',
@@ -106,7 +114,7 @@ const small: LoadPlan = {
   // third with the machine's other load, and the median of three still moved run to run.
   reps: reps(quick ? 1 : 5),
   warmupMs: warmup(quick ? 500 : 2_000),
-  measureMs: quick ? 2_000 : 6_000,
+  measureMs: measure(quick ? 2_000 : 6_000),
   drainMs: quick ? 1_500 : 3_000,
 };
 const big: LoadPlan = {
@@ -116,7 +124,7 @@ const big: LoadPlan = {
   rate: 20,
   reps: reps(quick ? 1 : 3),
   warmupMs: warmup(quick ? 500 : 2_000),
-  measureMs: quick ? 2_000 : 6_000,
+  measureMs: measure(quick ? 2_000 : 6_000),
   drainMs: quick ? 1_500 : 3_000,
 };
 const ladderPlan: LadderPlan = {
@@ -1002,7 +1010,7 @@ async function main(): Promise<void> {
     console.error('the run was stopped: no results written');
     return;
   }
-  const partial = option('src') !== undefined || serverFlags.length > 0 || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
+  const partial = option('src') !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
   const scenarios = { small: smallResult, big: bigResult, ladder: ladderResult, idle: idleResult };
   /** The scenarios of the results section (all but the cluster one, which has its own files and section). */
   const classic = Object.values(scenarios).some((scenario) => scenario !== undefined);

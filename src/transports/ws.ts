@@ -36,10 +36,12 @@ export interface WebSocketAdapterOptions {
    */
   allowedOrigins?: readonly string[] | ((origin: string) => boolean) | undefined;
   /**
-   * Ping every connection each `heartbeatMs` (from the manager) with one sweep, and
-   * terminate one that left a ping unanswered for two sweeps (gone 2 to 3 heartbeats
-   * after it stopped answering). A sweep that runs late, because this process stalled,
-   * counts nobody as silent. @default true
+   * Ping every connection once each `heartbeatMs` (from the manager), and terminate one
+   * that left a ping unanswered for two rounds (gone 2 to 3 heartbeats after it stopped
+   * answering). One timer serves every connection: it runs ten times per heartbeat and
+   * each run pings a tenth of them, so a server with many connections never writes all
+   * its pings (nor reads all the pongs) in one burst that would hold up its messages. A run
+   * that comes late, because this process stalled, counts nobody as silent. @default true
    */
   heartbeat?: boolean | undefined;
   /** permessage-deflate compression; costs CPU per message. @default false */
@@ -67,6 +69,13 @@ export interface WebSocketAdapter {
  * after it stopped answering.
  */
 const MISSED_PINGS_BEFORE_TERMINATE = 2;
+
+/**
+ * The heartbeat pings its connections in this many slices, one slice per tick, so each
+ * tick writes a tenth of the pings. Pinging everyone at once held up a busy server's
+ * messages for the whole burst: docs/benchmarks.md, "the heartbeat burst".
+ */
+const HEARTBEAT_SLICES = 10;
 
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
@@ -115,7 +124,9 @@ function rawStreamOf(ws: WebSocket): RawStream | undefined {
 
 /** Where a ws socket keeps its manager callbacks, so one set of listener functions serves every socket. */
 const kHandlers = Symbol('roomwire.handlers');
-type TaggedSocket = WebSocket & { [kHandlers]: ConnectionHandlers };
+/** The heartbeat slice a ws socket is pinged in. */
+const kSlice = Symbol('roomwire.heartbeatSlice');
+type TaggedSocket = WebSocket & { [kHandlers]: ConnectionHandlers; [kSlice]: number };
 
 function handlersOf(ws: WebSocket): ConnectionHandlers {
   return (ws as TaggedSocket)[kHandlers];
@@ -265,8 +276,11 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   });
   const clients = new Set<WebSocket>();
   const frames = new FrameCache();
-  /** Connections with a ping outstanding, and how many sweeps since have found it unanswered. */
+  /** Connections with a ping outstanding, and how many rounds since have found it unanswered. */
   const unanswered = new Map<WebSocket, number>();
+  /** The connections each heartbeat tick pings, assigned in turn as they open. */
+  const slices = Array.from({ length: HEARTBEAT_SLICES }, () => new Set<WebSocket>());
+  let nextSlice = 0;
   let closing: Promise<void> | undefined;
 
   // One listener of each kind for every socket of this adapter: no closures per connection.
@@ -276,11 +290,16 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   function onClose(this: WebSocket, code: number, reason: Buffer): void {
     clients.delete(this);
     unanswered.delete(this);
+    slices[(this as TaggedSocket)[kSlice]]?.delete(this);
     handlersOf(this).closed(code, reason.toString());
   }
 
   const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
     clients.add(ws);
+    const slice = nextSlice;
+    nextSlice = (nextSlice + 1) % HEARTBEAT_SLICES;
+    (ws as TaggedSocket)[kSlice] = slice;
+    slices[slice]?.add(ws);
     (ws as TaggedSocket)[kHandlers] = manager.open(new WsConnection(ws, frames), principal);
     ws.on('message', onMessage);
     ws.on('pong', onPong);
@@ -343,14 +362,18 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
 
   let sweep: ReturnType<typeof setInterval> | undefined;
   if (heartbeat) {
-    let lastSweep = Date.now();
+    const tickMs = Math.max(1, Math.round(heartbeatMs / HEARTBEAT_SLICES));
+    let lastTick = Date.now();
+    let tick = 0;
     sweep = setInterval(() => {
-      // A sweep that runs late means this process stalled: pongs may be waiting unread in
-      // the socket buffers, so that round counts nobody as silent.
+      // A tick that runs more than half a heartbeat late means this process stalled: pongs
+      // may be waiting unread in the socket buffers, so that round counts nobody as silent.
       const now = Date.now();
-      const late = now - lastSweep > heartbeatMs * 1.5;
-      lastSweep = now;
-      for (const ws of clients) {
+      const late = now - lastTick > tickMs + heartbeatMs / 2;
+      lastTick = now;
+      const slice = slices[tick] ?? clients;
+      tick = (tick + 1) % HEARTBEAT_SLICES;
+      for (const ws of slice) {
         const missed = unanswered.get(ws);
         if (missed === undefined) {
           unanswered.set(ws, 0);
@@ -364,7 +387,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
           ws.ping();
         }
       }
-    }, heartbeatMs);
+    }, tickMs);
     sweep.unref?.();
   }
 

@@ -5,8 +5,8 @@ import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/ser
 import { connectWith, lagMonitor, rawSocket, report, sleep, waitFor } from './support.js';
 
 /**
- * The ws adapter pings every connection each `heartbeatMs` with one sweep and terminates
- * one that did not answer the previous ping. A client that stops answering (a dead
+ * The ws adapter pings every connection once each `heartbeatMs`, a tenth of them per
+ * tick, and terminates one that did not answer the previous ping. A client that stops answering (a dead
  * network, a phone asleep) must be gone within about three heartbeats, and its user shown
  * offline to the others.
  */
@@ -102,5 +102,29 @@ describe('heartbeats', () => {
 
     report('heartbeat (socket paused)', { heartbeatMs: HEARTBEAT_MS, droppedAfterMs: Math.round(droppedAfter), worstTimerLagMs: Math.round(lagMs) });
     expect(droppedAfter).toBeLessThan(3 * HEARTBEAT_MS + slack(lagMs));
+  });
+
+  it('spreads the pings over the heartbeat instead of sending them in one burst, and still pings everyone once per heartbeat', async () => {
+    const heartbeatMs = 1_000;
+    const users = Array.from({ length: 20 }, (_, i) => `user${i}`);
+    const s = await startServer({ membership: new MembershipTable({ crowd: users }), heartbeatMs });
+    const clients = await Promise.all(users.map(async (user) => connectWith(s.url, await tokenFor(user))));
+    const pingsAt: number[][] = clients.map(() => []);
+    const start = performance.now();
+    clients.forEach((client, i) => client.ws.on('ping', () => pingsAt[i]?.push(performance.now() - start)));
+    await sleep(2 * heartbeatMs + heartbeatMs / 2);
+
+    // Everyone is pinged about once per heartbeat: two or three times in two and a half.
+    for (const times of pingsAt) {
+      expect(times.length).toBeGreaterThanOrEqual(2);
+      expect(times.length).toBeLessThanOrEqual(3);
+    }
+    // The first pings are spread over the heartbeat: twenty connections in ten slices.
+    const first = pingsAt.map((times) => times[0] ?? Number.NaN).sort((a, b) => a - b);
+    const spread = (first.at(-1) ?? 0) - (first[0] ?? 0);
+    report('heartbeat (spread)', { heartbeatMs, connections: users.length, firstPingSpreadMs: Math.round(spread) });
+    expect(spread).toBeGreaterThan(heartbeatMs / 2);
+    const distinctTicks = new Set(first.map((t) => Math.round(t / (heartbeatMs / 10)))).size;
+    expect(distinctTicks).toBeGreaterThanOrEqual(5);
   });
 });
