@@ -43,22 +43,35 @@ export interface HistoryStore {
 }
 
 /**
- * A ring of one room's newest messages, at most `capacity`. It grows as messages come
- * (a room with three messages holds an array of three, not of `capacity`).
+ * A ring of one room's newest messages, at most `capacity`. A message is kept as the
+ * object `append` made until the broadcast hands over its encoded `message` frame
+ * (`keepEncoded`); from then on only the frame's UTF-8 bytes are kept, in one buffer per
+ * room outside the JavaScript heap. So a busy room's history is not thousands of strings
+ * that every scavenge copies and every major GC marks: it is one buffer. Everything grows
+ * with the messages (a room with three messages holds three, not `capacity`).
  */
 class RoomHistory {
   latest = 0;
-  /** A message, or its `message` frame once the broadcast encoded it (see `keepEncoded`). */
-  private readonly ring: (StoredMessage | string)[] = [];
   private size = 0;
+  /** Slot (seq - 1) % capacity: the message, while its frame is not encoded yet. */
+  private readonly pending: (StoredMessage | undefined)[] = [];
+  /** Slot: where its frame starts in `bytes`, and how long it is (0: none kept). */
+  private starts = new Uint32Array(0);
+  private lengths = new Uint32Array(0);
+  /** The kept frames, appended at `used`; `live` of those bytes still belong to a kept message. */
+  private bytes = EMPTY;
+  private used = 0;
+  private live = 0;
 
   constructor(private readonly capacity: number) {}
 
   push(message: StoredMessage): void {
     this.latest = message.seq;
     if (this.capacity === 0) return;
-    // Seqs start at 1: slot seq - 1, so the array fills from index 0 without holes.
-    this.ring[(message.seq - 1) % this.capacity] = message;
+    // Seqs start at 1: slot seq - 1, so the slots fill from 0 without holes.
+    const slot = (message.seq - 1) % this.capacity;
+    this.pending[slot] = message;
+    if (slot < this.lengths.length) this.drop(slot);
     if (this.size < this.capacity) this.size++;
   }
 
@@ -69,19 +82,75 @@ class RoomHistory {
     const until = Math.min(untilSeq, this.latest);
     const out: StoredMessage[] = [];
     for (let seq = afterSeq + 1; seq <= until; seq++) {
-      const message = this.ring[(seq - 1) % this.capacity];
-      if (message !== undefined) out.push(typeof message === 'string' ? decodeStored(message) : message);
+      const slot = (seq - 1) % this.capacity;
+      const message = this.pending[slot];
+      if (message !== undefined) out.push(message);
+      else if (slot < this.lengths.length && this.lengths[slot]! > 0) {
+        const start = this.starts[slot]!;
+        out.push(decodeStored(this.bytes.toString('utf8', start, start + this.lengths[slot]!)));
+      }
     }
     return out;
   }
 
-  /** Swaps a kept message for its encoded frame, if the slot still holds that message. */
+  /** Keeps a message as its encoded frame, if its slot still holds that message. */
   keepEncoded(message: StoredMessage, frame: string): void {
     if (this.capacity === 0) return;
     const slot = (message.seq - 1) % this.capacity;
-    if (this.ring[slot] === message) this.ring[slot] = frame;
+    if (this.pending[slot] !== message) return;
+    const length = Buffer.byteLength(frame);
+    if (this.used + length > this.bytes.length) this.compact(length);
+    if (slot >= this.lengths.length) this.growSlots(slot + 1);
+    this.bytes.write(frame, this.used, length);
+    this.starts[slot] = this.used;
+    this.lengths[slot] = length;
+    this.used += length;
+    this.live += length;
+    this.pending[slot] = undefined;
+  }
+
+  /** Forgets the frame kept in `slot`: its bytes are dead until the next compaction. */
+  private drop(slot: number): void {
+    this.live -= this.lengths[slot]!;
+    this.lengths[slot] = 0;
+  }
+
+  /**
+   * Makes room for `length` more bytes: copies the kept frames, in seq order, to a new
+   * buffer half as large again as they need. Each compaction leaves room for at least
+   * half the kept bytes again, so each byte kept is copied about twice in all.
+   */
+  private compact(length: number): void {
+    const next = Buffer.allocUnsafeSlow(Math.max(MIN_ARENA_BYTES, Math.ceil((this.live + length) * 1.5)));
+    let at = 0;
+    for (let seq = Math.max(1, this.latest - this.size + 1); seq <= this.latest; seq++) {
+      const slot = (seq - 1) % this.capacity;
+      const size = slot < this.lengths.length ? this.lengths[slot]! : 0;
+      if (size === 0) continue;
+      const start = this.starts[slot]!;
+      this.bytes.copy(next, at, start, start + size);
+      this.starts[slot] = at;
+      at += size;
+    }
+    this.bytes = next;
+    this.used = at;
+    this.live = at;
+  }
+
+  private growSlots(needed: number): void {
+    const size = Math.min(this.capacity, Math.max(needed, this.lengths.length * 2, 8));
+    const starts = new Uint32Array(size);
+    const lengths = new Uint32Array(size);
+    starts.set(this.starts);
+    lengths.set(this.lengths);
+    this.starts = starts;
+    this.lengths = lengths;
   }
 }
+
+const EMPTY = Buffer.alloc(0);
+/** The smallest frame buffer a room gets: a few frames of a typical chat message. */
+const MIN_ARENA_BYTES = 1024;
 
 /** A kept `message` frame back as the message it carries. */
 function decodeStored(frame: string): StoredMessage {
@@ -127,9 +196,10 @@ export class InMemoryHistoryStore implements HistoryStore {
   }
 
   /**
-   * @internal Keeps `message` as the `message` frame the broadcast already encoded: one
-   * flat string instead of an object graph, so the history costs the garbage collector
-   * less. `since` decodes it again (the data then comes back as JSON gives it).
+   * @internal Keeps `message` as the `message` frame the broadcast already encoded, as
+   * UTF-8 bytes in the room's buffer outside the JavaScript heap, so the history costs the
+   * garbage collector nothing per message. `since` decodes it again (the data then comes
+   * back as JSON gives it).
    */
   keepEncoded(message: StoredMessage, frame: string): void {
     this.rooms.get(message.room)?.keepEncoded(message, frame);

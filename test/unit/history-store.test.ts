@@ -1,5 +1,7 @@
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { InMemoryHistoryStore, type StoredMessage } from '../../src/index.js';
+import { encodeMessageFrame } from '../../src/protocol/encode.js';
 
 let ids = 0;
 function append(store: InMemoryHistoryStore, room: string, data: unknown = null): StoredMessage {
@@ -136,5 +138,48 @@ describe('InMemoryHistoryStore: since', () => {
         else expect(answer).toEqual(stored.slice(after));
       }
     }
+  });
+});
+
+describe('InMemoryHistoryStore: frames kept as bytes', () => {
+  /** What the broadcast does: encode the frame, then hand it to the store. */
+  const keep = (store: InMemoryHistoryStore, message: StoredMessage): void =>
+    store.keepEncoded(message, encodeMessageFrame(message, JSON.stringify(message.data)));
+
+  it('gives back what it was given, after the frames moved to bytes', () => {
+    const store = new InMemoryHistoryStore(10);
+    const stored = [append(store, 'a', { text: 'héllo wörld 👋', n: 1.5 }), append(store, 'a', ['x', null, true]), append(store, 'a', 'naïve ✓')];
+    for (const message of stored) keep(store, message);
+    expect(store.since('a', 0)).toEqual(stored);
+  });
+
+  it('answers like a plain list of the newest messages, whatever the sizes, characters and order of keeping (property)', () => {
+    const text = fc.string({ unit: fc.constantFrom('a', 'é', '€', '😀', '"', '\\', '\n', 'z'), maxLength: 300 });
+    const op = fc.record({ room: fc.constantFrom('a', 'b'), data: fc.oneof(text, fc.record({ text, n: fc.integer() })), keep: fc.constantFrom('now', 'later', 'never') });
+    fc.assert(
+      fc.property(fc.integer({ min: 0, max: 12 }), fc.array(op, { maxLength: 120 }), (limit, ops) => {
+        const store = new InMemoryHistoryStore(limit);
+        const model = new Map<string, StoredMessage[]>();
+        const later: StoredMessage[] = [];
+        for (const { room, data, keep: when } of ops) {
+          const message = append(store, room, data);
+          model.set(room, [...(model.get(room) ?? []), message]);
+          if (when === 'now') keep(store, message);
+          else if (when === 'later') later.push(message);
+          // Frames kept out of seq order (the general publish path may finish them so).
+          if (later.length > 3) keep(store, later.splice(Math.floor(later.length / 2), 1)[0]!);
+          for (const [name, all] of model) {
+            const latest = all.length;
+            const kept = all.slice(Math.max(0, latest - limit));
+            for (const after of [latest - kept.length, latest - 1, latest]) {
+              if (after < latest - kept.length) continue;
+              expect(store.since(name, after)).toEqual(all.slice(after));
+            }
+            if (latest - kept.length > 0) expect(store.since(name, latest - kept.length - 1)).toBeNull();
+          }
+        }
+      }),
+      { numRuns: 150 },
+    );
   });
 });
