@@ -38,10 +38,11 @@ export interface WebSocketAdapterOptions {
   /**
    * Ping every connection once each `heartbeatMs` (from the manager), and terminate one
    * that left a ping unanswered for two rounds (gone 2 to 3 heartbeats after it stopped
-   * answering). One timer serves every connection: it runs ten times per heartbeat and
-   * each run pings a tenth of them, so a server with many connections never writes all
-   * its pings (nor reads all the pongs) in one burst that would hold up its messages. A run
-   * that comes late, because this process stalled, counts nobody as silent. @default true
+   * answering). One timer serves every connection: it runs every 100 ms and pings the
+   * slice of connections due then (one slice per run, as many slices as runs per
+   * heartbeat), so a server with many connections never writes all its pings, nor reads
+   * all the pongs, in one burst that would hold up its messages. A run that comes late,
+   * because this process stalled, counts nobody as silent. @default true
    */
   heartbeat?: boolean | undefined;
   /** permessage-deflate compression; costs CPU per message. @default false */
@@ -71,11 +72,14 @@ export interface WebSocketAdapter {
 const MISSED_PINGS_BEFORE_TERMINATE = 2;
 
 /**
- * The heartbeat pings its connections in this many slices, one slice per tick, so each
- * tick writes a tenth of the pings. Pinging everyone at once held up a busy server's
- * messages for the whole burst: docs/benchmarks.md, "the heartbeat burst".
+ * How often the heartbeat timer runs. Each run pings one slice of the connections, and
+ * there are as many slices as runs per heartbeat (250 at the default 25 s), so a server's
+ * pings go out a few at a time instead of in one burst: pinging all 2,000 benchmark
+ * connections at once held up the messages behind them (docs/benchmarks.md, "The
+ * heartbeat burst"), and a tenth of them at a time (200 pings every 2.5 s) still added
+ * about 1 ms to its p99 latency.
  */
-const HEARTBEAT_SLICES = 10;
+const HEARTBEAT_TICK_MS = 100;
 
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
@@ -279,7 +283,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   /** Connections with a ping outstanding, and how many rounds since have found it unanswered. */
   const unanswered = new Map<WebSocket, number>();
   /** The connections each heartbeat tick pings, assigned in turn as they open. */
-  const slices = Array.from({ length: HEARTBEAT_SLICES }, () => new Set<WebSocket>());
+  const sliceCount = Math.max(1, Math.floor(heartbeatMs / HEARTBEAT_TICK_MS));
+  const slices = Array.from({ length: sliceCount }, () => new Set<WebSocket>());
   let nextSlice = 0;
   let closing: Promise<void> | undefined;
 
@@ -297,7 +302,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   const accept = (ws: WebSocket, principal: Awaited<ReturnType<RoomManager['authenticate']>>): void => {
     clients.add(ws);
     const slice = nextSlice;
-    nextSlice = (nextSlice + 1) % HEARTBEAT_SLICES;
+    nextSlice = (nextSlice + 1) % sliceCount;
     (ws as TaggedSocket)[kSlice] = slice;
     slices[slice]?.add(ws);
     (ws as TaggedSocket)[kHandlers] = manager.open(new WsConnection(ws, frames), principal);
@@ -362,7 +367,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
 
   let sweep: ReturnType<typeof setInterval> | undefined;
   if (heartbeat) {
-    const tickMs = Math.max(1, Math.round(heartbeatMs / HEARTBEAT_SLICES));
+    const tickMs = heartbeatMs / sliceCount;
     let lastTick = Date.now();
     let tick = 0;
     sweep = setInterval(() => {
@@ -372,7 +377,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       const late = now - lastTick > tickMs + heartbeatMs / 2;
       lastTick = now;
       const slice = slices[tick] ?? clients;
-      tick = (tick + 1) % HEARTBEAT_SLICES;
+      tick = (tick + 1) % sliceCount;
       for (const ws of slice) {
         const missed = unanswered.get(ws);
         if (missed === undefined) {

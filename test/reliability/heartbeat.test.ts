@@ -5,8 +5,8 @@ import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/ser
 import { connectWith, lagMonitor, rawSocket, report, sleep, waitFor } from './support.js';
 
 /**
- * The ws adapter pings every connection once each `heartbeatMs`, a tenth of them per
- * tick, and terminates one that did not answer the previous ping. A client that stops answering (a dead
+ * The ws adapter pings every connection once each `heartbeatMs`, a slice of them every
+ * 100 ms, and terminates one that did not answer the previous ping. A client that stops answering (a dead
  * network, a phone asleep) must be gone within about three heartbeats, and its user shown
  * offline to the others.
  */
@@ -119,7 +119,7 @@ describe('heartbeats', () => {
       expect(times.length).toBeGreaterThanOrEqual(2);
       expect(times.length).toBeLessThanOrEqual(3);
     }
-    // The first pings are spread over the heartbeat: twenty connections in ten slices.
+    // The first pings are spread over the heartbeat: twenty connections in ten slices (one per 100 ms).
     const first = pingsAt.map((times) => times[0] ?? Number.NaN).sort((a, b) => a - b);
     const spread = (first.at(-1) ?? 0) - (first[0] ?? 0);
     report('heartbeat (spread)', { heartbeatMs, connections: users.length, firstPingSpreadMs: Math.round(spread) });
