@@ -5,6 +5,7 @@
  *   npm run bench                 full run (8 to 9 minutes on 2 cores); updates docs/benchmarks.md
  *   npm run bench -- --quick      smoke run (about 1 minute); writes bench/results/quick.*
  *   npm run bench -- --profile    CPU profiles (node --cpu-prof) of each server under the small-rooms load
+ *   npm run bench -- --perf --only=small   where each server's CPU goes (Linux perf), kernel and helper threads included
  *
  * Options: --only=small,big,ladder,idle,cluster  --servers=roomwire,bare,socketio  --reps=N  --docs (write the docs
  * from a quick or partial run too)  --redis=URL (the cluster scenario's Redis; default redis://127.0.0.1:6379)
@@ -25,6 +26,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
+import { emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, PerfRecording, perfUnavailable, removePerfMap, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -78,15 +80,17 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--perf', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
 const quick = flag('quick');
 const profileMode = flag('profile');
+/** `--perf`: Linux perf samples of every small-rooms and big-room window, sorted by where the time went (bench/lib/perf.ts). */
+const perfMode = flag('perf');
 const ALL_SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio'];
 const KNOWN_SERVERS: ServerKind[] = [...ALL_SERVERS, 'preframed', 'bare-ack'];
 const servers = (option('servers')?.split(',') ?? ALL_SERVERS).filter((s): s is ServerKind => (KNOWN_SERVERS as string[]).includes(s));
@@ -165,6 +169,8 @@ const RUN_LIMIT_MS = (profileMode ? 5 : quick ? 4 : 14) * 60_000;
 
 /** `--server-flags=a,b`: extra node flags for the servers (say `--trace-gc`), for investigations. */
 const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
+/** Node flags the runner adds for a mode: perf needs the JIT's symbol map. */
+const modeFlags = perfMode ? ['--perf-basic-prof'] : [];
 /** `--tsx`: run the children from their TypeScript under tsx instead of esbuild bundles (see lib/build.ts). */
 const useTsx = flag('tsx');
 /** The script of each child and the node flags it needs; set by main() once the bundles are built. */
@@ -237,7 +243,7 @@ async function startServer(kind: ServerKind, topology: Topology, nodeFlags: stri
 async function startChild(entry: EntryName, name: string, childArgs: string[], nodeFlags: string[] = []): Promise<RunningServer> {
   const child = new ChildHandle(scripts[entry], childArgs, {
     name,
-    nodeFlags: [...runnerFlags, '--expose-gc', ...serverFlags, ...nodeFlags],
+    nodeFlags: [...runnerFlags, '--expose-gc', ...modeFlags, ...serverFlags, ...nodeFlags],
   });
   const ready = child.waitEvent<ReadyEvent>('ready', 30_000);
   try {
@@ -299,7 +305,8 @@ async function runLoad(server: RunningServer, rate: number, timing: { warmupMs: 
     const other = derive(run).otherCpuPct;
     if (!best || other < best.other) best = { run, other };
     const cost = timing.warmupMs + timing.measureMs + 1_000;
-    if (other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
+    // Under --perf the one recording covers the first window: no second one.
+    if (perfMode || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
     retryBudgetMs -= cost;
     retries++;
     console.log(`        (other processes used ${fmt(other, 2)}% of a core during that window: measuring it again)`);
@@ -354,7 +361,11 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
   const server = await startServer(kind, plan.topology, nodeFlags);
   try {
     const connect = await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
-    const run = await runLoad(server, plan.rate, plan);
+    const recording = perfMode ? new PerfRecording(server.pid, `${kind}-${rep}`) : undefined;
+    // The load generator warms up, waits 200 ms, then measures: record from there to the end of the drain.
+    recording?.start(plan.warmupMs + 200);
+    const run = await runLoad(server, plan.rate, plan).finally(() => recording?.stop());
+    if (recording) addPerf(plan.name, kind, recording.categorize(serverFileOf(kind)), run.received);
     if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ${plan.name} step (see its output above)`);
     const memoryAfter = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000).catch(() => undefined);
     const derived = derive(run);
@@ -363,7 +374,55 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
     return { server: kind, rep, connect, run, derived, memoryAfter };
   } finally {
     await teardown(server);
+    if (perfMode) removePerfMap(server.pid);
   }
+}
+
+// ---------------------------------------------------------------- --perf
+
+/** Samples and deliveries of every recorded window, by scenario and server. */
+const perfTotals = new Map<string, Map<ServerKind, { samples: PerfSamples; deliveries: number; windows: number }>>();
+
+function addPerf(scenario: string, kind: ServerKind, samples: PerfSamples, deliveries: number): void {
+  const byServer = perfTotals.get(scenario) ?? new Map();
+  perfTotals.set(scenario, byServer);
+  const total = byServer.get(kind) ?? { samples: emptySamples(), deliveries: 0, windows: 0 };
+  for (const category of PERF_CATEGORIES) total.samples[category] += samples[category];
+  total.deliveries += deliveries;
+  total.windows++;
+  byServer.set(kind, total);
+}
+
+/** Frames of the server's own code: its bundle (or its sources under --tsx), and Socket.IO's packages. */
+function serverFileOf(kind: ServerKind): RegExp {
+  const socketio = kind === 'socketio' ? String.raw`|node_modules/(socket\.io|engine\.io)` : '';
+  return new RegExp(String.raw`roomwire-bench/${kind}\.js|bench/servers/|/src/` + socketio);
+}
+
+/** CPU µs per delivery in each category, per scenario and server: printed, and written to bench/results/perf.json. */
+function reportPerf(): void {
+  if (perfTotals.size === 0) return;
+  const out: Record<string, Record<string, { windows: number; deliveries: number; usPerDelivery: Record<string, number> }>> = {};
+  for (const [scenario, byServer] of perfTotals) {
+    const kinds = [...byServer.keys()];
+    console.log(`\nwhere the CPU goes, ${scenario} (perf, ${PERF_FREQUENCY} samples/s; µs per delivery):`);
+    console.log(`  ${''.padEnd(42)}${kinds.map((k) => SERVER_LABEL[k].padStart(15)).join('')}`);
+    const perDelivery = (kind: ServerKind, category: PerfCategory): number => {
+      const total = byServer.get(kind);
+      return total && total.deliveries > 0 ? (total.samples[category] * 1e6) / PERF_FREQUENCY / total.deliveries : Number.NaN;
+    };
+    for (const category of PERF_CATEGORIES) console.log(`  ${category.padEnd(42)}${kinds.map((k) => fmt(perDelivery(k, category)).padStart(15)).join('')}`);
+    const sum = (kind: ServerKind): number => PERF_CATEGORIES.reduce((a, c) => a + perDelivery(kind, c), 0);
+    console.log(`  ${'all'.padEnd(42)}${kinds.map((k) => fmt(sum(k)).padStart(15)).join('')}`);
+    out[scenario] = Object.fromEntries(
+      kinds.map((kind) => {
+        const total = byServer.get(kind) as { samples: PerfSamples; deliveries: number; windows: number };
+        return [kind, { windows: total.windows, deliveries: total.deliveries, usPerDelivery: Object.fromEntries(PERF_CATEGORIES.map((c) => [c, perDelivery(kind, c)])) }];
+      }),
+    );
+  }
+  writeFileSync(join(ROOT, 'bench/results/perf.json'), `${JSON.stringify({ date: new Date().toISOString(), command, frequency: PERF_FREQUENCY, scenarios: out }, null, 2)}\n`);
+  console.log('wrote bench/results/perf.json');
 }
 
 /** The figures every load run reports, from the reps of one server (or setup). */
@@ -973,6 +1032,10 @@ async function main(): Promise<void> {
     scripts = await buildEntries(option('src'));
     console.log(`built the servers and the load generator with esbuild in ${Date.now() - started} ms`);
   }
+  if (perfMode) {
+    const reason = perfUnavailable();
+    if (reason) throw new Error(`--perf: ${reason}`);
+  }
   loadgen = new ChildHandle(scripts.loadgen, [], { name: 'load generator', nodeFlags: runnerFlags });
   const { fdLimit } = await loadgen.waitEvent<{ fdLimit: number | null }>('ready', 30_000);
   if (profileMode) {
@@ -1010,7 +1073,8 @@ async function main(): Promise<void> {
     console.error('the run was stopped: no results written');
     return;
   }
-  const partial = option('src') !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
+  reportPerf();
+  const partial = perfMode || option('src') !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
   const scenarios = { small: smallResult, big: bigResult, ladder: ladderResult, idle: idleResult };
   /** The scenarios of the results section (all but the cluster one, which has its own files and section). */
   const classic = Object.values(scenarios).some((scenario) => scenario !== undefined);
