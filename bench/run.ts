@@ -26,7 +26,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, PerfRecording, perfUnavailable, removePerfMap, type PerfCategory, type PerfSamples } from './lib/perf.js';
+import { emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, PerfRecording, perfUnavailable, removePerfFiles, v8LogPattern, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -169,8 +169,8 @@ const RUN_LIMIT_MS = (profileMode ? 5 : quick ? 4 : 14) * 60_000;
 
 /** `--server-flags=a,b`: extra node flags for the servers (say `--trace-gc`), for investigations. */
 const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
-/** Node flags the runner adds for a mode: perf needs the JIT's symbol map. */
-const modeFlags = perfMode ? ['--perf-basic-prof'] : [];
+/** Node flags the runner adds for a mode: perf needs the JIT's symbol map (and V8 then writes a log, kept out of the repository). */
+const modeFlags = perfMode ? ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${v8LogPattern()}`] : [];
 /** `--tsx`: run the children from their TypeScript under tsx instead of esbuild bundles (see lib/build.ts). */
 const useTsx = flag('tsx');
 /** The script of each child and the node flags it needs; set by main() once the bundles are built. */
@@ -374,7 +374,7 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
     return { server: kind, rep, connect, run, derived, memoryAfter };
   } finally {
     await teardown(server);
-    if (perfMode) removePerfMap(server.pid);
+    if (perfMode) removePerfFiles(server.pid);
   }
 }
 

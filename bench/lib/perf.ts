@@ -121,7 +121,13 @@ function categoryOf(mainThread: boolean, frames: string[], serverFile: RegExp): 
   return 'libc and other';
 }
 
-/** The symbol map node writes for perf under `--perf-basic-prof`; removed once read. */
-export function removePerfMap(pid: number): void {
+/** Where a server under `--perf` writes the log V8 keeps for `--perf-basic-prof` (`%p`: its pid). */
+export function v8LogPattern(): string {
+  return join(tmpdir(), 'roomwire-bench-%p.v8.log');
+}
+
+/** The symbol map node writes for perf under `--perf-basic-prof`, and V8's log: removed once read. */
+export function removePerfFiles(pid: number): void {
   rmSync(join('/tmp', `perf-${pid}.map`), { force: true });
+  rmSync(v8LogPattern().replace('%p', String(pid)), { force: true });
 }
