@@ -14,6 +14,7 @@ import { performance } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
+import { PerfRecording, type PerfSplit } from './lib/perf.js';
 import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
@@ -56,6 +57,12 @@ export interface RunRequest {
   serverPids: number[];
   /** Redis to read around the window (the cluster scenario); its figures come back as `redis`. */
   redis?: RedisProbe | undefined;
+  /**
+   * Sample the servers with Linux perf over the window: `split` to split their CPU time
+   * into user and kernel time by the samples, `callgraph` to also keep the recordings
+   * (with call chains) for the runner to sort; without it, /proc's own split is used.
+   */
+  perf?: 'split' | 'callgraph' | undefined;
 }
 
 /** Where the Redis counters of a window come from. */
@@ -90,12 +97,24 @@ export interface RunResult {
   windowUs: { start: number; end: number };
   drained: boolean;
   latency: { count: number; p50Ms: number; p90Ms: number; p99Ms: number; maxMs: number };
-  /** All server processes together. */
+  /**
+   * All server processes together. The total is /proc's (utime + stime, which the kernel
+   * keeps equal to the time the threads actually ran); the split into user and system
+   * time is perf's when `split` is `perf`, else /proc's.
+   */
   server: CpuTimes;
   /** Their main threads alone (the event loops); the rest is V8's and libuv's helper threads. */
   serverMainThread: CpuTimes;
-  /** Each server process, in the order of `serverPids`. */
+  /** Each server process, in the order of `serverPids`, split as `server`. */
   servers: CpuTimes[];
+  /** Where the user/system split of `server` comes from. */
+  split: 'perf' | 'proc';
+  /** The same window split as /proc has it: by the kernel's timer ticks, 250 or so a second. */
+  serverProc: CpuTimes;
+  /** perf's samples of each server (in `serverPids` order) in the window; null without perf. */
+  perfSplits: PerfSplit[] | null;
+  /** The recordings with call chains (`perf: 'callgraph'`), for the runner to sort and remove. */
+  perfFiles: string[];
   loadgen: CpuTimes;
   machine: MachineTimes;
   /** Redis over the same window, when the request asked for it and it answered. */
@@ -324,6 +343,19 @@ function readServers(pids: readonly number[]): (CpuTimes | null)[] {
   return pids.map((pid) => readProcessCpu(pid));
 }
 
+/**
+ * Below this many samples in a window (about 0.1 s of CPU time at 999 a second), perf's
+ * split is no better than /proc's and /proc's is kept.
+ */
+const MIN_SPLIT_SAMPLES = 100;
+
+/** `cpu`'s total, split in the proportion `user` of `samples`. */
+function splitBy(cpu: CpuTimes, user: number, samples: number): CpuTimes {
+  const total = cpu.userMs + cpu.systemMs;
+  const userMs = (total * user) / samples;
+  return { userMs, systemMs: total - userMs };
+}
+
 function sumCpu(times: readonly CpuTimes[]): CpuTimes {
   return times.reduce((a, t) => ({ userMs: a.userMs + t.userMs, systemMs: a.systemMs + t.systemMs }), { userMs: 0, systemMs: 0 });
 }
@@ -358,6 +390,9 @@ async function run(request: RunRequest): Promise<RunResult> {
 
 async function measure(request: RunRequest, redisClient: Redis | undefined, redisError: string | undefined): Promise<RunResult> {
   await sendPhase(0, request.rate, request.warmupMs);
+  // perf attaches in the pause before the window; only the window's samples are counted.
+  const recordings = request.perf ? request.serverPids.map((pid) => new PerfRecording(pid, `${request.step}-${pid}`, request.perf === 'callgraph')) : [];
+  for (const recording of recordings) recording.start();
   await sleep(200);
   currentStep = request.step;
   received = 0;
@@ -387,7 +422,15 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const self1 = readProcessCpu(process.pid);
   const machine1 = readMachineCpu();
   const redis1 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
-  const servers = request.serverPids.map((_, i) => cpuDelta(server0[i] ?? null, server1[i] ?? null));
+  await Promise.all(recordings.map((recording) => recording.stop()));
+  const perfSplits = recordings.length > 0 ? recordings.map((recording) => recording.split({ start, end })) : null;
+  if (request.perf !== 'callgraph') for (const recording of recordings) recording.remove();
+  const procServers = request.serverPids.map((_, i) => cpuDelta(server0[i] ?? null, server1[i] ?? null));
+  const procMain = request.serverPids.map((_, i) => cpuDelta(main0[i] ?? null, main1[i] ?? null));
+  // perf's split only where every server has enough samples for it to be better than /proc's.
+  const usePerf = perfSplits !== null && perfSplits.every((split) => split.samples >= MIN_SPLIT_SAMPLES && split.main > 0);
+  const servers = usePerf ? procServers.map((cpu, i) => splitBy(cpu, perfSplits[i]!.user, perfSplits[i]!.samples)) : procServers;
+  const mains = usePerf ? procMain.map((cpu, i) => splitBy(cpu, perfSplits[i]!.mainUser, perfSplits[i]!.main)) : procMain;
   let redis: RedisWindow | null = null;
   if (request.redis && typeof redis0 === 'object' && typeof redis1 === 'object') redis = redisWindow(redis0, redis1, request.redis.seqKeys);
   else if (request.redis) redisError ??= typeof redis0 === 'string' ? redis0 : typeof redis1 === 'string' ? redis1 : 'unknown';
@@ -417,8 +460,12 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
       maxMs: ms(sorted.length > 0 ? (sorted[sorted.length - 1] as number) : Number.NaN),
     },
     server: sumCpu(servers),
-    serverMainThread: sumCpu(request.serverPids.map((_, i) => cpuDelta(main0[i] ?? null, main1[i] ?? null))),
+    serverMainThread: sumCpu(mains),
     servers,
+    split: usePerf ? 'perf' : 'proc',
+    serverProc: sumCpu(procServers),
+    perfSplits,
+    perfFiles: request.perf === 'callgraph' ? recordings.map((recording) => recording.file) : [],
     loadgen: cpuDelta(self0, self1),
     machine: machineDelta(machine0, machine1),
     redis,

@@ -26,7 +26,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, PerfRecording, perfUnavailable, removePerfFiles, v8LogPattern, type PerfCategory, type PerfSamples } from './lib/perf.js';
+import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -80,10 +80,10 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--perf', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--perf', '--split=', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--split=perf|proc] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
@@ -91,6 +91,15 @@ const quick = flag('quick');
 const profileMode = flag('profile');
 /** `--perf`: Linux perf samples of every small-rooms and big-room window, sorted by where the time went (bench/lib/perf.ts). */
 const perfMode = flag('perf');
+/**
+ * `--split=perf|proc`: where the user/system split of the servers' CPU time comes from.
+ * perf (the default where it runs) samples each window; /proc's split is the kernel's
+ * tick-based one, which can be off by a third for a process that runs in step with the
+ * ticks (docs/benchmarks.md, "How it measures"). Settled in main().
+ */
+let splitMode: 'perf' | 'proc' = option('split') === 'proc' ? 'proc' : 'perf';
+/** Why the split is /proc's although perf was asked for; undefined otherwise. */
+let splitNote: string | undefined;
 const ALL_SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio'];
 const KNOWN_SERVERS: ServerKind[] = [...ALL_SERVERS, 'preframed', 'bare-ack'];
 const servers = (option('servers')?.split(',') ?? ALL_SERVERS).filter((s): s is ServerKind => (KNOWN_SERVERS as string[]).includes(s));
@@ -279,7 +288,8 @@ async function connectAll(kind: ServerKind, on: RunningServer[], topology: Topol
 }
 
 function runOnce(server: RunningServer, rate: number, timing: { warmupMs: number; measureMs: number; drainMs: number }): Promise<RunResult> {
-  const request: RunRequest = { cmd: 'run', rate, ...timing, step: ++stepNumber, serverPids: [server.pid] };
+  const perf = perfMode ? 'callgraph' : splitMode === 'perf' ? 'split' : undefined;
+  const request: RunRequest = { cmd: 'run', rate, ...timing, step: ++stepNumber, serverPids: [server.pid], perf };
   return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + 60_000);
 }
 
@@ -303,7 +313,10 @@ async function runLoad(server: RunningServer, rate: number, timing: { warmupMs: 
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const run = await runOnce(server, rate, timing);
     const other = derive(run).otherCpuPct;
-    if (!best || other < best.other) best = { run, other };
+    if (!best || other < best.other) {
+      if (best) removeRecordings(best.run);
+      best = { run, other };
+    } else removeRecordings(run);
     const cost = timing.warmupMs + timing.measureMs + 1_000;
     // Under --perf the one recording covers the first window: no second one.
     if (perfMode || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
@@ -313,6 +326,10 @@ async function runLoad(server: RunningServer, rate: number, timing: { warmupMs: 
   }
   if (!best) throw new Error('no window measured');
   return best.run;
+}
+
+function removeRecordings(run: RunResult): void {
+  for (const file of run.perfFiles) removeRecording(file);
 }
 
 async function teardown(server: RunningServer): Promise<void> {
@@ -340,6 +357,11 @@ function derive(run: RunResult): Derived {
   };
 }
 
+/** With perf's split, what /proc's would have said: how far the tick-based split was off in this window. */
+function procUser(run: RunResult): string {
+  return run.split === 'perf' && run.received > 0 ? `, /proc: ${fmt((run.serverProc.userMs * 1000) / run.received)}` : '';
+}
+
 function describeRun(run: RunResult, d: Derived): string {
   const extra = [
     run.errors > 0 ? `${run.errors} errors (${run.firstError ?? ''})` : '',
@@ -347,7 +369,7 @@ function describeRun(run: RunResult, d: Derived): string {
     run.sentRate < run.rate * 0.95 ? `load gen. sent only ${fmt(run.sentRate)}/s` : '',
   ].filter(Boolean);
   return (
-    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs (main thread ${fmt(d.mainThreadUserUsPerDelivery).padStart(5)})  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
+    `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs (main thread ${fmt(d.mainThreadUserUsPerDelivery).padStart(5)}${procUser(run)})  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
     `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
     `  (cpu: server ${fmt(d.serverCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +
     (extra.length > 0 ? `  ${extra.join(', ')}` : '') +
@@ -361,15 +383,17 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
   const server = await startServer(kind, plan.topology, nodeFlags);
   try {
     const connect = await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
-    const recording = perfMode ? new PerfRecording(server.pid, `${kind}-${rep}`) : undefined;
-    // The load generator warms up, waits 200 ms, then measures: record from there to the end of the drain.
-    recording?.start(plan.warmupMs + 200);
-    const run = await runLoad(server, plan.rate, plan).finally(() => recording?.stop());
-    if (recording) addPerf(plan.name, kind, recording.categorize(serverFileOf(kind)), run.received);
+    const run = await runLoad(server, plan.rate, plan);
+    // Under --perf the load generator kept the window's recording, with call chains.
+    const [recording] = run.perfFiles;
+    if (recording !== undefined) {
+      addPerf(plan.name, kind, categorizeRecording(recording, server.pid, run.windowUs, serverFileOf(kind)), run.received);
+      removeRecordings(run);
+    }
     if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ${plan.name} step (see its output above)`);
     const memoryAfter = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000).catch(() => undefined);
     const derived = derive(run);
-    countWindow(derived);
+    countWindow(run, derived);
     progress(`${plan.name.padEnd(11)} rep ${rep + 1}/${plan.reps} ${SERVER_LABEL[kind].padEnd(9)} ${describeRun(run, derived)}`);
     return { server: kind, rep, connect, run, derived, memoryAfter };
   } finally {
@@ -491,7 +515,7 @@ async function ladderRun(plan: LadderPlan, kind: ServerKind, rep: number): Promi
       const run = await runLoad(server, rate, plan);
       if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ladder (see its output above)`);
       const d = derive(run);
-      countWindow(d);
+      countWindow(run, d);
       const reasons = [
         d.lossRatio > plan.criteria.maxLossRatio ? `loss ${fmt(d.lossRatio * 100)}%` : '',
         run.latency.p99Ms > plan.criteria.maxP99Ms ? `p99 ${fmt(run.latency.p99Ms)} ms` : '',
@@ -691,6 +715,7 @@ function runCluster(on: RunningServer[], rate: number, plan: ClusterPlan, redis:
     step: ++stepNumber,
     serverPids: on.map((server) => server.pid),
     redis: { url: redis.config.url, pid: redis.pid, seqKeys: redis.seqKeys },
+    perf: splitMode === 'perf' ? 'split' : undefined,
   };
   return lg().request<RunResult>(request, plan.warmupMs + plan.measureMs + plan.drainMs + 60_000);
 }
@@ -724,7 +749,7 @@ async function clusterSetup(plan: ClusterPlan, setup: ClusterSetup, rep: number,
       const dead = on.find((server) => !server.child.alive);
       if (dead) throw new Error(`${dead.child.name} exited during the cluster scenario (see its output above)`);
       const derived = deriveCluster(run, setup);
-      countWindow(derived);
+      countWindow(run, derived);
       into.push({ setup, processes, rate, rep, connect, connectionsPerProcess, run, derived });
       progress(`cluster ${label.padEnd(21)} ${String(rate).padStart(5)}/s rep ${rep + 1}/${plan.reps} ${describeClusterRun(run, derived)}`);
     }
@@ -944,10 +969,18 @@ function source(): string {
 
 /** Other processes' CPU, in % of one core, above which a measured window counts as noisy. */
 const NOISY_PCT = 50;
-const windows = { noisy: 0, all: 0 };
-function countWindow(d: Derived): void {
+const windows = { noisy: 0, all: 0, procSplit: 0 };
+function countWindow(run: RunResult, d: { otherCpuPct: number }): void {
   windows.all++;
   if (d.otherCpuPct > NOISY_PCT) windows.noisy++;
+  if (run.split === 'proc') windows.procSplit++;
+}
+
+/** How the servers' CPU time was split into user and system time, for the results. */
+function cpuSplitNote(): string {
+  if (splitMode === 'proc') return "/proc's (the kernel's tick-based split)";
+  const fallback = windows.procSplit > 0 ? `; ${windows.procSplit} of ${windows.all} windows had too few samples and kept /proc's` : '';
+  return `perf samples of each window (${PERF_FREQUENCY} a second per thread), applied to /proc's total${fallback}`;
 }
 
 const command = `npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
@@ -1032,9 +1065,13 @@ async function main(): Promise<void> {
     scripts = await buildEntries(option('src'));
     console.log(`built the servers and the load generator with esbuild in ${Date.now() - started} ms`);
   }
-  if (perfMode) {
-    const reason = perfUnavailable();
-    if (reason) throw new Error(`--perf: ${reason}`);
+  const perfReason = perfUnavailable();
+  if (perfMode && perfReason) throw new Error(`--perf: ${perfReason}`);
+  if (splitMode === 'perf' && perfReason) {
+    splitMode = 'proc';
+    splitNote = `user/system split from /proc (tick-sampled, can be biased; see docs/benchmarks.md): ${perfReason}`;
+    console.warn(`  ! ${splitNote}`);
+    notes.push(splitNote);
   }
   loadgen = new ChildHandle(scripts.loadgen, [], { name: 'load generator', nodeFlags: runnerFlags });
   const { fdLimit } = await loadgen.waitEvent<{ fdLimit: number | null }>('ready', 30_000);
@@ -1088,6 +1125,7 @@ async function main(): Promise<void> {
     runner: useTsx ? 'TypeScript under tsx (--tsx)' : 'esbuild bundles of the TypeScript sources (bench/lib/build.ts)',
     source: measuredSource,
     noisy: { windows: windows.noisy, of: windows.all, thresholdPct: NOISY_PCT, remeasured: retries },
+    cpuSplit: cpuSplitNote(),
     loadAverageAtStart,
     notes,
   };

@@ -4,8 +4,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 /**
- * `--perf`: Linux `perf` samples of each server's measured windows, sorted into where the
- * time goes (user and kernel apart, the main thread apart from V8's and libuv's helper
+ * Linux `perf` samples of the servers' measured windows. Every window is sampled (without
+ * call graphs) to split the server's CPU time into user and kernel time: the kernel's own
+ * split in /proc is tick-sampled, and its ticks fall in step with the load (see "How it
+ * measures" in docs/benchmarks.md). `--perf` samples with call graphs and sorts the
+ * samples into where the time goes (user and kernel apart, the main thread apart from V8's and libuv's helper
  * threads). A CPU profile (`--profile`) only sees JavaScript on the main thread; this
  * also sees the kernel's share of a socket write, the garbage collector and the compiler
  * threads. Servers run with `--perf-basic-prof` so perf can name JIT-compiled functions.
@@ -45,54 +48,119 @@ export function perfUnavailable(): string | undefined {
   return undefined;
 }
 
-/** A `perf record` of one process, from `start` until `stop`. */
+/** Microseconds on the machine's monotonic clock, as `process.hrtime` gives them. */
+export interface WindowUs {
+  start: number;
+  end: number;
+}
+
+/**
+ * How one process's samples in a window split: by CPU mode and by thread. Every sample
+ * stands for the same CPU time (perf samples each thread every 1/999 s of the time it
+ * runs), so `user / samples` is the share of the process's CPU time spent in user space.
+ */
+export interface PerfSplit {
+  samples: number;
+  /** Samples in user space, any thread. */
+  user: number;
+  /** Samples of the main thread (the event loop), and of those the ones in user space. */
+  main: number;
+  mainUser: number;
+}
+
+/**
+ * A `perf record` of one process (all its threads), from `start` until `stop`, with
+ * sample times on the monotonic clock so a window can be cut out of it afterwards.
+ * `callGraph` adds the call chains that `categorizeRecording` needs; without them a
+ * recording costs the process less and only serves `split`.
+ */
 export class PerfRecording {
   private proc: ChildProcess | undefined;
   private exited: Promise<void> = Promise.resolve();
-  private timer: NodeJS.Timeout | undefined;
   readonly file: string;
 
   constructor(
     readonly pid: number,
     name: string,
+    readonly callGraph: boolean,
   ) {
     this.file = join(tmpdir(), `roomwire-bench-${process.pid}-${name}.perf.data`);
   }
 
-  /** Starts recording after `delayMs` (the warm-up). */
-  start(delayMs: number): void {
-    this.timer = setTimeout(() => {
-      const proc = spawn('perf', ['record', '-q', '-F', String(PERF_FREQUENCY), '-g', '-p', String(this.pid), '-o', this.file], { stdio: 'ignore' });
-      this.proc = proc;
-      this.exited = new Promise((resolve) => proc.once('exit', () => resolve()));
-    }, delayMs);
+  start(): void {
+    const args = ['record', '-q', '-e', 'cpu-clock', '-F', String(PERF_FREQUENCY), '-k', 'mono', ...(this.callGraph ? ['-g'] : []), '-p', String(this.pid), '-o', this.file];
+    const proc = spawn('perf', args, { stdio: 'ignore' });
+    this.proc = proc;
+    this.exited = new Promise((resolve) => {
+      proc.once('exit', () => resolve());
+      proc.once('error', () => resolve());
+    });
   }
 
   async stop(): Promise<void> {
-    clearTimeout(this.timer);
     this.proc?.kill('SIGINT');
     await this.exited;
   }
 
-  /** The recorded samples by category (and the recording removed). */
-  categorize(serverFile: RegExp): PerfSamples {
-    const samples = emptySamples();
-    let text = '';
-    try {
-      text = execFileSync('perf', ['script', '-i', this.file, '-F', 'tid,ip,sym'], { encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'ignore'] });
-    } catch {
-      // No samples (the recording never started): an empty result.
+  /** The samples of `window`, by mode and thread. */
+  split(window: WindowUs): PerfSplit {
+    const split: PerfSplit = { samples: 0, user: 0, main: 0, mainUser: 0 };
+    for (const line of perfScript(this.file, ['-G', '-F', 'tid,time,ip']).split('\n')) {
+      const [tid, time, ip] = line.trim().split(/\s+/);
+      if (ip === undefined || !inWindow(time, window)) continue;
+      const user = !isKernelAddress(ip);
+      const main = Number(tid) === this.pid;
+      split.samples++;
+      if (user) split.user++;
+      if (main) split.main++;
+      if (main && user) split.mainUser++;
     }
-    for (const block of text.split('\n\n')) {
-      const lines = block.split('\n').filter((line) => line.trim() !== '');
-      const [head, ...frames] = lines;
-      if (head === undefined || frames.length === 0) continue;
-      samples[categoryOf(Number(head.trim().split(/\s+/)[0]) === this.pid, frames.map((f) => f.trim()), serverFile)]++;
-    }
-    rmSync(this.file, { force: true });
-    rmSync(`${this.file}.old`, { force: true });
-    return samples;
+    return split;
   }
+
+  remove(): void {
+    removeRecording(this.file);
+  }
+}
+
+/** The samples of `window` in the recording `file` of process `pid`, by category (a recording with call graphs). */
+export function categorizeRecording(file: string, pid: number, window: WindowUs, serverFile: RegExp): PerfSamples {
+  const samples = emptySamples();
+  for (const block of perfScript(file, ['-F', 'tid,time,ip,sym']).split('\n\n')) {
+    const lines = block.split('\n').filter((line) => line.trim() !== '');
+    const [head, ...frames] = lines;
+    if (head === undefined || frames.length === 0) continue;
+    const [tid, time] = head.trim().split(/\s+/);
+    if (!inWindow(time, window)) continue;
+    samples[categoryOf(Number(tid) === pid, frames.map((f) => f.trim()), serverFile)]++;
+  }
+  return samples;
+}
+
+export function removeRecording(file: string): void {
+  rmSync(file, { force: true });
+  rmSync(`${file}.old`, { force: true });
+}
+
+/** `perf script` of a recording; empty when there is none (the recording never started). */
+function perfScript(file: string, fields: string[]): string {
+  try {
+    return execFileSync('perf', ['script', '-i', file, ...fields], { encoding: 'utf8', maxBuffer: 1 << 30, stdio: ['ignore', 'pipe', 'ignore'] });
+  } catch {
+    return '';
+  }
+}
+
+/** perf prints a sample's time as seconds with a colon after: "835.007940:". */
+function inWindow(time: string | undefined, window: WindowUs): boolean {
+  const us = Number.parseFloat(time ?? '') * 1e6;
+  return us >= window.start && us <= window.end;
+}
+
+/** x86-64 and arm64 kernels live in the top of the address space: 16 hex digits from ffff. */
+function isKernelAddress(ip: string): boolean {
+  const end = ip.indexOf(' ');
+  return ip.startsWith('ffff') && (end === -1 ? ip.length : end) === 16;
 }
 
 export function emptySamples(): PerfSamples {
@@ -105,7 +173,7 @@ const GC = /Scaveng|MarkCompact|Heap::|Sweeper|IncrementalMarking|MinorMark/;
 function categoryOf(mainThread: boolean, frames: string[], serverFile: RegExp): PerfCategory {
   if (!mainThread) return 'helper threads (GC, compiler)';
   const symbol = (frame: string): string => frame.slice(frame.indexOf(' ') + 1);
-  const isKernel = (frame: string): boolean => frame.startsWith('ffffffff');
+  const isKernel = (frame: string): boolean => isKernelAddress(frame);
   if (isKernel(frames[0] ?? '')) {
     // The system call is named by the first frame outside the kernel (libc's write, writev, read).
     const caller = symbol(frames.find((frame) => !isKernel(frame)) ?? '');

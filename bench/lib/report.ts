@@ -197,7 +197,7 @@ export function resultsMarkdown(results: Results, chartPath: string): string {
   );
   out.push(
     '',
-    `roomwire source: ${m.source}; servers run as ${m.runner}. Windows measured again because other processes used over ${m.noisy.thresholdPct}% of a core meanwhile: ${m.noisy.remeasured}; kept windows still that noisy: ${m.noisy.windows} of ${m.noisy.of}.`,
+    `roomwire source: ${m.source}; servers run as ${m.runner}. Windows measured again because other processes used over ${m.noisy.thresholdPct}% of a core meanwhile: ${m.noisy.remeasured}; kept windows still that noisy: ${m.noisy.windows} of ${m.noisy.of}. User/system split of the servers' CPU time: ${m.cpuSplit}.`,
   );
   for (const note of m.notes) out.push('', `> ${note}`);
   out.push('', '### Headline: ratios', '', 'Lower is better except where marked ↑. Ratios of the per-server medians of this one run.', '');
@@ -252,7 +252,7 @@ function publishEvidence(cluster: ClusterResult, steps: ClusterStep[]): string {
 export function clusterMarkdown(meta: Meta, cluster: ClusterResult, jsonPath: string): string {
   const r = cluster.redis;
   const out: string[] = [
-    `Run of ${meta.date.slice(0, 10)} (${meta.mode}; the scenario took ${Math.round(cluster.durationS)} s): \`${meta.command}\` on ${meta.machine.cpus} × ${meta.machine.model}, Linux ${meta.machine.kernel}, Node ${meta.machine.node}; roomwire ${meta.versions.roomwire} (${meta.source}), run as ${meta.runner}; Redis ${r?.version ?? '?'} on the same machine, ioredis ${r?.ioredis ?? '?'}. Raw figures of every window: [\`${jsonPath.replace(/^\.\.\//, '')}\`](${jsonPath}).`,
+    `Run of ${meta.date.slice(0, 10)} (${meta.mode}; the scenario took ${Math.round(cluster.durationS)} s): \`${meta.command}\` on ${meta.machine.cpus} × ${meta.machine.model}, Linux ${meta.machine.kernel}, Node ${meta.machine.node}; roomwire ${meta.versions.roomwire} (${meta.source}), run as ${meta.runner}; user/system split: ${meta.cpuSplit}; Redis ${r?.version ?? '?'} on the same machine, ioredis ${r?.ioredis ?? '?'}. Raw figures of every window: [\`${jsonPath.replace(/^\.\.\//, '')}\`](${jsonPath}).`,
     '',
     `**cluster**: ${cluster.description}. Rates: ${cluster.rates.map((rate) => `${rate.toLocaleString('en-US')} publishes/s (${(rate * (cluster.topology.roomSize - 1)).toLocaleString('en-US')} deliveries/s)`).join(' and ')}. ${cluster.reps} rep(s) of each setup (alternating), each rate measured ${cluster.measureMs / 1000} s after ${cluster.warmupMs / 1000} s of warm-up on the same connections; medians. Windows are not measured again when the machine was busy.`,
     '',

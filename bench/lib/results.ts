@@ -194,6 +194,8 @@ export interface Meta {
    * and how many windows were measured again for that reason.
    */
   noisy: { windows: number; of: number; thresholdPct: number; remeasured: number };
+  /** Where the split of the servers' CPU time into user and system time came from. */
+  cpuSplit: string;
   loadAverageAtStart: number[];
   notes: string[];
 }
