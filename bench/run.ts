@@ -287,9 +287,13 @@ async function connectAll(kind: ServerKind, on: RunningServer[], topology: Topol
   return result;
 }
 
-function runOnce(server: RunningServer, rate: number, timing: { warmupMs: number; measureMs: number; drainMs: number }): Promise<RunResult> {
-  const perf = perfMode ? 'callgraph' : splitMode === 'perf' ? 'split' : undefined;
-  const request: RunRequest = { cmd: 'run', rate, ...timing, step: ++stepNumber, serverPids: [server.pid], perf };
+type Timing = { warmupMs: number; measureMs: number; drainMs: number; callGraph?: boolean };
+
+/** One window; `callGraph` (under --perf) keeps its perf recording, with call chains, for the caller to sort and remove. */
+function runOnce(server: RunningServer, rate: number, timing: Timing): Promise<RunResult> {
+  const perf = timing.callGraph ? 'callgraph' : splitMode === 'perf' ? 'split' : undefined;
+  const { warmupMs, measureMs, drainMs } = timing;
+  const request: RunRequest = { cmd: 'run', rate, warmupMs, measureMs, drainMs, step: ++stepNumber, serverPids: [server.pid], perf };
   return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + 60_000);
 }
 
@@ -308,7 +312,7 @@ const MAX_ATTEMPTS = 3;
  * other processes used more than NOISY_PCT of a core meanwhile. Keeps the quietest window:
  * the choice depends on the machine's load, never on the figures measured.
  */
-async function runLoad(server: RunningServer, rate: number, timing: { warmupMs: number; measureMs: number; drainMs: number }): Promise<RunResult> {
+async function runLoad(server: RunningServer, rate: number, timing: Timing): Promise<RunResult> {
   let best: { run: RunResult; other: number } | undefined;
   for (let attempt = 1; attempt <= MAX_ATTEMPTS; attempt++) {
     const run = await runOnce(server, rate, timing);
@@ -319,7 +323,7 @@ async function runLoad(server: RunningServer, rate: number, timing: { warmupMs: 
     } else removeRecordings(run);
     const cost = timing.warmupMs + timing.measureMs + 1_000;
     // Under --perf the one recording covers the first window: no second one.
-    if (perfMode || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
+    if (timing.callGraph || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
     retryBudgetMs -= cost;
     retries++;
     console.log(`        (other processes used ${fmt(other, 2)}% of a core during that window: measuring it again)`);
@@ -383,7 +387,7 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
   const server = await startServer(kind, plan.topology, nodeFlags);
   try {
     const connect = await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
-    const run = await runLoad(server, plan.rate, plan);
+    const run = await runLoad(server, plan.rate, { ...plan, callGraph: perfMode });
     // Under --perf the load generator kept the window's recording, with call chains.
     const [recording] = run.perfFiles;
     if (recording !== undefined) {
