@@ -287,11 +287,15 @@ async function connectAll(kind: ServerKind, on: RunningServer[], topology: Topol
   return result;
 }
 
-type Timing = { warmupMs: number; measureMs: number; drainMs: number; callGraph?: boolean };
+type Timing = { warmupMs: number; measureMs: number; drainMs: number; callGraph?: boolean; split?: boolean };
 
-/** One window; `callGraph` (under --perf) keeps its perf recording, with call chains, for the caller to sort and remove. */
+/**
+ * One window; `callGraph` (under --perf) keeps its perf recording, with call chains, for
+ * the caller to sort and remove; `split: false` keeps /proc's user/system split (the
+ * ladder, which reports no CPU figures, saves the recording's half second per window).
+ */
 function runOnce(server: RunningServer, rate: number, timing: Timing): Promise<RunResult> {
-  const perf = timing.callGraph ? 'callgraph' : splitMode === 'perf' ? 'split' : undefined;
+  const perf = timing.callGraph ? 'callgraph' : splitMode === 'perf' && timing.split !== false ? 'split' : undefined;
   const { warmupMs, measureMs, drainMs } = timing;
   const request: RunRequest = { cmd: 'run', rate, warmupMs, measureMs, drainMs, step: ++stepNumber, serverPids: [server.pid], perf };
   return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + 60_000);
@@ -516,10 +520,10 @@ async function ladderRun(plan: LadderPlan, kind: ServerKind, rep: number): Promi
   try {
     await connectAll(kind, [server], plan.topology, 0, plan.topology.connections);
     for (const rate of plan.rates) {
-      const run = await runLoad(server, rate, plan);
+      const run = await runLoad(server, rate, { ...plan, split: false });
       if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ladder (see its output above)`);
       const d = derive(run);
-      countWindow(run, d);
+      countWindow(run, d, false);
       const reasons = [
         d.lossRatio > plan.criteria.maxLossRatio ? `loss ${fmt(d.lossRatio * 100)}%` : '',
         run.latency.p99Ms > plan.criteria.maxP99Ms ? `p99 ${fmt(run.latency.p99Ms)} ms` : '',
@@ -974,17 +978,17 @@ function source(): string {
 /** Other processes' CPU, in % of one core, above which a measured window counts as noisy. */
 const NOISY_PCT = 50;
 const windows = { noisy: 0, all: 0, procSplit: 0 };
-function countWindow(run: RunResult, d: { otherCpuPct: number }): void {
+function countWindow(run: RunResult, d: { otherCpuPct: number }, splitAsked = true): void {
   windows.all++;
   if (d.otherCpuPct > NOISY_PCT) windows.noisy++;
-  if (run.split === 'proc') windows.procSplit++;
+  if (splitAsked && run.split === 'proc') windows.procSplit++;
 }
 
 /** How the servers' CPU time was split into user and system time, for the results. */
 function cpuSplitNote(): string {
   if (splitMode === 'proc') return "/proc's (the kernel's tick-based split)";
   const fallback = windows.procSplit > 0 ? `; ${windows.procSplit} of ${windows.all} windows had too few samples and kept /proc's` : '';
-  return `perf samples of each window (${PERF_FREQUENCY} a second per thread), applied to /proc's total${fallback}`;
+  return `perf samples of each small-rooms, big-room and cluster window (${PERF_FREQUENCY} a second per thread), applied to /proc's total${fallback}; the ladder's, which report no CPU, /proc's`;
 }
 
 const command = `npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
