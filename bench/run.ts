@@ -2,7 +2,7 @@
  * roomwire's benchmark (issue 7): roomwire, a bare `ws` loop and Socket.IO 4.8, each in
  * its own process on 127.0.0.1, driven by one load generator process.
  *
- *   npm run bench                 full run (8 to 9 minutes on 2 cores); updates docs/benchmarks.md
+ *   npm run bench                 full run (about 9 minutes on 2 cores); updates docs/benchmarks.md
  *   npm run bench -- --quick      smoke run (about 1 minute); writes bench/results/quick.*
  *   npm run bench -- --profile    CPU profiles (node --cpu-prof) of each server under the small-rooms load
  *   npm run bench -- --perf --only=small   where each server's CPU goes (Linux perf), kernel and helper threads included
