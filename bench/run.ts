@@ -94,8 +94,8 @@ const perfMode = flag('perf');
 /**
  * `--split=perf|proc`: where the user/system split of the servers' CPU time comes from.
  * perf (the default where it runs) samples each window; /proc's split is the kernel's
- * tick-based one, which can be off by a third for a process that runs in step with the
- * ticks (docs/benchmarks.md, "How it measures"). Settled in main().
+ * tick-based one, which was off by up to a quarter per window for servers that run in
+ * step with the ticks (docs/benchmarks.md, "How it measures"). Settled in main().
  */
 let splitMode: 'perf' | 'proc' = option('split') === 'proc' ? 'proc' : 'perf';
 /** Why the split is /proc's although perf was asked for; undefined otherwise. */
