@@ -116,25 +116,49 @@ class RoomHistory {
   }
 
   /**
-   * Makes room for `length` more bytes: copies the kept frames, in seq order, to a new
-   * buffer half as large again as they need. Each compaction leaves room for at least
-   * half the kept bytes again, so each byte kept is copied about twice in all.
+   * Makes room for `length` more bytes by dropping the dead ones: the kept frames move, in
+   * seq order, to the front of a buffer. When this buffer has a quarter to spare once they
+   * have moved, and is not more than twice what they need, they move within it; otherwise
+   * to a new buffer half as large again as they need (larger while the room's history
+   * fills, smaller after its messages shrank). So a room whose history is full keeps one
+   * buffer, compacted in place, instead of leaving a dead one outside the heap, for a full
+   * collection to free, every few hundred messages. Each byte kept is copied a few times
+   * in all.
    */
   private compact(length: number): void {
-    const next = Buffer.allocUnsafeSlow(Math.max(MIN_ARENA_BYTES, Math.ceil((this.live + length) * 1.5)));
+    const needed = this.live + length;
+    const spare = this.bytes.length / needed;
+    const inPlace = spare >= 1.25 && spare <= 2 && this.keptInOrder();
+    const next = inPlace ? this.bytes : Buffer.allocUnsafeSlow(Math.max(MIN_ARENA_BYTES, Math.ceil(needed * 1.5)));
     let at = 0;
     for (let seq = Math.max(1, this.latest - this.size + 1); seq <= this.latest; seq++) {
       const slot = (seq - 1) % this.capacity;
       const size = slot < this.lengths.length ? this.lengths[slot]! : 0;
       if (size === 0) continue;
       const start = this.starts[slot]!;
-      this.bytes.copy(next, at, start, start + size);
+      // In place, a frame only ever moves towards the front (keptInOrder), over bytes already moved or dead.
+      if (inPlace) next.copyWithin(at, start, start + size);
+      else this.bytes.copy(next, at, start, start + size);
       this.starts[slot] = at;
       at += size;
     }
     this.bytes = next;
     this.used = at;
     this.live = at;
+  }
+
+  /** Whether the kept frames lie in the buffer in seq order, as they are appended. */
+  private keptInOrder(): boolean {
+    let end = 0;
+    for (let seq = Math.max(1, this.latest - this.size + 1); seq <= this.latest; seq++) {
+      const slot = (seq - 1) % this.capacity;
+      const size = slot < this.lengths.length ? this.lengths[slot]! : 0;
+      if (size === 0) continue;
+      const start = this.starts[slot]!;
+      if (start < end) return false;
+      end = start + size;
+    }
+    return true;
   }
 
   private growSlots(needed: number): void {

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import { InMemoryHistoryStore, type StoredMessage } from '../../src/index.js';
 import { encodeMessageFrame } from '../../src/protocol/encode.js';
 
@@ -151,6 +151,51 @@ describe('InMemoryHistoryStore: frames kept as bytes', () => {
     const stored = [append(store, 'a', { text: 'héllo wörld 👋', n: 1.5 }), append(store, 'a', ['x', null, true]), append(store, 'a', 'naïve ✓')];
     for (const message of stored) keep(store, message);
     expect(store.since('a', 0)).toEqual(stored);
+  });
+
+  it('keeps one buffer for a room whose history is full: compactions move the frames within it', () => {
+    const store = new InMemoryHistoryStore(20);
+    const allocations = vi.spyOn(Buffer, 'allocUnsafeSlow');
+    try {
+      const stored: StoredMessage[] = [];
+      const publish = (count: number): void => {
+        for (let i = 0; i < count; i++) {
+          // Sizes vary, as chat messages do, so compactions land at any point of the ring.
+          const message = append(store, 'a', { text: 'x'.repeat(20 + ((stored.length * 37) % 150)), n: stored.length });
+          keep(store, message);
+          stored.push(message);
+        }
+      };
+      publish(100);
+      const grown = allocations.mock.calls.length;
+      expect(grown).toBeGreaterThan(0);
+      publish(1_000);
+      expect(allocations.mock.calls.length).toBe(grown);
+      expect(store.since('a', stored.length - 20)).toEqual(stored.slice(-20));
+    } finally {
+      allocations.mockRestore();
+    }
+  });
+
+  it('gives a room a smaller buffer once its messages shrank', () => {
+    const store = new InMemoryHistoryStore(20);
+    const allocations = vi.spyOn(Buffer, 'allocUnsafeSlow');
+    try {
+      const publish = (count: number, size: number): StoredMessage[] =>
+        Array.from({ length: count }, () => {
+          const message = append(store, 'a', 'y'.repeat(size));
+          keep(store, message);
+          return message;
+        });
+      publish(60, 2_000);
+      const largest = Math.max(...allocations.mock.calls.map(([size]) => size));
+      const small = publish(60, 20);
+      const last = allocations.mock.calls.at(-1)?.[0] ?? largest;
+      expect(last).toBeLessThan(largest / 4);
+      expect(store.since('a', 100)).toEqual(small.slice(-20));
+    } finally {
+      allocations.mockRestore();
+    }
   });
 
   it('answers like a plain list of the newest messages, whatever the sizes, characters and order of keeping (property)', () => {
