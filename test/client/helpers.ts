@@ -123,7 +123,12 @@ export async function rawServer(script: (socket: WebSocket, index: number) => vo
  * `ws` with a record of every socket made and when (by the possibly fake clock), so
  * fake-timer tests can wait for real I/O events of the client's sockets.
  */
-export function trackedWebSocket(): { WebSocket: WebSocketConstructor; sockets: WebSocket[]; createdAt: number[]; closedAt: number[] } {
+export function trackedWebSocket(onSocket?: (socket: WebSocket, index: number) => void): {
+  WebSocket: WebSocketConstructor;
+  sockets: WebSocket[];
+  createdAt: number[];
+  closedAt: number[];
+} {
   const sockets: WebSocket[] = [];
   const createdAt: number[] = [];
   const closedAt: number[] = [];
@@ -133,6 +138,8 @@ export function trackedWebSocket(): { WebSocket: WebSocketConstructor; sockets: 
       sockets.push(this);
       createdAt.push(Date.now());
       this.once('close', () => closedAt.push(Date.now()));
+      // Before any I/O: a listener added here sees every frame, the first included.
+      onSocket?.(this, sockets.length - 1);
     }
   }
   return { WebSocket: Tracked, sockets, createdAt, closedAt };

@@ -26,7 +26,16 @@ const seqs = (messages: { seq: number }[]) => messages.map((m) => m.seq);
 describe('roomwire/client resume', () => {
   it('delivers messages published during the outage exactly once, in order, before newer ones', async () => {
     const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }) });
-    const tracked = trackedWebSocket();
+    // The seqs the second connection's wire carries, watched from its creation: on a fast
+    // machine its welcome and first message can arrive before any poll would see it.
+    const raw: number[] = [];
+    const tracked = trackedWebSocket((socket, index) => {
+      if (index !== 1) return;
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; seq?: number };
+        if (frame.type === 'message') raw.push(frame.seq!);
+      });
+    });
     const gate = gatedToken(await tokenFor('bob'));
     const bob = client({ url: s.url, token: gate.token, WebSocket: tracked.WebSocket });
     await opened(bob);
@@ -41,15 +50,7 @@ describe('roomwire/client resume', () => {
     // Published right after the new connection's welcome, before its resume is handled:
     // it reaches the client live, ahead of the replay of m3..m5.
     s.manager.once('connect', () => void s.manager.broadcast('chat', 'm6'));
-    const raw: number[] = [];
-    const watchRaw = (socket: WebSocket) =>
-      socket.on('message', (data) => {
-        const frame = JSON.parse(String(data)) as { type: string; seq?: number };
-        if (frame.type === 'message') raw.push(frame.seq!);
-      });
     gate.open();
-    await until(() => tracked.sockets.length === 2, 'the second socket');
-    watchRaw(tracked.sockets[1]!);
     await opened(bob, 2);
     await until(() => bob.messages.length === 6, 'six messages');
     await s.manager.broadcast('chat', 'm7');
