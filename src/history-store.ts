@@ -131,17 +131,14 @@ class RoomHistory {
     const inPlace = spare >= 1.25 && spare <= 2 && this.keptInOrder();
     const next = inPlace ? this.bytes : Buffer.allocUnsafeSlow(Math.max(MIN_ARENA_BYTES, Math.ceil(needed * 1.5)));
     let at = 0;
-    for (let seq = Math.max(1, this.latest - this.size + 1); seq <= this.latest; seq++) {
-      const slot = (seq - 1) % this.capacity;
-      const size = slot < this.lengths.length ? this.lengths[slot]! : 0;
-      if (size === 0) continue;
-      const start = this.starts[slot]!;
+    this.eachKept((slot, start, size) => {
       // In place, a frame only ever moves towards the front (keptInOrder), over bytes already moved or dead.
       if (inPlace) next.copyWithin(at, start, start + size);
       else this.bytes.copy(next, at, start, start + size);
       this.starts[slot] = at;
       at += size;
-    }
+      return true;
+    });
     this.bytes = next;
     this.used = at;
     this.live = at;
@@ -150,13 +147,19 @@ class RoomHistory {
   /** Whether the kept frames lie in the buffer in seq order, as they are appended. */
   private keptInOrder(): boolean {
     let end = 0;
+    return this.eachKept((_slot, start, size) => {
+      if (start < end) return false;
+      end = start + size;
+      return true;
+    });
+  }
+
+  /** Visits the kept frames in seq order until `visit` returns false; true if it never did. */
+  private eachKept(visit: (slot: number, start: number, size: number) => boolean): boolean {
     for (let seq = Math.max(1, this.latest - this.size + 1); seq <= this.latest; seq++) {
       const slot = (seq - 1) % this.capacity;
       const size = slot < this.lengths.length ? this.lengths[slot]! : 0;
-      if (size === 0) continue;
-      const start = this.starts[slot]!;
-      if (start < end) return false;
-      end = start + size;
+      if (size > 0 && !visit(slot, this.starts[slot]!, size)) return false;
     }
     return true;
   }
