@@ -8,10 +8,11 @@ import { join } from 'node:path';
  * call graphs) to split the server's CPU time into user and kernel time: the kernel's own
  * split in /proc is tick-sampled, and its ticks fall in step with the load (see "How it
  * measures" in docs/benchmarks.md). `--perf` samples with call graphs and sorts the
- * samples into where the time goes (user and kernel apart, the main thread apart from V8's and libuv's helper
- * threads). A CPU profile (`--profile`) only sees JavaScript on the main thread; this
- * also sees the kernel's share of a socket write, the garbage collector and the compiler
- * threads. Servers run with `--perf-basic-prof` so perf can name JIT-compiled functions.
+ * samples into where the time goes (user and kernel apart, the main thread apart from
+ * V8's and libuv's helper threads). A CPU profile (`--profile`) only sees JavaScript on
+ * the main thread; this also sees the kernel's share of a socket write, the garbage
+ * collector and the compiler threads. Servers run with `--perf-basic-prof` so perf can
+ * name JIT-compiled functions.
  */
 
 /** Samples per second and thread. */
@@ -173,10 +174,9 @@ const GC = /Scaveng|MarkCompact|Heap::|Sweeper|IncrementalMarking|MinorMark/;
 function categoryOf(mainThread: boolean, frames: string[], serverFile: RegExp): PerfCategory {
   if (!mainThread) return 'helper threads (GC, compiler)';
   const symbol = (frame: string): string => frame.slice(frame.indexOf(' ') + 1);
-  const isKernel = (frame: string): boolean => isKernelAddress(frame);
-  if (isKernel(frames[0] ?? '')) {
+  if (isKernelAddress(frames[0] ?? '')) {
     // The system call is named by the first frame outside the kernel (libc's write, writev, read).
-    const caller = symbol(frames.find((frame) => !isKernel(frame)) ?? '');
+    const caller = symbol(frames.find((frame) => !isKernelAddress(frame)) ?? '');
     if (/write/i.test(caller)) return 'kernel: socket writes';
     if (/read/i.test(caller)) return 'kernel: socket reads';
     return 'kernel: other';
