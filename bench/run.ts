@@ -98,8 +98,6 @@ const perfMode = flag('perf');
  * step with the ticks (docs/benchmarks.md, "How it measures"). Settled in main().
  */
 let splitMode: 'perf' | 'proc' = option('split') === 'proc' ? 'proc' : 'perf';
-/** Why the split is /proc's although perf was asked for; undefined otherwise. */
-let splitNote: string | undefined;
 const ALL_SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio'];
 const KNOWN_SERVERS: ServerKind[] = [...ALL_SERVERS, 'preframed', 'bare-ack'];
 const servers = (option('servers')?.split(',') ?? ALL_SERVERS).filter((s): s is ServerKind => (KNOWN_SERVERS as string[]).includes(s));
@@ -1077,7 +1075,7 @@ async function main(): Promise<void> {
   if (perfMode && perfReason) throw new Error(`--perf: ${perfReason}`);
   if (splitMode === 'perf' && perfReason) {
     splitMode = 'proc';
-    splitNote = `user/system split from /proc (tick-sampled, can be biased; see docs/benchmarks.md): ${perfReason}`;
+    const splitNote = `user/system split from /proc (tick-sampled, can be biased; see docs/benchmarks.md): ${perfReason}`;
     console.warn(`  ! ${splitNote}`);
     notes.push(splitNote);
   }
