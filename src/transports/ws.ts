@@ -36,13 +36,16 @@ export interface WebSocketAdapterOptions {
    */
   allowedOrigins?: readonly string[] | ((origin: string) => boolean) | undefined;
   /**
-   * Ping every connection once each `heartbeatMs` (from the manager), and terminate one
-   * that left a ping unanswered for two rounds (gone 2 to 3 heartbeats after it stopped
-   * answering). One timer serves every connection: it runs every 100 ms and pings the
-   * slice of connections due then (one slice per run, as many slices as runs per
-   * heartbeat), so a server with many connections never writes all its pings, nor reads
-   * all the pongs, in one burst that would hold up its messages. A run that comes late,
-   * because this process stalled, counts nobody as silent. @default true
+   * Check every connection once each `heartbeatMs` (from the manager): one that sent a
+   * frame since its last check is alive and is not pinged; any other is pinged, and one
+   * that left a ping unanswered for two rounds is terminated (gone 2 to 3 heartbeats
+   * after its first unanswered ping, 3 to 4 after its last frame when it was sending).
+   * A roomwire client pings every heartbeat, so its connections are never pinged back.
+   * One timer serves every connection: it runs every 100 ms and checks the slice of
+   * connections due then (one slice per run, as many slices as runs per heartbeat), so a
+   * server with many connections never writes all its pings, nor reads all the pongs, in
+   * one burst that would hold up its messages. A run that comes late, because this
+   * process stalled, counts nobody as silent. @default true
    */
   heartbeat?: boolean | undefined;
   /** permessage-deflate compression; costs CPU per message. @default false */
@@ -130,13 +133,16 @@ function rawStreamOf(ws: WebSocket): RawStream | undefined {
 const kHandlers = Symbol('roomwire.handlers');
 /** The heartbeat slice a ws socket is pinged in. */
 const kSlice = Symbol('roomwire.heartbeatSlice');
-type TaggedSocket = WebSocket & { [kHandlers]: ConnectionHandlers; [kSlice]: number };
+/** Set by every frame a ws socket receives, cleared by its heartbeat check: a socket heard from needs no ping. */
+const kHeard = Symbol('roomwire.heard');
+type TaggedSocket = WebSocket & { [kHandlers]: ConnectionHandlers; [kSlice]: number; [kHeard]: boolean };
 
 function handlersOf(ws: WebSocket): ConnectionHandlers {
   return (ws as TaggedSocket)[kHandlers];
 }
 
 function onMessage(this: WebSocket, data: Buffer | ArrayBuffer | Buffer[], isBinary: boolean): void {
+  (this as TaggedSocket)[kHeard] = true;
   const bytes = Array.isArray(data) ? Buffer.concat(data) : data instanceof ArrayBuffer ? Buffer.from(data) : data;
   // ws has already checked that a text frame is valid UTF-8 (RFC 6455 closes it with 1007
   // otherwise): hand the core the string, which skips a second, strict decode.
@@ -304,6 +310,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     const slice = nextSlice;
     nextSlice = (nextSlice + 1) % sliceCount;
     (ws as TaggedSocket)[kSlice] = slice;
+    (ws as TaggedSocket)[kHeard] = false;
     slices[slice]?.add(ws);
     (ws as TaggedSocket)[kHandlers] = manager.open(new WsConnection(ws, frames), principal);
     ws.on('message', onMessage);
@@ -379,6 +386,14 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       const slice = slices[tick] ?? clients;
       tick = (tick + 1) % sliceCount;
       for (const ws of slice) {
+        // A frame since the last check proves the peer alive, as a pong would: no ping.
+        // Busy connections (and every roomwire client, which pings each heartbeat) cost
+        // the heartbeat nothing on the wire.
+        if ((ws as TaggedSocket)[kHeard]) {
+          (ws as TaggedSocket)[kHeard] = false;
+          unanswered.delete(ws);
+          continue;
+        }
         const missed = unanswered.get(ws);
         if (missed === undefined) {
           unanswered.set(ws, 0);

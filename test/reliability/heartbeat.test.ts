@@ -5,8 +5,9 @@ import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/ser
 import { connectWith, lagMonitor, rawSocket, report, sleep, waitFor } from './support.js';
 
 /**
- * The ws adapter pings every connection once each `heartbeatMs`, a slice of them every
- * 100 ms, and terminates one that did not answer the previous ping. A client that stops answering (a dead
+ * The ws adapter checks every connection once each `heartbeatMs`, a slice of them every
+ * 100 ms: it pings one it has not heard from since the last check, and terminates one
+ * that left a ping unanswered for two rounds. A client that stops answering (a dead
  * network, a phone asleep) must be gone within about three heartbeats, and its user shown
  * offline to the others.
  */
@@ -102,6 +103,64 @@ describe('heartbeats', () => {
 
     report('heartbeat (socket paused)', { heartbeatMs: HEARTBEAT_MS, droppedAfterMs: Math.round(droppedAfter), worstTimerLagMs: Math.round(lagMs) });
     expect(droppedAfter).toBeLessThan(3 * HEARTBEAT_MS + slack(lagMs));
+  });
+
+  it('does not ping a connection that keeps sending, and terminates it once it falls silent', async () => {
+    const s = await startServer({ membership: new MembershipTable({ team: ['alice', 'bob', 'carol'] }), heartbeatMs: HEARTBEAT_MS, presence: true });
+    const alice = await TestClient.connect(s.url, await tokenFor('alice'));
+    // bob sends a frame every quarter heartbeat; carol sends nothing. Both answer pings by hand.
+    let talking = true;
+    const bob = await connectWith(s.url, await tokenFor('bob'), { autoPong: false });
+    const carol = await connectWith(s.url, await tokenFor('carol'), { autoPong: false });
+    const pingsTo = { bob: 0, carol: 0 };
+    bob.ws.on('ping', (data: Buffer) => {
+      pingsTo.bob++;
+      if (talking) bob.ws.pong(data);
+    });
+    carol.ws.on('ping', (data: Buffer) => {
+      pingsTo.carol++;
+      carol.ws.pong(data);
+    });
+    const chatter = setInterval(() => {
+      if (talking) bob.ws.send(JSON.stringify({ type: 'ping' }));
+    }, HEARTBEAT_MS / 4);
+    try {
+      // Count from one heartbeat after the chatter began: bob was pinged like anyone before.
+      await sleep(HEARTBEAT_MS);
+      pingsTo.bob = 0;
+      pingsTo.carol = 0;
+      const lag = lagMonitor();
+      await sleep(10 * HEARTBEAT_MS);
+      const quietLagMs = lag.stop();
+      const whileTalking = { ...pingsTo };
+      // carol is pinged every round; bob, heard from in every round, is not (an event loop
+      // stalled for a heartbeat could leave one round without his frames, and one ping).
+      expect(whileTalking.carol).toBeGreaterThanOrEqual(8);
+      expect(whileTalking.bob).toBeLessThanOrEqual(1);
+      expect(bob.closeCode).toBeUndefined();
+
+      talking = false;
+      const stopped = performance.now();
+      const lag2 = lagMonitor();
+      await Promise.race([bob.closed(), sleep(10 * HEARTBEAT_MS + 5_000)]);
+      const terminatedAfter = performance.now() - stopped;
+      const lagMs = lag2.stop();
+      expect(bob.closeCode).toBe(1006);
+      await alice.next('presence', (f) => f.user === 'bob' && f.event === 'offline');
+      expect(carol.closeCode).toBeUndefined();
+
+      report('heartbeat (busy connection)', {
+        heartbeatMs: HEARTBEAT_MS,
+        pingsToBusyIn10Heartbeats: whileTalking.bob,
+        pingsToSilentIn10Heartbeats: whileTalking.carol,
+        terminatedAfterSilenceMs: Math.round(terminatedAfter),
+        worstTimerLagMs: Math.round(Math.max(quietLagMs, lagMs)),
+      });
+      // Its first ping goes out at the first check that heard nothing: one heartbeat more than for a silent connection.
+      expect(terminatedAfter).toBeLessThan(4 * HEARTBEAT_MS + slack(lagMs));
+    } finally {
+      clearInterval(chatter);
+    }
   });
 
   it('spreads the pings over the heartbeat instead of sending them in one burst, and still pings everyone once per heartbeat', async () => {
