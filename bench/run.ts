@@ -26,7 +26,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type PerfCategory, type PerfSamples } from './lib/perf.js';
+import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -411,13 +411,24 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
 // ---------------------------------------------------------------- --perf
 
 /** Samples and deliveries of every recorded window, by scenario and server. */
-const perfTotals = new Map<string, Map<ServerKind, { samples: PerfSamples; deliveries: number; windows: number }>>();
+interface PerfTotal {
+  samples: PerfSamples;
+  functions: Map<string, number>;
+  deliveries: number;
+  windows: number;
+}
+const perfTotals = new Map<string, Map<ServerKind, PerfTotal>>();
 
-function addPerf(scenario: string, kind: ServerKind, samples: PerfSamples, deliveries: number): void {
-  const byServer = perfTotals.get(scenario) ?? new Map();
+/** Functions listed per server in bench/results/perf.json, and differences printed against the bare loop. */
+const TOP_FUNCTIONS = 40;
+const TOP_DIFFERENCES = 15;
+
+function addPerf(scenario: string, kind: ServerKind, { categories, functions }: CategorizedSamples, deliveries: number): void {
+  const byServer = perfTotals.get(scenario) ?? new Map<ServerKind, PerfTotal>();
   perfTotals.set(scenario, byServer);
-  const total = byServer.get(kind) ?? { samples: emptySamples(), deliveries: 0, windows: 0 };
-  for (const category of PERF_CATEGORIES) total.samples[category] += samples[category];
+  const total = byServer.get(kind) ?? { samples: emptySamples(), functions: new Map(), deliveries: 0, windows: 0 };
+  for (const category of PERF_CATEGORIES) total.samples[category] += categories[category];
+  for (const [name, count] of functions) total.functions.set(name, (total.functions.get(name) ?? 0) + count);
   total.deliveries += deliveries;
   total.windows++;
   byServer.set(kind, total);
@@ -432,7 +443,7 @@ function serverFileOf(kind: ServerKind): RegExp {
 /** CPU µs per delivery in each category, per scenario and server: printed, and written to bench/results/perf.json. */
 function reportPerf(): void {
   if (perfTotals.size === 0) return;
-  const out: Record<string, Record<string, { windows: number; deliveries: number; usPerDelivery: Record<string, number> }>> = {};
+  const out: Record<string, Record<string, { windows: number; deliveries: number; usPerDelivery: Record<string, number>; topFunctions: Record<string, number> }>> = {};
   for (const [scenario, byServer] of perfTotals) {
     const kinds = [...byServer.keys()];
     console.log(`\nwhere the CPU goes, ${scenario} (perf, ${PERF_FREQUENCY} samples/s; µs per delivery):`);
@@ -444,15 +455,48 @@ function reportPerf(): void {
     for (const category of PERF_CATEGORIES) console.log(`  ${category.padEnd(42)}${kinds.map((k) => fmt(perDelivery(k, category)).padStart(15)).join('')}`);
     const sum = (kind: ServerKind): number => PERF_CATEGORIES.reduce((a, c) => a + perDelivery(kind, c), 0);
     console.log(`  ${'all'.padEnd(42)}${kinds.map((k) => fmt(sum(k)).padStart(15)).join('')}`);
+    const functionUs = (kind: ServerKind, name: string): number => {
+      const total = byServer.get(kind);
+      return total && total.deliveries > 0 ? ((total.functions.get(name) ?? 0) * 1e6) / PERF_FREQUENCY / total.deliveries : 0;
+    };
+    printFunctionDifferences(scenario, byServer, functionUs);
     out[scenario] = Object.fromEntries(
       kinds.map((kind) => {
-        const total = byServer.get(kind) as { samples: PerfSamples; deliveries: number; windows: number };
-        return [kind, { windows: total.windows, deliveries: total.deliveries, usPerDelivery: Object.fromEntries(PERF_CATEGORIES.map((c) => [c, perDelivery(kind, c)])) }];
+        const total = byServer.get(kind) as PerfTotal;
+        const top = [...total.functions].sort((a, b) => b[1] - a[1]).slice(0, TOP_FUNCTIONS);
+        return [
+          kind,
+          {
+            windows: total.windows,
+            deliveries: total.deliveries,
+            usPerDelivery: Object.fromEntries(PERF_CATEGORIES.map((c) => [c, perDelivery(kind, c)])),
+            topFunctions: Object.fromEntries(top.map(([name]) => [name, functionUs(kind, name)])),
+          },
+        ];
       }),
     );
   }
   writeFileSync(join(ROOT, 'bench/results/perf.json'), `${JSON.stringify({ date: new Date().toISOString(), command, frequency: PERF_FREQUENCY, scenarios: out }, null, 2)}\n`);
   console.log('wrote bench/results/perf.json');
+}
+
+/**
+ * The user-space functions (main thread, self time) where each server spends the most
+ * more than the bare loop does, in µs per delivery: what is left to find in a hot path.
+ */
+function printFunctionDifferences(scenario: string, byServer: Map<ServerKind, PerfTotal>, functionUs: (kind: ServerKind, name: string) => number): void {
+  if (!byServer.has('bare')) return;
+  for (const kind of byServer.keys()) {
+    if (kind === 'bare') continue;
+    const names = new Set([...(byServer.get(kind)?.functions.keys() ?? []), ...(byServer.get('bare')?.functions.keys() ?? [])]);
+    const rows = [...names].map((name) => ({ name, mine: functionUs(kind, name), bare: functionUs('bare', name) })).sort((a, b) => Math.abs(b.mine - b.bare) - Math.abs(a.mine - a.bare));
+    console.log(`\n  ${scenario}, ${SERVER_LABEL[kind]} against bare ws, by function (user space, main thread, self µs per delivery; largest differences):`);
+    console.log(`  ${SERVER_LABEL[kind].padStart(10)}${'bare ws'.padStart(10)}${'diff'.padStart(10)}  function`);
+    for (const row of rows.slice(0, TOP_DIFFERENCES)) {
+      const diff = row.mine - row.bare;
+      console.log(`  ${fmt(row.mine).padStart(10)}${fmt(row.bare).padStart(10)}${`${diff >= 0 ? '+' : ''}${fmt(diff)}`.padStart(10)}  ${row.name.slice(0, 100)}`);
+    }
+  }
 }
 
 /** The figures every load run reports, from the reps of one server (or setup). */

@@ -38,6 +38,13 @@ export const PERF_CATEGORIES = [
 export type PerfCategory = (typeof PERF_CATEGORIES)[number];
 export type PerfSamples = Record<PerfCategory, number>;
 
+/** A recording's samples by category, and its main thread's user-space samples by innermost function. */
+export interface CategorizedSamples {
+  categories: PerfSamples;
+  /** Self samples per function ({@link functionName}), user space of the main thread only. */
+  functions: Map<string, number>;
+}
+
 /** Why `--perf` cannot run here, or undefined when it can. */
 export function perfUnavailable(): string | undefined {
   if (process.platform !== 'linux') return 'perf is Linux only';
@@ -124,18 +131,39 @@ export class PerfRecording {
   }
 }
 
-/** The samples of `window` in the recording `file` of process `pid`, by category (a recording with call graphs). */
-export function categorizeRecording(file: string, pid: number, window: WindowUs, serverFile: RegExp): PerfSamples {
-  const samples = emptySamples();
+/** The samples of `window` in the recording `file` of process `pid`, by category and by function (a recording with call graphs). */
+export function categorizeRecording(file: string, pid: number, window: WindowUs, serverFile: RegExp): CategorizedSamples {
+  const categories = emptySamples();
+  const functions = new Map<string, number>();
   for (const block of perfScript(file, ['-F', 'tid,time,ip,sym']).split('\n\n')) {
     const lines = block.split('\n').filter((line) => line.trim() !== '');
     const [head, ...frames] = lines;
     if (head === undefined || frames.length === 0) continue;
     const [tid, time] = head.trim().split(/\s+/);
     if (!inWindow(time, window)) continue;
-    samples[categoryOf(Number(tid) === pid, frames.map((f) => f.trim()), serverFile)]++;
+    const chain = frames.map((f) => f.trim());
+    const mainThread = Number(tid) === pid;
+    categories[categoryOf(mainThread, chain, serverFile)]++;
+    const self = chain[0] ?? '';
+    if (mainThread && !isKernelAddress(self)) {
+      const name = functionName(self);
+      functions.set(name, (functions.get(name) ?? 0) + 1);
+    }
   }
-  return samples;
+  return { categories, functions };
+}
+
+/**
+ * A frame's function, comparable across servers and runs: no address, no V8 tier marker
+ * (`*` optimized, `^` baseline, `~` interpreted), no directory before `node_modules/`
+ * or the bench's bundles, no column.
+ */
+export function functionName(frame: string): string {
+  const symbol = frame.slice(frame.indexOf(' ') + 1).replace(/ \(.*\)$/, '');
+  return symbol
+    .replace(/^JS:[*^~]?/, 'JS:')
+    .replace(/(file:\/\/)?\S*\/(node_modules\/\.cache\/roomwire-bench\/|node_modules\/)/, '')
+    .replace(/(:\d+):\d+$/, '$1');
 }
 
 export function removeRecording(file: string): void {
