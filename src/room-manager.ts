@@ -13,7 +13,7 @@ import { MembershipCache, toStringSet, type MembersSnapshot } from './membership
 import type { MaybePromise } from './membership-loader.js';
 import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from './options.js';
 import { decodeClientFrame } from './protocol/decode.js';
-import { encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
+import { encodeAck, encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
 import { TimeoutError, withTimeout } from './timeout.js';
@@ -78,6 +78,8 @@ interface Membership {
 
 interface UserState {
   readonly id: string;
+  /** `id` as JSON, for the `from` of every message the user publishes. */
+  readonly idJson: string;
   principal: Principal;
   readonly conns: Set<ConnState>;
   /** Connections past `welcome` and not closed. */
@@ -113,6 +115,8 @@ interface ConnState {
 
 interface RoomState {
   readonly name: string;
+  /** `name` as JSON, for every frame of the room. */
+  readonly nameJson: string;
   readonly members: Set<Membership>;
   /** The tail of this room's ordered work (broadcasts, joins, replays). */
   tail: Promise<void> | undefined;
@@ -386,7 +390,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     let user = this.users.get(principal.id);
     if (!user) {
-      user = { id: principal.id, principal, conns: new Set(), open: 0 };
+      user = { id: principal.id, idJson: JSON.stringify(principal.id), principal, conns: new Set(), open: 0 };
       this.users.set(user.id, user);
     }
     user.principal = principal;
@@ -765,8 +769,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** The `ack` of an accepted publish; both publish paths answer with it. */
-  private sendAck(conn: ConnState, room: string, { id, seq }: { id: string; seq: number }, ref: string | undefined): void {
-    this.send(conn, ref === undefined ? { type: 'ack', room, id, seq } : { type: 'ack', room, id, seq, ref });
+  private sendAck(conn: ConnState, room: string, { id, seq }: { id: string; seq: number }, ref: string | undefined, roomJson = JSON.stringify(room)): void {
+    trySend(conn, encodeAck(roomJson, id, seq, ref));
   }
 
   /**
@@ -791,8 +795,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const dataJson = encodeData(data);
       const message = this.history.append({ room, id: this.nextId(), from: conn.user.id, data: data === undefined ? null : data, ts: Date.now() }) as StoredMessage;
       if (key !== undefined) this.dedupe.set(key, Promise.resolve({ id: message.id, seq: message.seq }));
-      this.fanOut(message, snapshot, conn, dataJson);
-      this.sendAck(conn, room, message, ref);
+      this.fanOut(message, snapshot, conn, dataJson, state, conn.user.idJson);
+      this.sendAck(conn, room, message, ref, state.nameJson);
     } catch (error) {
       this.refusePublish(conn, error, ref, room);
     }
@@ -1239,12 +1243,18 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** Ensure participants, room broadcast, fallback and report: one synchronous pass. */
-  private fanOut(message: StoredMessage, snapshot: MembersSnapshot, except: ConnState | undefined, dataJson: string): DeliveryReport {
+  private fanOut(
+    message: StoredMessage,
+    snapshot: MembersSnapshot,
+    except: ConnState | undefined,
+    dataJson: string,
+    state = this.roomState(message.room),
+    fromJson?: string,
+  ): DeliveryReport {
     const { room, id, seq } = message;
     // The cache's current set, so an addMember/removeMember made while this broadcast
     // awaited its seq is already honoured.
     const users = this.membership.peek(room) ?? snapshot.users;
-    const state = this.roomState(room);
     let added = 0;
     let removed = 0;
     let survey = state.survey;
@@ -1260,7 +1270,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.logger.debug({ room, id, seq, participants: users?.size ?? 0 }, `broadcasting to room ${room}: ${users?.size ?? 0} participants`);
     }
 
-    const text = encodeMessageFrame(message, dataJson);
+    const text = encodeMessageFrame(message, dataJson, state.nameJson, fromJson);
     if (this.framedHistory) (this.history as InMemoryHistoryStore).keepEncoded(message, text);
     let delivered = 0;
     let roomFailures = 0;
@@ -1441,7 +1451,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private roomState(room: string): RoomState {
     let state = this.rooms.get(room);
     if (!state) {
-      state = { name: room, members: new Set(), tail: undefined, survey: undefined };
+      state = { name: room, nameJson: JSON.stringify(room), members: new Set(), tail: undefined, survey: undefined };
       this.rooms.set(room, state);
     }
     return state;

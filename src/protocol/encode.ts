@@ -28,8 +28,25 @@ export function encodeData(data: unknown): string {
 
 /**
  * Encodes a `message` frame around data already encoded by {@link encodeData}: the data
- * is encoded once per message, not again for the frame.
+ * is encoded once per message, not again for the frame. A caller that keeps the room's
+ * and the sender's names as JSON passes them (`roomJson`, `fromJson`), so names that
+ * every message repeats are not encoded again for each.
  */
-export function encodeMessageFrame(message: Omit<MessageFrame, 'type' | 'data' | 'ref'>, dataJson: string): string {
-  return `{"type":"message","room":${JSON.stringify(message.room)},"id":${JSON.stringify(message.id)},"seq":${message.seq},"from":${JSON.stringify(message.from)},"data":${dataJson},"ts":${message.ts}}`;
+export function encodeMessageFrame(
+  message: Omit<MessageFrame, 'type' | 'data' | 'ref'>,
+  dataJson: string,
+  roomJson = JSON.stringify(message.room),
+  fromJson = JSON.stringify(message.from),
+): string {
+  return `{"type":"message","room":${roomJson},"id":${JSON.stringify(message.id)},"seq":${message.seq},"from":${fromJson},"data":${dataJson},"ts":${message.ts}}`;
+}
+
+/**
+ * Encodes an `ack` frame, the answer to every accepted publish: the same text as
+ * {@link encodeServerFrame} gives for it, without walking an object. `roomJson` is the
+ * room's name as JSON.
+ */
+export function encodeAck(roomJson: string, id: string, seq: number, ref: string | undefined): string {
+  const refJson = ref === undefined ? '' : `,"ref":${JSON.stringify(ref)}`;
+  return `{"type":"ack","room":${roomJson},"id":${JSON.stringify(id)},"seq":${seq}${refJson}}`;
 }
