@@ -19,8 +19,12 @@ import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadC
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
 
-/** The servers; `preframed` and `bare-ack` are optional variants of the bare loop, not in the default run. */
-export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed' | 'bare-ack';
+/**
+ * The servers; `preframed` and `bare-ack` are optional variants of the bare loop, and
+ * `roomwire-base` roomwire built from another source directory (`--base=DIR`), none of
+ * them in the default run.
+ */
+export type ServerKind = 'roomwire' | 'bare' | 'socketio' | 'preframed' | 'bare-ack' | 'roomwire-base';
 
 export interface ConnectRequest {
   cmd: 'connect';

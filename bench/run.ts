@@ -27,7 +27,7 @@ import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
 import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
-import { chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
+import { baseComparison, chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
   type ClusterComparison,
@@ -80,10 +80,10 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--perf', '--split=', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--perf', '--split=', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--base=', '--server-flags=', '--redis='];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--split=perf|proc] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--split=perf|proc] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--base=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
   process.exit(2);
 }
 
@@ -100,7 +100,10 @@ const perfMode = flag('perf');
 let splitMode: 'perf' | 'proc' = option('split') === 'proc' ? 'proc' : 'perf';
 const ALL_SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio'];
 const KNOWN_SERVERS: ServerKind[] = [...ALL_SERVERS, 'preframed', 'bare-ack'];
+/** `--base=DIR`: roomwire built from DIR runs too, right after roomwire in each round, as `roomwire (base)`. */
+const baseDir = option('base');
 const servers = (option('servers')?.split(',') ?? ALL_SERVERS).filter((s): s is ServerKind => (KNOWN_SERVERS as string[]).includes(s));
+if (baseDir !== undefined) servers.splice(servers.includes('roomwire') ? servers.indexOf('roomwire') + 1 : 0, 0, 'roomwire-base');
 const only = option('only')?.split(',');
 const runs = (name: string): boolean => only === undefined || only.includes(name);
 const repsOverride = option('reps') === undefined ? undefined : Math.max(1, Number(option('reps')));
@@ -180,6 +183,10 @@ const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
 const modeFlags = perfMode ? ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${v8LogPattern()}`] : [];
 /** `--tsx`: run the children from their TypeScript under tsx instead of esbuild bundles (see lib/build.ts). */
 const useTsx = flag('tsx');
+if (useTsx && option('base') !== undefined) {
+  console.error('--base builds roomwire from another source directory, which --tsx cannot: use one or the other');
+  process.exit(2);
+}
 /** The script of each child and the node flags it needs; set by main() once the bundles are built. */
 let scripts: Record<EntryName, string> = { ...ENTRIES };
 const runnerFlags = useTsx ? ['--import', 'tsx'] : [];
@@ -1006,6 +1013,11 @@ function machine(): Meta['machine'] {
 }
 
 function source(): string {
+  const base = baseDir === undefined ? '' : `, against roomwire (base) from the source directory given with --base (${baseDir.split('/').pop() ?? baseDir})`;
+  return sourceOfRoomwire() + base;
+}
+
+function sourceOfRoomwire(): string {
   const other = option('src');
   if (other !== undefined) return `the source directory given with --src (${other.split('/').pop() ?? other})`;
   try {
@@ -1112,7 +1124,7 @@ async function main(): Promise<void> {
   measuredSource = source();
   if (!useTsx) {
     const started = Date.now();
-    scripts = await buildEntries(option('src'));
+    scripts = await buildEntries(option('src'), baseDir);
     console.log(`built the servers and the load generator with esbuild in ${Date.now() - started} ms`);
   }
   const perfReason = perfUnavailable();
@@ -1161,7 +1173,7 @@ async function main(): Promise<void> {
     return;
   }
   reportPerf();
-  const partial = perfMode || option('src') !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
+  const partial = perfMode || option('src') !== undefined || baseDir !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
   const scenarios = { small: smallResult, big: bigResult, ladder: ladderResult, idle: idleResult };
   /** The scenarios of the results section (all but the cluster one, which has its own files and section). */
   const classic = Object.values(scenarios).some((scenario) => scenario !== undefined);
@@ -1200,6 +1212,11 @@ async function main(): Promise<void> {
     }
     console.log('\ntargets of issue 7:');
     for (const t of results.targets) console.log(`  ${t.met === undefined ? '?' : t.met ? 'met' : 'NOT met'}  ${t.target}: ${t.measured}`);
+    const againstBase = baseComparison(scenarios);
+    if (againstBase.length > 0) {
+      console.log('\nroomwire against roomwire (base), medians (below 1.0× is cheaper than the base):');
+      for (const line of againstBase) console.log(`  ${line}`);
+    }
   }
 
   // The cluster scenario also has a file of its own, so a run of it alone (--only=cluster) replaces no other results.

@@ -10,6 +10,8 @@ export const ENTRIES = {
   socketio: 'bench/servers/socketio.ts',
   preframed: 'bench/servers/preframed.ts',
   'bare-ack': 'bench/servers/bare-ack.ts',
+  /** The roomwire server again, built from the `--base` source directory when one is given. */
+  'roomwire-base': 'bench/servers/roomwire.ts',
   loadgen: 'bench/loadgen.ts',
 } as const;
 
@@ -49,13 +51,13 @@ function sourceFrom(dir: string): Plugin {
  * `sourceDir` when given, every npm package left external, no minification. Running
  * TypeScript under tsx instead would charge every server for tsx's `keepNames` transform
  * (an `Object.defineProperty` for each named closure created, and closures left in
- * dictionary mode), which the shipped build does not have. Returns the path of each bundle.
+ * dictionary mode), which the shipped build does not have. `baseDir` builds the
+ * `roomwire-base` server from that source directory instead, so two versions of roomwire
+ * can be measured side by side in one run. Returns the path of each bundle.
  */
-export async function buildEntries(sourceDir?: string): Promise<Record<EntryName, string>> {
-  await build({
-    plugins: sourceDir === undefined ? [] : [sourceFrom(sourceDir)],
+export async function buildEntries(sourceDir?: string, baseDir?: string): Promise<Record<EntryName, string>> {
+  const options = {
     absWorkingDir: ROOT,
-    entryPoints: ENTRIES,
     outdir: BUILD_DIR,
     bundle: true,
     format: 'esm',
@@ -63,7 +65,11 @@ export async function buildEntries(sourceDir?: string): Promise<Record<EntryName
     target: 'node20',
     packages: 'external',
     logLevel: 'warning',
-  });
+  } as const;
+  await build({ ...options, plugins: sourceDir === undefined ? [] : [sourceFrom(sourceDir)], entryPoints: ENTRIES });
+  if (baseDir !== undefined) {
+    await build({ ...options, plugins: [sourceFrom(baseDir)], entryPoints: { 'roomwire-base': ENTRIES['roomwire-base'] } });
+  }
   const out = {} as Record<EntryName, string>;
   for (const name of Object.keys(ENTRIES) as EntryName[]) out[name] = join(BUILD_DIR, `${name}.js`);
   return out;

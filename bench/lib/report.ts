@@ -16,7 +16,7 @@ import {
   type TargetRow,
 } from './results.js';
 
-const SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio', 'preframed', 'bare-ack'];
+const SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio', 'preframed', 'bare-ack', 'roomwire-base'];
 
 function row(metric: string, values: Partial<Record<ServerKind, number>>, higherIsBetter = false): HeadlineRow {
   const rw = values.roomwire ?? Number.NaN;
@@ -56,6 +56,23 @@ export function headline(results: Pick<Results, 'small' | 'big' | 'ladder' | 'id
 
 function met(value: number, ok: (v: number) => boolean): boolean | undefined {
   return Number.isFinite(value) ? ok(value) : undefined;
+}
+
+/**
+ * roomwire against roomwire built from the `--base` source directory, in the small-rooms
+ * and big-room scenarios: a change to the hot path measured side by side, in one run,
+ * instead of against figures from another run (which move by a tenth between runs).
+ */
+export function baseComparison(results: Pick<Results, 'small' | 'big'>): string[] {
+  const lines: string[] = [];
+  for (const scenario of [results.small, results.big]) {
+    const s = scenario?.summary;
+    if (!scenario || !s?.roomwire || !s['roomwire-base']) continue;
+    const user = ratio(s.roomwire.userUsPerDelivery, s['roomwire-base'].userUsPerDelivery);
+    const total = ratio(s.roomwire.totalUsPerDelivery, s['roomwire-base'].totalUsPerDelivery);
+    lines.push(`${scenario.name}: user CPU per delivery ${fmtRatio(user)}${pairedSpread(scenario, 'roomwire-base')}, total ${fmtRatio(total)}`);
+  }
+  return lines;
 }
 
 /** The targets of issue 7, each with what this run measured. */
@@ -117,11 +134,11 @@ export function targets(results: Pick<Results, 'small' | 'big' | 'ladder' | 'idl
  * smallest and largest. The target is judged on the ratio of the medians; this says how
  * much one run's ratio can be trusted.
  */
-function pairedSpread(scenario: LoadScenarioResult): string {
+function pairedSpread(scenario: LoadScenarioResult, against: ServerKind = 'bare'): string {
   const ratios: number[] = [];
   for (const mine of scenario.steps.filter((step) => step.server === 'roomwire')) {
-    const bare = scenario.steps.find((step) => step.server === 'bare' && step.rep === mine.rep);
-    if (bare) ratios.push(ratio(mine.derived.userUsPerDelivery, bare.derived.userUsPerDelivery));
+    const other = scenario.steps.find((step) => step.server === against && step.rep === mine.rep);
+    if (other) ratios.push(ratio(mine.derived.userUsPerDelivery, other.derived.userUsPerDelivery));
   }
   const finite = ratios.filter(Number.isFinite);
   if (finite.length < 2) return '';
@@ -341,7 +358,7 @@ export function profileMarkdown(results: ProfileResults): string {
 
 // ---------------------------------------------------------------- chart
 
-const COLORS: Record<ServerKind, string> = { roomwire: '#d9480f', bare: '#495057', socketio: '#1971c2', preframed: '#2f9e44', 'bare-ack': '#868e96' };
+const COLORS: Record<ServerKind, string> = { roomwire: '#d9480f', bare: '#495057', socketio: '#1971c2', preframed: '#2f9e44', 'bare-ack': '#868e96', 'roomwire-base': '#f08c00' };
 
 function esc(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');

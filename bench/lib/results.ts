@@ -5,7 +5,7 @@ import type { Topology } from './topology.js';
 
 export type { ServerKind };
 
-export const SERVER_LABEL: Record<ServerKind, string> = { roomwire: 'roomwire', bare: 'bare ws', socketio: 'Socket.IO', preframed: 'bare, pre-framed', 'bare-ack': 'bare ws + ack' };
+export const SERVER_LABEL: Record<ServerKind, string> = { roomwire: 'roomwire', bare: 'bare ws', socketio: 'Socket.IO', preframed: 'bare, pre-framed', 'bare-ack': 'bare ws + ack', 'roomwire-base': 'roomwire (base)' };
 
 /** Figures computed from one load run. */
 export interface Derived {
