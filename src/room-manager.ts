@@ -71,6 +71,8 @@ export interface RoomManagerStats {
 
 interface Membership {
   readonly conn: ConnState;
+  /** `conn.socket`, here too: the broadcast reaches each socket without reading its connection's state. */
+  readonly socket: Connection;
   mode: 'member' | 'admitted';
   /** The seq of the first message sent live to this connection in the room; 0 before any. */
   firstSeq: number;
@@ -1275,17 +1277,30 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     let delivered = 0;
     let roomFailures = 0;
     let slow = 0;
+    // Decide, then write. The first sweep reads each recipient's unsent bytes, the second
+    // writes to those under the mark. A small room's broadcast finds these objects out of
+    // the CPU's caches: read in one sweep, their cache misses overlap, where each waited
+    // for the last between socket writes (docs/benchmarks.md, "What is left: small rooms").
     const maxBuffered = this.options.maxBufferedBytes;
+    const recipients: Membership[] = [];
+    let tooSlow: ConnState[] | undefined;
     for (const membership of state.members) {
-      const conn = membership.conn;
-      if (conn === except) continue;
-      const outcome = this.sendMessage(conn, membership, text, message, maxBuffered);
-      if (outcome === SENT) delivered++;
-      else if (outcome === SLOW) slow++;
-      else {
-        conn.lastFailedId = id;
+      if (membership.conn === except) continue;
+      if (membership.socket.bufferedAmount > maxBuffered) (tooSlow ??= []).push(membership.conn);
+      else recipients.push(membership);
+    }
+    for (const membership of recipients) {
+      if (this.write(membership.conn, membership.socket, text, message)) {
+        delivered++;
+        if (membership.firstSeq === 0) membership.firstSeq = seq;
+      } else {
+        membership.conn.lastFailedId = id;
         roomFailures++;
       }
+    }
+    if (tooSlow) {
+      for (const conn of tooSlow) this.dropSlow(conn);
+      slow = tooSlow.length;
     }
 
     let online = survey?.online ?? 0;
@@ -1401,24 +1416,30 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /**
-   * Sends one broadcast frame to one connection: the room broadcast and the fallback
-   * both go through here. A connection whose unsent bytes passed the mark is closed
-   * with 4008 instead, since growing its buffer further would cost every other
-   * connection memory and time.
+   * Sends one broadcast frame to one connection, for the fallback (the room broadcast
+   * makes the same check and write in two sweeps). A connection whose unsent bytes
+   * passed the mark is closed with 4008 instead, since growing its buffer further would
+   * cost every other connection memory and time.
    */
   private sendMessage(conn: ConnState, membership: Membership | undefined, text: string, message: StoredMessage, maxBuffered: number): SendOutcome {
     if (conn.socket.bufferedAmount > maxBuffered) {
       this.dropSlow(conn);
       return SLOW;
     }
-    try {
-      conn.socket.send(text);
-    } catch (error) {
-      this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room: message.room });
-      return FAILED;
-    }
+    if (!this.write(conn, conn.socket, text, message)) return FAILED;
     if (membership && membership.firstSeq === 0) membership.firstSeq = message.seq;
     return SENT;
+  }
+
+  /** Writes one broadcast frame; false (and reported) when the socket threw. */
+  private write(conn: ConnState, socket: Connection, text: string, message: StoredMessage): boolean {
+    try {
+      socket.send(text);
+      return true;
+    } catch (error) {
+      this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room: message.room });
+      return false;
+    }
   }
 
   private dropSlow(conn: ConnState): void {
@@ -1458,7 +1479,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private addToRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason): void {
-    const membership: Membership = { conn, mode, firstSeq: 0 };
+    const membership: Membership = { conn, socket: conn.socket, mode, firstSeq: 0 };
     // Ensure-participants enters rooms synchronously; the subscription follows.
     if (this.backplane && !this.feeds.has(room)) void this.openFeed(room).catch(noop);
     conn.rooms.set(room, membership);
