@@ -39,8 +39,9 @@ export interface WebSocketAdapterOptions {
    * Check every connection once each `heartbeatMs` (from the manager): one that sent a
    * frame since its last check is alive and is not pinged; any other is pinged, and one
    * that left a ping unanswered for two rounds is terminated (gone 2 to 3 heartbeats
-   * after its first unanswered ping, 3 to 4 after its last frame when it was sending).
-   * A roomwire client pings every heartbeat, so its connections are never pinged back.
+   * after its first unanswered ping; 2 to 4 after its last frame when it was sending).
+   * A roomwire client pings every heartbeat, so its connections are rarely pinged back
+   * (only when timer drift leaves a round without its ping).
    * One timer serves every connection: it runs every 100 ms and checks the slice of
    * connections due then (one slice per run, as many slices as runs per heartbeat), so a
    * server with many connections never writes all its pings, nor reads all the pongs, in
@@ -387,8 +388,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       tick = (tick + 1) % sliceCount;
       for (const ws of slice) {
         // A frame since the last check proves the peer alive, as a pong would: no ping.
-        // Busy connections (and every roomwire client, which pings each heartbeat) cost
-        // the heartbeat nothing on the wire.
+        // Busy connections, and roomwire clients (they ping each heartbeat), are seldom
+        // pinged at all.
         if ((ws as TaggedSocket)[kHeard]) {
           (ws as TaggedSocket)[kHeard] = false;
           unanswered.delete(ws);
