@@ -183,7 +183,7 @@ const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
 const modeFlags = perfMode ? ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${v8LogPattern()}`] : [];
 /** `--tsx`: run the children from their TypeScript under tsx instead of esbuild bundles (see lib/build.ts). */
 const useTsx = flag('tsx');
-if (useTsx && option('base') !== undefined) {
+if (useTsx && baseDir !== undefined) {
   console.error('--base builds roomwire from another source directory, which --tsx cannot: use one or the other');
   process.exit(2);
 }
