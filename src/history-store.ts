@@ -53,8 +53,16 @@ export interface HistoryStore {
 class RoomHistory {
   latest = 0;
   private size = 0;
-  /** Slot (seq - 1) % capacity: the message, while its frame is not encoded yet. */
-  private readonly pending: (StoredMessage | undefined)[] = [];
+  /**
+   * The message whose frame is not kept yet, and its slot ((seq - 1) % capacity; -1: none).
+   * A broadcast keeps its frame in the tick it was appended, so one is the usual most; a
+   * field pair rather than an array as long as the history, which would sit in the
+   * JavaScript heap for every room and grow with it.
+   */
+  private pendingSlot = -1;
+  private pendingMessage: StoredMessage | undefined;
+  /** Further messages waiting for their frame, by slot: appended while an earlier one waited. */
+  private morePending: Map<number, StoredMessage> | undefined;
   /** Slot: where its frame starts in `bytes`, and how long it is (0: none kept). */
   private starts = new Uint32Array(0);
   private lengths = new Uint32Array(0);
@@ -70,7 +78,12 @@ class RoomHistory {
     if (this.capacity === 0) return;
     // Seqs start at 1: slot seq - 1, so the slots fill from 0 without holes.
     const slot = (message.seq - 1) % this.capacity;
-    this.pending[slot] = message;
+    // A message still pending in this slot is older than the history reaches now: replaced.
+    if (this.pendingSlot === -1 || this.pendingSlot === slot) {
+      this.pendingSlot = slot;
+      this.pendingMessage = message;
+      this.morePending?.delete(slot);
+    } else (this.morePending ??= new Map()).set(slot, message);
     if (slot < this.lengths.length) this.drop(slot);
     if (this.size < this.capacity) this.size++;
   }
@@ -83,7 +96,7 @@ class RoomHistory {
     const out: StoredMessage[] = [];
     for (let seq = afterSeq + 1; seq <= until; seq++) {
       const slot = (seq - 1) % this.capacity;
-      const message = this.pending[slot];
+      const message = this.pendingAt(slot);
       if (message !== undefined) out.push(message);
       else if (slot < this.lengths.length && this.lengths[slot]! > 0) {
         const start = this.starts[slot]!;
@@ -97,16 +110,29 @@ class RoomHistory {
   keepEncoded(message: StoredMessage, frame: string): void {
     if (this.capacity === 0) return;
     const slot = (message.seq - 1) % this.capacity;
-    if (this.pending[slot] !== message) return;
-    const length = Buffer.byteLength(frame);
-    if (this.used + length > this.bytes.length) this.compact(length);
+    if (this.pendingAt(slot) !== message) return;
     if (slot >= this.lengths.length) this.growSlots(slot + 1);
-    this.bytes.write(frame, this.used, length);
+    let length: number;
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit: when that surely fits, encode in
+    // one pass; otherwise measure first, and make room.
+    if (this.used + frame.length * 3 <= this.bytes.length) length = this.bytes.write(frame, this.used);
+    else {
+      length = Buffer.byteLength(frame);
+      if (this.used + length > this.bytes.length) this.compact(length);
+      this.bytes.write(frame, this.used, length);
+    }
     this.starts[slot] = this.used;
     this.lengths[slot] = length;
     this.used += length;
     this.live += length;
-    this.pending[slot] = undefined;
+    if (this.pendingSlot === slot) {
+      this.pendingSlot = -1;
+      this.pendingMessage = undefined;
+    } else this.morePending?.delete(slot);
+  }
+
+  private pendingAt(slot: number): StoredMessage | undefined {
+    return this.pendingSlot === slot ? this.pendingMessage : this.morePending?.get(slot);
   }
 
   /** Forgets the frame kept in `slot`: its bytes are dead until the next compaction. */

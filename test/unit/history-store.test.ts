@@ -2,6 +2,7 @@ import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
 import { InMemoryHistoryStore, type StoredMessage } from '../../src/index.js';
 import { encodeMessageFrame } from '../../src/protocol/encode.js';
+import { settledHeap } from '../reliability/support.js';
 
 let ids = 0;
 function append(store: InMemoryHistoryStore, room: string, data: unknown = null): StoredMessage {
@@ -151,6 +152,32 @@ describe('InMemoryHistoryStore: frames kept as bytes', () => {
     const stored = [append(store, 'a', { text: 'héllo wörld 👋', n: 1.5 }), append(store, 'a', ['x', null, true]), append(store, 'a', 'naïve ✓')];
     for (const message of stored) keep(store, message);
     expect(store.since('a', 0)).toEqual(stored);
+  });
+
+  it('keeps frames handed over late, out of order, or after one that never came', () => {
+    const store = new InMemoryHistoryStore(5);
+    const [never, late, early] = [append(store, 'a', 'never kept'), append(store, 'a', 'kept late'), append(store, 'a', 'kept first')];
+    keep(store, early!);
+    keep(store, late!);
+    const after = fill(store, 'a', 2);
+    for (const message of after) keep(store, message);
+    expect(store.since('a', 0)).toEqual([never, late, early, ...after]);
+    // The ring wraps over the message that never got its frame, and the history goes on as usual.
+    const wrapped = fill(store, 'a', 6);
+    for (const message of wrapped) keep(store, message);
+    expect(store.since('a', 6)).toEqual(wrapped.slice(1));
+  });
+
+  it('holds a full history outside the JavaScript heap: a few fields per room, nothing per message', async () => {
+    const { bytes: before, collected } = await settledHeap();
+    const store = new InMemoryHistoryStore(500);
+    for (let r = 0; r < 1_000; r++) for (let i = 0; i < 500; i++) keep(store, append(store, `room:${r}`, i));
+    const { bytes: after } = await settledHeap();
+    if (!collected) return; // without a collector the heap figure is not comparable
+    // 500,000 messages; one heap entry each (a pending-slot array as long as the history
+    // did that) would take 4 MiB alone.
+    expect(after - before).toBeLessThan(2.5 * 1024 * 1024);
+    expect(store.since('room:999', 498)).toHaveLength(2);
   });
 
   it('keeps one buffer for a room whose history is full: compactions move the frames within it', () => {
