@@ -220,6 +220,9 @@ export class InMemoryHistoryStore implements HistoryStore {
   /** Random per store: seqs restart with every new store. */
   readonly epoch = randomBytes(8).toString('base64url');
   private readonly rooms = new Map<string, RoomHistory>();
+  /** The room appended to last and its history: the broadcast hands over that message's frame next. */
+  private lastRoom: string | undefined;
+  private lastHistory: RoomHistory | undefined;
 
   /** @param limit Messages kept per room. @default 500 */
   constructor(readonly limit = 500) {
@@ -235,6 +238,8 @@ export class InMemoryHistoryStore implements HistoryStore {
     const { room, id, from, data, ts } = message;
     const stored: StoredMessage = { room, id, seq: history.latest + 1, from, data, ts };
     history.push(stored);
+    this.lastRoom = room;
+    this.lastHistory = history;
     return stored;
   }
 
@@ -255,6 +260,7 @@ export class InMemoryHistoryStore implements HistoryStore {
    * back as JSON gives it).
    */
   keepEncoded(message: StoredMessage, frame: string): void {
-    this.rooms.get(message.room)?.keepEncoded(message, frame);
+    const history = message.room === this.lastRoom ? this.lastHistory : this.rooms.get(message.room);
+    history?.keepEncoded(message, frame);
   }
 }

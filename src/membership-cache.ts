@@ -9,6 +9,14 @@ export interface MembersSnapshot {
   readonly stale: boolean;
 }
 
+/** A cached room's participants as {@link MembershipCache.cached} shows them. */
+export interface CachedMembers {
+  /** The participants; undefined until the first load finishes. */
+  readonly members: ReadonlySet<string> | undefined;
+  /** Changes whenever `members` change: lets a caller reuse work derived from an unchanged set. */
+  readonly stamp: number;
+}
+
 interface Entry {
   members: Set<string> | undefined;
   expiresAt: number;
@@ -54,11 +62,11 @@ export class MembershipCache {
   }
 
   /**
-   * A number that changes whenever the cached participants of `room` change; -1 for a
-   * room not cached. Lets a caller reuse work derived from an unchanged set.
+   * What the cache holds for `room`, fresh or not, without calling the loader: its
+   * participants and their stamp, in one lookup. Undefined for a room not cached.
    */
-  stamp(room: string): number {
-    return this.entries.get(room)?.stamp ?? -1;
+  cached(room: string): CachedMembers | undefined {
+    return this.entries.get(room);
   }
 
   /** The room's participants: synchronously when cached and fresh, else after one load. */

@@ -1256,12 +1256,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const { room, id, seq } = message;
     // The cache's current set, so an addMember/removeMember made while this broadcast
     // awaited its seq is already honoured.
-    const users = this.membership.peek(room) ?? snapshot.users;
+    const cached = this.membership.cached(room);
+    const users = cached?.members ?? snapshot.users;
     let added = 0;
     let removed = 0;
     let survey = state.survey;
     if (users) {
-      const stamp = this.membership.stamp(room);
+      const stamp = cached ? cached.stamp : -1;
       if (!survey || survey.topology !== this.topology || survey.stamp !== stamp || stamp < 0) {
         [added, removed] = this.reconcile(state, users, seq);
         survey = this.surveyRoom(room, users, stamp);
@@ -1641,9 +1642,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * the same.
    */
   private tellParticipants(room: string, seq: number): void {
-    const users = this.membership.peek(room);
+    const cached = this.membership.cached(room);
+    const users = cached?.members;
     if (!users) return;
-    const stamp = this.membership.stamp(room);
+    const stamp = cached.stamp;
     const before = this.told.get(room);
     if (before?.stamp === stamp) return;
     const fresh: string[] = [];
