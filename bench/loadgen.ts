@@ -15,7 +15,7 @@ import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
 import { PerfRecording, type PerfSplit } from './lib/perf.js';
-import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadCpu, readProcessCpu, type CpuTimes, type MachineTimes } from './lib/proc.js';
+import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadCpu, readProcessCpu, readRuntimeMs, type CpuTimes, type MachineTimes } from './lib/proc.js';
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
 
@@ -348,14 +348,13 @@ function readServers(pids: readonly number[]): (CpuTimes | null)[] {
 }
 
 /**
- * Below this many samples in a window (about 0.1 s of CPU time at 999 a second), perf's
+ * Below this many samples in a window (20 ms of CPU time at 4,999 a second), perf's
  * split is no better than /proc's and /proc's is kept.
  */
 const MIN_SPLIT_SAMPLES = 100;
 
-/** `cpu`'s total, split in the proportion `user` of `samples`. */
-function splitBy(cpu: CpuTimes, user: number, samples: number): CpuTimes {
-  const total = cpu.userMs + cpu.systemMs;
+/** A total CPU time, split in the proportion `user` of `samples`. */
+function splitBy(total: number, user: number, samples: number): CpuTimes {
   const userMs = (total * user) / samples;
   return { userMs, systemMs: total - userMs };
 }
@@ -410,6 +409,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const redis0 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
   const server0 = readServers(request.serverPids);
   const main0 = request.serverPids.map((pid) => readMainThreadCpu(pid));
+  const runtime0 = request.serverPids.map((pid) => [readRuntimeMs(pid), readRuntimeMs(pid, true)]);
   const self0 = readProcessCpu(process.pid);
   const machine0 = readMachineCpu();
   const t0 = performance.now();
@@ -423,6 +423,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const end = Number(process.hrtime.bigint() / 1000n);
   const server1 = readServers(request.serverPids);
   const main1 = request.serverPids.map((pid) => readMainThreadCpu(pid));
+  const runtime1 = request.serverPids.map((pid) => [readRuntimeMs(pid), readRuntimeMs(pid, true)]);
   const self1 = readProcessCpu(process.pid);
   const machine1 = readMachineCpu();
   const redis1 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
@@ -433,8 +434,14 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const procMain = request.serverPids.map((_, i) => cpuDelta(main0[i] ?? null, main1[i] ?? null));
   // perf's split only where every server has enough samples for it to be better than /proc's.
   const usePerf = perfSplits !== null && perfSplits.every((split) => split.samples >= MIN_SPLIT_SAMPLES && split.main > 0);
-  const servers = usePerf ? procServers.map((cpu, i) => splitBy(cpu, perfSplits[i]!.user, perfSplits[i]!.samples)) : procServers;
-  const mains = usePerf ? procMain.map((cpu, i) => splitBy(cpu, perfSplits[i]!.mainUser, perfSplits[i]!.main)) : procMain;
+  // The samples' split of the scheduler's exact time on a CPU (else of /proc's, in 10 ms ticks).
+  const runtime = (i: number, which: 0 | 1, proc: CpuTimes): number => {
+    const before = runtime0[i]?.[which];
+    const after = runtime1[i]?.[which];
+    return before != null && after != null ? after - before : proc.userMs + proc.systemMs;
+  };
+  const servers = usePerf ? procServers.map((cpu, i) => splitBy(runtime(i, 0, cpu), perfSplits[i]!.user, perfSplits[i]!.samples)) : procServers;
+  const mains = usePerf ? procMain.map((cpu, i) => splitBy(runtime(i, 1, cpu), perfSplits[i]!.mainUser, perfSplits[i]!.main)) : procMain;
   let redis: RedisWindow | null = null;
   if (request.redis && typeof redis0 === 'object' && typeof redis1 === 'object') redis = redisWindow(redis0, redis1, request.redis.seqKeys);
   else if (request.redis) redisError ??= typeof redis0 === 'string' ? redis0 : typeof redis1 === 'string' ? redis1 : 'unknown';

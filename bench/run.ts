@@ -26,7 +26,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
+import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, SPLIT_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { baseComparison, chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -1042,7 +1042,7 @@ function countWindow(run: RunResult, d: { otherCpuPct: number }, splitAsked = tr
 function cpuSplitNote(): string {
   if (splitMode === 'proc') return "/proc's (the kernel's tick-based split)";
   const fallback = windows.procSplit > 0 ? `; ${windows.procSplit} of ${windows.all} windows had too few samples and kept /proc's` : '';
-  return `perf samples of each small-rooms, big-room and cluster window (${PERF_FREQUENCY} a second per thread), applied to /proc's total${fallback}; the ladder's, which report no CPU, /proc's`;
+  return `perf samples of each small-rooms, big-room and cluster window (${SPLIT_FREQUENCY} a second per thread), applied to the scheduler's count of their time on a CPU${fallback}; the ladder's, which report no CPU, /proc's`;
 }
 
 const command = `npm run bench${args.length > 0 ? ` -- ${args.join(' ')}` : ''}`;
