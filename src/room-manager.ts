@@ -1281,7 +1281,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     // Decide, then write. The first sweep reads each recipient's unsent bytes, the second
     // writes to those under the mark. A small room's broadcast finds these objects out of
     // the CPU's caches: read in one sweep, their cache misses overlap, where each waited
-    // for the last between socket writes (docs/benchmarks.md, "What is left: small rooms").
+    // for the last between socket writes (docs/benchmarks.md, "Small rooms").
     const maxBuffered = this.options.maxBufferedBytes;
     const recipients: Membership[] = [];
     let tooSlow: ConnState[] | undefined;
