@@ -58,7 +58,7 @@ export class MembershipCache {
 
   /** The cached participants, fresh or not, without calling the loader. */
   peek(room: string): ReadonlySet<string> | undefined {
-    return this.entries.get(room)?.members;
+    return this.cached(room)?.members;
   }
 
   /**

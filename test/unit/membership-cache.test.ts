@@ -129,6 +129,26 @@ describe('MembershipCache: caching', () => {
     expect(cache.peek('c')).toBeUndefined();
   });
 
+  it('shows a cached room with a stamp that changes exactly when its participants do', async () => {
+    const { cache, loader } = setup();
+    loader.answer(['alice']).answer(['bob']);
+    expect(cache.cached('a')).toBeUndefined();
+    await load(cache, 'a');
+    await load(cache, 'b');
+    const first = cache.cached('a')!.stamp;
+    expect(cache.cached('a')!.members).toEqual(new Set(['alice']));
+    await load(cache, 'a');
+    cache.add('b', 'carol');
+    expect(cache.cached('a')!.stamp).toBe(first);
+    cache.add('a', 'dave');
+    const second = cache.cached('a')!.stamp;
+    expect(second).not.toBe(first);
+    expect(cache.cached('a')!.members).toEqual(new Set(['alice', 'dave']));
+    cache.remove('a', 'alice');
+    expect(cache.cached('a')!.stamp).not.toBe(second);
+    expect(cache.peek('a')).toEqual(new Set(['dave']));
+  });
+
   it('accepts any iterable of strings: a Set, a generator, a promise of either', async () => {
     const { cache, loader } = setup();
     loader.answer(new Set(['a1'])).answer((function* () {
