@@ -15,6 +15,7 @@ import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
 import { PerfRecording, type PerfSplit } from './lib/perf.js';
+import { startCounting, stopCounting } from './lib/callgrind.js';
 import { cpuDelta, machineDelta, openFilesLimit, readMachineCpu, readMainThreadCpu, readProcessCpu, readRuntimeMs, type CpuTimes, type MachineTimes } from './lib/proc.js';
 import { closeProbeClient, openProbeClient, redisWindow, snapshotRedis, type RedisSnapshot, type RedisWindow } from './lib/redis.js';
 import { roomCount, roomName, userName, type Topology } from './lib/topology.js';
@@ -67,6 +68,8 @@ export interface RunRequest {
    * (with call chains) for the runner to sort; without it, /proc's own split is used.
    */
   perf?: 'split' | 'callgraph' | undefined;
+  /** The servers run under callgrind: count their instructions over exactly the window (bench/lib/callgrind.ts). */
+  callgrind?: boolean | undefined;
 }
 
 /** Where the Redis counters of a window come from. */
@@ -396,6 +399,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   // perf attaches in the pause before the window; only the window's samples are counted.
   const recordings = request.perf ? request.serverPids.map((pid) => new PerfRecording(pid, `${request.step}-${pid}`, request.perf === 'callgraph')) : [];
   for (const recording of recordings) recording.start();
+  if (request.callgrind) for (const pid of request.serverPids) await startCounting(pid);
   await sleep(200);
   currentStep = request.step;
   received = 0;
@@ -427,6 +431,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   const self1 = readProcessCpu(process.pid);
   const machine1 = readMachineCpu();
   const redis1 = request.redis ? await redisSnapshot(request.redis, redisClient) : undefined;
+  if (request.callgrind) for (const pid of request.serverPids) await stopCounting(pid);
   await Promise.all(recordings.map((recording) => recording.stop()));
   const perfSplits = recordings.length > 0 ? recordings.map((recording) => recording.split({ start, end })) : null;
   if (request.perf !== 'callgraph') for (const recording of recordings) recording.remove();

@@ -6,6 +6,7 @@
  *   npm run bench -- --quick      smoke run (about 1 minute); writes bench/results/quick.*
  *   npm run bench -- --profile    CPU profiles (node --cpu-prof) of each server under the small-rooms load
  *   npm run bench -- --perf --only=small   where each server's CPU goes (Linux perf), kernel and helper threads included
+ *   npm run bench -- --callgrind  instructions per delivery (Valgrind's callgrind): a figure that does not move with the machine's load
  *
  * Options: --only=small,big,ladder,idle,cluster  --servers=roomwire,bare,socketio  --reps=N  --docs (write the docs
  * from a quick or partial run too)  --redis=URL (the cluster scenario's Redis; default redis://127.0.0.1:6379)
@@ -26,6 +27,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
+import { CALLGRIND_CATEGORIES, CALLGRIND_SCALE, callgrindCommand, callgrindUnavailable, latestDump, readDump, type CallgrindCategory } from './lib/callgrind.js';
 import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, SPLIT_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
 import { baseComparison, chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
@@ -80,10 +82,10 @@ interface IdlePlan {
 const args = process.argv.slice(2);
 const flag = (name: string): boolean => args.includes(`--${name}`);
 const option = (name: string): string | undefined => args.find((a) => a.startsWith(`--${name}=`))?.slice(name.length + 3);
-const known = ['--quick', '--profile', '--perf', '--split=', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--base=', '--server-flags=', '--redis='];
+const known = ['--quick', '--profile', '--perf', '--split=', '--docs', '--tsx', '--only=', '--servers=', '--reps=', '--warmup=', '--measure=', '--src=', '--base=', '--server-flags=', '--redis=', '--callgrind'];
 const unknown = args.filter((a) => !known.some((k) => (k.endsWith('=') ? a.startsWith(k) : a === k)));
 if (unknown.length > 0) {
-  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--split=perf|proc] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--base=DIR] [--server-flags=--trace-gc,…] [--redis=URL]`);
+  console.error(`unknown option(s): ${unknown.join(' ')}\nusage: npm run bench [-- --quick] [--profile] [--perf] [--split=perf|proc] [--only=small,big,ladder,idle,cluster] [--servers=roomwire,bare,socketio] [--reps=N] [--warmup=MS] [--measure=MS] [--docs] [--tsx] [--src=DIR] [--base=DIR] [--server-flags=--trace-gc,…] [--redis=URL] [--callgrind]`);
   process.exit(2);
 }
 
@@ -92,12 +94,23 @@ const profileMode = flag('profile');
 /** `--perf`: Linux perf samples of every small-rooms and big-room window, sorted by where the time went (bench/lib/perf.ts). */
 const perfMode = flag('perf');
 /**
+ * `--callgrind`: the servers run under Valgrind's callgrind, which counts the instructions
+ * each executes over the window: the small-rooms step (and the big-room one with
+ * `--only=big`), load scaled down to what a server under Valgrind keeps up with
+ * (bench/lib/callgrind.ts). A partial run; its figures go to bench/results/callgrind.json.
+ */
+const callgrindMode = flag('callgrind');
+if (callgrindMode && (perfMode || flag('profile'))) {
+  console.error('--callgrind runs the servers under Valgrind, which --perf and --profile cannot measure: use one at a time');
+  process.exit(2);
+}
+/**
  * `--split=perf|proc`: where the user/system split of the servers' CPU time comes from.
  * perf (the default where it runs) samples each window; /proc's split is the kernel's
  * tick-based one, which was off by up to a quarter per window for servers that run in
  * step with the ticks (docs/benchmarks.md, "How it measures"). Settled in main().
  */
-let splitMode: 'perf' | 'proc' = option('split') === 'proc' ? 'proc' : 'perf';
+let splitMode: 'perf' | 'proc' = option('split') === 'proc' || callgrindMode ? 'proc' : 'perf';
 const ALL_SERVERS: ServerKind[] = ['roomwire', 'bare', 'socketio'];
 const KNOWN_SERVERS: ServerKind[] = [...ALL_SERVERS, 'preframed', 'bare-ack'];
 /** `--base=DIR`: roomwire built from DIR runs too, right after roomwire in each round, as `roomwire (base)`. */
@@ -105,7 +118,8 @@ const baseDir = option('base');
 const servers = (option('servers')?.split(',') ?? ALL_SERVERS).filter((s): s is ServerKind => (KNOWN_SERVERS as string[]).includes(s));
 if (baseDir !== undefined) servers.splice(servers.includes('roomwire') ? servers.indexOf('roomwire') + 1 : 0, 0, 'roomwire-base');
 const only = option('only')?.split(',');
-const runs = (name: string): boolean => only === undefined || only.includes(name);
+const runs = (name: string): boolean =>
+  callgrindMode ? (name === 'small' || name === 'big') && (only ?? ['small']).includes(name) : only === undefined || only.includes(name);
 const repsOverride = option('reps') === undefined ? undefined : Math.max(1, Number(option('reps')));
 const reps = (n: number): number => repsOverride ?? n;
 const warmupOverride = option('warmup') === undefined ? undefined : Math.max(0, Number(option('warmup')));
@@ -141,6 +155,15 @@ const big: LoadPlan = {
   measureMs: measure(quick ? 2_000 : 6_000),
   drainMs: quick ? 1_500 : 3_000,
 };
+/**
+ * Under --callgrind: the load divided, and the warm-up and window multiplied, by the
+ * scenario's CALLGRIND_SCALE, so the window holds as many publishes; one rep unless
+ * `--reps` says otherwise, and a longer drain, as latencies under Valgrind reach seconds.
+ */
+function forCallgrind(plan: LoadPlan): LoadPlan {
+  const scale = CALLGRIND_SCALE[plan.name] ?? 10;
+  return { ...plan, rate: plan.rate / scale, reps: reps(1), warmupMs: plan.warmupMs * scale, measureMs: plan.measureMs * scale, drainMs: Math.max(plan.drainMs, 10_000) };
+}
 const ladderPlan: LadderPlan = {
   topology: { connections: 2_000, roomSize: 10 },
   // Two cores hold the server and the load generator: the ceiling is near 3,000 publishes/s.
@@ -175,7 +198,7 @@ const clusterPlan: ClusterPlan = {
 };
 const redisUrl = option('redis') ?? DEFAULT_REDIS_URL;
 /** Hard bound on the whole run: whatever happens, the children die and the process ends. */
-const RUN_LIMIT_MS = (profileMode ? 5 : quick ? 4 : 14) * 60_000;
+const RUN_LIMIT_MS = (callgrindMode ? 60 : profileMode ? 5 : quick ? 4 : 14) * 60_000;
 
 /** `--server-flags=a,b`: extra node flags for the servers (say `--trace-gc`), for investigations. */
 const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
@@ -258,8 +281,10 @@ async function startChild(entry: EntryName, name: string, childArgs: string[], n
   const child = new ChildHandle(scripts[entry], childArgs, {
     name,
     nodeFlags: [...runnerFlags, '--expose-gc', ...modeFlags, ...serverFlags, ...nodeFlags],
+    wrapper: callgrindMode ? callgrindCommand(callgrindDir(), entry) : undefined,
   });
-  const ready = child.waitEvent<ReadyEvent>('ready', 30_000);
+  // Valgrind takes its time to start node (it translates every instruction it runs).
+  const ready = child.waitEvent<ReadyEvent>('ready', callgrindMode ? 300_000 : 30_000);
   try {
     const event = await ready;
     return { child, port: event.port, pid: event.pid, fdLimit: event.fdLimit };
@@ -302,8 +327,8 @@ type Timing = { warmupMs: number; measureMs: number; drainMs: number; callGraph?
 function runOnce(server: RunningServer, rate: number, timing: Timing): Promise<RunResult> {
   const perf = timing.callGraph ? 'callgraph' : splitMode === 'perf' && timing.split !== false ? 'split' : undefined;
   const { warmupMs, measureMs, drainMs } = timing;
-  const request: RunRequest = { cmd: 'run', rate, warmupMs, measureMs, drainMs, step: ++stepNumber, serverPids: [server.pid], perf };
-  return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + 60_000);
+  const request: RunRequest = { cmd: 'run', rate, warmupMs, measureMs, drainMs, step: ++stepNumber, serverPids: [server.pid], perf, callgrind: callgrindMode };
+  return lg().request<RunResult>(request, timing.warmupMs + timing.measureMs + timing.drainMs + (callgrindMode ? 300_000 : 60_000));
 }
 
 /**
@@ -331,8 +356,8 @@ async function runLoad(server: RunningServer, rate: number, timing: Timing): Pro
       best = { run, other };
     } else removeRecordings(run);
     const cost = timing.warmupMs + timing.measureMs + 1_000;
-    // Under --perf the one recording covers the first window: no second one.
-    if (timing.callGraph || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
+    // Under --perf the one recording covers the first window, under --callgrind the one count: no second one.
+    if (timing.callGraph || callgrindMode || other <= NOISY_PCT || attempt === MAX_ATTEMPTS || retryBudgetMs < cost || Date.now() - startedAt > RETRY_DEADLINE_MS) break;
     retryBudgetMs -= cost;
     retries++;
     console.log(`        (other processes used ${fmt(other, 2)}% of a core during that window: measuring it again)`);
@@ -403,6 +428,7 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
       addPerf(plan.name, kind, categorizeRecording(recording, server.pid, run.windowUs, serverFileOf(kind)), run.received);
       removeRecordings(run);
     }
+    if (callgrindMode) addCallgrind(plan.name, kind, server.pid, run.received);
     if (!server.child.alive) throw new Error(`the ${SERVER_LABEL[kind]} server exited during the ${plan.name} step (see its output above)`);
     const memoryAfter = await server.child.request<MemoryReport>({ cmd: 'memory' }, 30_000).catch(() => undefined);
     const derived = derive(run);
@@ -466,7 +492,7 @@ function reportPerf(): void {
       const total = byServer.get(kind);
       return total && total.deliveries > 0 ? ((total.functions.get(name) ?? 0) * 1e6) / PERF_FREQUENCY / total.deliveries : 0;
     };
-    printFunctionDifferences(scenario, byServer, functionUs);
+    printFunctionDifferences(scenario, byServer, functionUs, 'user space, main thread, self µs');
     out[scenario] = Object.fromEntries(
       kinds.map((kind) => {
         const total = byServer.get(kind) as PerfTotal;
@@ -488,22 +514,115 @@ function reportPerf(): void {
 }
 
 /**
- * The user-space functions (main thread, self time) where each server spends the most
- * more than the bare loop does, in µs per delivery: what is left to find in a hot path.
+ * The functions where each server spends the most more (or less) than the bare loop
+ * does, per delivery: what is left to find in a hot path. `what` says what is counted
+ * (`user space, main thread, self µs`).
  */
-function printFunctionDifferences(scenario: string, byServer: Map<ServerKind, PerfTotal>, functionUs: (kind: ServerKind, name: string) => number): void {
+function printFunctionDifferences(
+  scenario: string,
+  byServer: Map<ServerKind, { functions: Map<string, number> }>,
+  perDelivery: (kind: ServerKind, name: string) => number,
+  what: string,
+): void {
   if (!byServer.has('bare')) return;
   for (const kind of byServer.keys()) {
     if (kind === 'bare') continue;
     const names = new Set([...(byServer.get(kind)?.functions.keys() ?? []), ...(byServer.get('bare')?.functions.keys() ?? [])]);
-    const rows = [...names].map((name) => ({ name, mine: functionUs(kind, name), bare: functionUs('bare', name) })).sort((a, b) => Math.abs(b.mine - b.bare) - Math.abs(a.mine - a.bare));
-    console.log(`\n  ${scenario}, ${SERVER_LABEL[kind]} against bare ws, by function (user space, main thread, self µs per delivery; largest differences):`);
+    const rows = [...names].map((name) => ({ name, mine: perDelivery(kind, name), bare: perDelivery('bare', name) })).sort((a, b) => Math.abs(b.mine - b.bare) - Math.abs(a.mine - a.bare));
+    console.log(`\n  ${scenario}, ${SERVER_LABEL[kind]} against bare ws, by function (${what} per delivery; largest differences):`);
     console.log(`  ${SERVER_LABEL[kind].padStart(10)}${'bare ws'.padStart(10)}${'diff'.padStart(10)}  function`);
     for (const row of rows.slice(0, TOP_DIFFERENCES)) {
       const diff = row.mine - row.bare;
       console.log(`  ${fmt(row.mine).padStart(10)}${fmt(row.bare).padStart(10)}${`${diff >= 0 ? '+' : ''}${fmt(diff)}`.padStart(10)}  ${row.name.slice(0, 100)}`);
     }
   }
+}
+
+// ---------------------------------------------------------------- --callgrind
+
+/** Where the servers' callgrind dumps go: a directory of the machine's temp dir, made on first use. */
+let callgrindDirectory: string | undefined;
+function callgrindDir(): string {
+  callgrindDirectory ??= mkdtempSync(join(tmpdir(), 'roomwire-callgrind-'));
+  return callgrindDirectory;
+}
+
+/** Instructions and deliveries of every counted window, by scenario and server. */
+interface CallgrindTotal {
+  instructions: number;
+  categories: Record<CallgrindCategory, number>;
+  functions: Map<string, number>;
+  deliveries: number;
+  windows: number;
+}
+const callgrindTotals = new Map<string, Map<ServerKind, CallgrindTotal>>();
+
+/** Reads the window's dump of one server and adds it to its scenario's totals. */
+function addCallgrind(scenario: string, kind: ServerKind, pid: number, deliveries: number): void {
+  const dump = latestDump(callgrindDir(), kind, pid);
+  if (dump === undefined) throw new Error(`callgrind wrote no dump for the ${SERVER_LABEL[kind]} server (see its log in ${callgrindDir()})`);
+  const counts = readDump(dump);
+  const byServer = callgrindTotals.get(scenario) ?? new Map<ServerKind, CallgrindTotal>();
+  callgrindTotals.set(scenario, byServer);
+  const total = byServer.get(kind) ?? {
+    instructions: 0,
+    categories: Object.fromEntries(CALLGRIND_CATEGORIES.map((c) => [c, 0])) as Record<CallgrindCategory, number>,
+    functions: new Map<string, number>(),
+    deliveries: 0,
+    windows: 0,
+  };
+  total.instructions += counts.total;
+  for (const category of CALLGRIND_CATEGORIES) total.categories[category] += counts.categories[category];
+  for (const [name, count] of counts.functions) total.functions.set(name, (total.functions.get(name) ?? 0) + count);
+  total.deliveries += deliveries;
+  total.windows++;
+  byServer.set(kind, total);
+  console.log(`        ${SERVER_LABEL[kind]}: ${fmt(counts.total / Math.max(1, deliveries))} instructions per delivery (${fmt(counts.total / 1e6)} M over ${fmt(deliveries)} deliveries)`);
+}
+
+/** Instructions per delivery by category and in all, per scenario and server: printed, and written to bench/results/callgrind.json. */
+function reportCallgrind(): void {
+  if (callgrindTotals.size === 0) return;
+  const out: Record<string, Record<string, { windows: number; deliveries: number; instructionsPerDelivery: number; vsBare: number | null; byCategory: Record<string, number>; topFunctions: Record<string, number> }>> = {};
+  for (const [scenario, byServer] of callgrindTotals) {
+    const kinds = [...byServer.keys()];
+    const scale = CALLGRIND_SCALE[scenario] ?? 1;
+    console.log(`\ninstructions per delivery, ${scenario} (callgrind, every thread of the server, user space; load 1/${scale} of the plain run's):`);
+    console.log(`  ${''.padEnd(30)}${kinds.map((k) => SERVER_LABEL[k].padStart(15)).join('')}`);
+    const per = (kind: ServerKind, count: (t: CallgrindTotal) => number): number => {
+      const total = byServer.get(kind);
+      return total && total.deliveries > 0 ? count(total) / total.deliveries : Number.NaN;
+    };
+    for (const category of CALLGRIND_CATEGORIES) console.log(`  ${category.padEnd(30)}${kinds.map((k) => fmt(per(k, (t) => t.categories[category])).padStart(15)).join('')}`);
+    console.log(`  ${'all'.padEnd(30)}${kinds.map((k) => fmt(per(k, (t) => t.instructions)).padStart(15)).join('')}`);
+    const bare = per('bare', (t) => t.instructions);
+    if (Number.isFinite(bare)) console.log(`  ${'against bare ws'.padEnd(30)}${kinds.map((k) => fmtRatio(ratio(per(k, (t) => t.instructions), bare)).padStart(15)).join('')}`);
+    printFunctionDifferences(scenario, byServer, (kind, name) => per(kind, (t) => t.functions.get(name) ?? 0), 'instructions');
+    out[scenario] = Object.fromEntries(
+      kinds.map((kind) => {
+        const total = byServer.get(kind)!;
+        const top = [...total.functions].sort((a, b) => b[1] - a[1]).slice(0, TOP_FUNCTIONS);
+        const mine = per(kind, (t) => t.instructions);
+        return [
+          SERVER_LABEL[kind],
+          {
+            windows: total.windows,
+            deliveries: total.deliveries,
+            instructionsPerDelivery: Math.round(mine),
+            vsBare: Number.isFinite(bare) ? Number((mine / bare).toFixed(3)) : null,
+            byCategory: Object.fromEntries(CALLGRIND_CATEGORIES.map((c) => [c, Math.round(per(kind, (t) => t.categories[c]))])),
+            topFunctions: Object.fromEntries(top.map(([name, count]) => [name, Math.round(count / total.deliveries)])),
+          },
+        ];
+      }),
+    );
+  }
+  mkdirSync(join(ROOT, 'bench/results'), { recursive: true });
+  writeFileSync(
+    join(ROOT, 'bench/results/callgrind.json'),
+    `${JSON.stringify({ date: new Date().toISOString(), command, machine: machine(), source: measuredSource, scale: CALLGRIND_SCALE, scenarios: out }, null, 2)}\n`,
+  );
+  console.log(`\nwrote bench/results/callgrind.json (the dumps, for callgrind_annotate or KCachegrind: ${callgrindDir()})`);
 }
 
 /** The figures every load run reports, from the reps of one server (or setup). */
@@ -1129,6 +1248,8 @@ async function main(): Promise<void> {
   }
   const perfReason = perfUnavailable();
   if (perfMode && perfReason) throw new Error(`--perf: ${perfReason}`);
+  const callgrindReason = callgrindMode ? callgrindUnavailable() : undefined;
+  if (callgrindReason) throw new Error(`--callgrind: ${callgrindReason}`);
   if (splitMode === 'perf' && perfReason) {
     splitMode = 'proc';
     const splitNote = `user/system split from /proc (tick-sampled, can be biased; see docs/benchmarks.md): ${perfReason}`;
@@ -1151,9 +1272,11 @@ async function main(): Promise<void> {
   }
   const loadAverageAtStart = loadavg();
   const perServer = servers.length;
+  const smallPlan = callgrindMode ? forCallgrind(small) : small;
+  const bigPlan = callgrindMode ? forCallgrind(big) : big;
   stepsTotal =
-    (runs('small') ? small.reps * perServer : 0) +
-    (runs('big') ? big.reps * perServer : 0) +
+    (runs('small') ? smallPlan.reps * perServer : 0) +
+    (runs('big') ? bigPlan.reps * perServer : 0) +
     (runs('ladder') ? ladderPlan.reps * perServer * ladderPlan.rates.length : 0) +
     (runs('idle') ? idlePlan.reps * perServer : 0) +
     (runs('cluster') ? clusterPlan.reps * 2 * clusterPlan.rates.length : 0);
@@ -1162,8 +1285,8 @@ async function main(): Promise<void> {
   );
   if (cpus().length <= 2) console.log('  (on 2 cores the server and the load generator share the machine; compare ratios, not absolute figures)');
 
-  const smallResult = runs('small') ? await loadScenario(small) : undefined;
-  const bigResult = runs('big') ? await loadScenario(big) : undefined;
+  const smallResult = runs('small') ? await loadScenario(smallPlan) : undefined;
+  const bigResult = runs('big') ? await loadScenario(bigPlan) : undefined;
   const ladderResult = runs('ladder') ? await ladderScenario(ladderPlan) : undefined;
   const idleResult = runs('idle') ? await idleScenario(idlePlan) : undefined;
   const clusterResult = runs('cluster') ? await clusterScenario(clusterPlan) : undefined;
@@ -1173,10 +1296,12 @@ async function main(): Promise<void> {
     return;
   }
   reportPerf();
-  const partial = perfMode || option('src') !== undefined || baseDir !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
+  reportCallgrind();
+  const partial = perfMode || callgrindMode || option('src') !== undefined || baseDir !== undefined || serverFlags.length > 0 || warmupOverride !== undefined || measureOverride !== undefined || only !== undefined || servers.length !== ALL_SERVERS.length || !ALL_SERVERS.every((s) => servers.includes(s));
   const scenarios = { small: smallResult, big: bigResult, ladder: ladderResult, idle: idleResult };
   /** The scenarios of the results section (all but the cluster one, which has its own files and section). */
-  const classic = Object.values(scenarios).some((scenario) => scenario !== undefined);
+  // Under --callgrind the servers' times and latencies are Valgrind's: only the instruction counts are written.
+  const classic = !callgrindMode && Object.values(scenarios).some((scenario) => scenario !== undefined);
   const meta: Meta = {
     date: new Date().toISOString(),
     mode: partial ? 'partial' : quick ? 'quick' : 'full',

@@ -35,6 +35,8 @@ export interface SpawnOptions {
   nodeFlags?: string[];
   /** A name for error messages. */
   name: string;
+  /** A command node runs under (`valgrind --tool=callgrind …`), before node itself. */
+  wrapper?: string[] | undefined;
 }
 
 /**
@@ -54,7 +56,7 @@ export class ChildHandle {
 
   constructor(script: string, args: string[], options: SpawnOptions) {
     this.name = options.name;
-    const node = [process.execPath, ...(options.nodeFlags ?? []), script, ...args];
+    const node = [...(options.wrapper ?? []), process.execPath, ...(options.nodeFlags ?? []), script, ...args];
     this.proc = spawn('/bin/sh', ['-c', 'ulimit -n "$(ulimit -Hn)" 2>/dev/null || true; exec "$@"', 'sh', ...node], {
       cwd: ROOT,
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
