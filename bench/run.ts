@@ -597,6 +597,8 @@ function reportCallgrind(): void {
     console.log(`  ${'all'.padEnd(30)}${kinds.map((k) => fmt(per(k, (t) => t.instructions)).padStart(15)).join('')}`);
     const bare = per('bare', (t) => t.instructions);
     if (Number.isFinite(bare)) console.log(`  ${'against bare ws'.padEnd(30)}${kinds.map((k) => fmtRatio(ratio(per(k, (t) => t.instructions), bare)).padStart(15)).join('')}`);
+    const base = per('roomwire-base', (t) => t.instructions);
+    if (Number.isFinite(base)) console.log(`  roomwire against roomwire (base): ${fmtRatio(ratio(per('roomwire', (t) => t.instructions), base))} (below 1.0× executes fewer instructions than the base)`);
     printFunctionDifferences(scenario, byServer, (kind, name) => per(kind, (t) => t.functions.get(name) ?? 0), 'instructions');
     out[scenario] = Object.fromEntries(
       kinds.map((kind) => {
