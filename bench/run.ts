@@ -480,14 +480,15 @@ function reportPerf(): void {
   for (const [scenario, byServer] of perfTotals) {
     const kinds = [...byServer.keys()];
     console.log(`\nwhere the CPU goes, ${scenario} (perf, ${PERF_FREQUENCY} samples/s; µs per delivery):`);
-    console.log(`  ${''.padEnd(42)}${kinds.map((k) => SERVER_LABEL[k].padStart(15)).join('')}`);
+    const line = tableLine(kinds, 42);
+    console.log(line('', (k) => SERVER_LABEL[k]));
     const perDelivery = (kind: ServerKind, category: PerfCategory): number => {
       const total = byServer.get(kind);
       return total && total.deliveries > 0 ? (total.samples[category] * 1e6) / PERF_FREQUENCY / total.deliveries : Number.NaN;
     };
-    for (const category of PERF_CATEGORIES) console.log(`  ${category.padEnd(42)}${kinds.map((k) => fmt(perDelivery(k, category)).padStart(15)).join('')}`);
+    for (const category of PERF_CATEGORIES) console.log(line(category, (k) => fmt(perDelivery(k, category))));
     const sum = (kind: ServerKind): number => PERF_CATEGORIES.reduce((a, c) => a + perDelivery(kind, c), 0);
-    console.log(`  ${'all'.padEnd(42)}${kinds.map((k) => fmt(sum(k)).padStart(15)).join('')}`);
+    console.log(line('all', (k) => fmt(sum(k))));
     const functionUs = (kind: ServerKind, name: string): number => {
       const total = byServer.get(kind);
       return total && total.deliveries > 0 ? ((total.functions.get(name) ?? 0) * 1e6) / PERF_FREQUENCY / total.deliveries : 0;
@@ -511,6 +512,12 @@ function reportPerf(): void {
   }
   writeFileSync(join(ROOT, 'bench/results/perf.json'), `${JSON.stringify({ date: new Date().toISOString(), command, frequency: PERF_FREQUENCY, scenarios: out }, null, 2)}\n`);
   console.log('wrote bench/results/perf.json');
+}
+
+/** Formats the rows of a per-server table: the row's name, then a column per server, each wide enough for the server's name. */
+function tableLine(kinds: readonly ServerKind[], nameWidth: number): (name: string, cell: (kind: ServerKind) => string) => string {
+  const width = Math.max(15, ...kinds.map((kind) => SERVER_LABEL[kind].length + 2));
+  return (name, cell) => `  ${name.padEnd(nameWidth)}${kinds.map((kind) => cell(kind).padStart(width)).join('')}`;
 }
 
 /**
@@ -588,15 +595,16 @@ function reportCallgrind(): void {
     const kinds = [...byServer.keys()];
     const scale = CALLGRIND_SCALE[scenario] ?? 1;
     console.log(`\ninstructions per delivery, ${scenario} (callgrind, every thread of the server, user space; load 1/${scale} of the plain run's):`);
-    console.log(`  ${''.padEnd(30)}${kinds.map((k) => SERVER_LABEL[k].padStart(15)).join('')}`);
+    const line = tableLine(kinds, 30);
+    console.log(line('', (k) => SERVER_LABEL[k]));
     const per = (kind: ServerKind, count: (t: CallgrindTotal) => number): number => {
       const total = byServer.get(kind);
       return total && total.deliveries > 0 ? count(total) / total.deliveries : Number.NaN;
     };
-    for (const category of CALLGRIND_CATEGORIES) console.log(`  ${category.padEnd(30)}${kinds.map((k) => fmt(per(k, (t) => t.categories[category])).padStart(15)).join('')}`);
-    console.log(`  ${'all'.padEnd(30)}${kinds.map((k) => fmt(per(k, (t) => t.instructions)).padStart(15)).join('')}`);
+    for (const category of CALLGRIND_CATEGORIES) console.log(line(category, (k) => fmt(per(k, (t) => t.categories[category]))));
+    console.log(line('all', (k) => fmt(per(k, (t) => t.instructions))));
     const bare = per('bare', (t) => t.instructions);
-    if (Number.isFinite(bare)) console.log(`  ${'against bare ws'.padEnd(30)}${kinds.map((k) => fmtRatio(ratio(per(k, (t) => t.instructions), bare)).padStart(15)).join('')}`);
+    if (Number.isFinite(bare)) console.log(line('against bare ws', (k) => fmtRatio(ratio(per(k, (t) => t.instructions), bare))));
     const base = per('roomwire-base', (t) => t.instructions);
     if (Number.isFinite(base)) console.log(`  roomwire against roomwire (base): ${fmtRatio(ratio(per('roomwire', (t) => t.instructions), base))} (below 1.0× executes fewer instructions than the base)`);
     printFunctionDifferences(scenario, byServer, (kind, name) => per(kind, (t) => t.functions.get(name) ?? 0), 'instructions');
