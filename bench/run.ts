@@ -290,6 +290,8 @@ async function startChild(entry: EntryName, name: string, childArgs: string[], n
     return { child, port: event.port, pid: event.pid, fdLimit: event.fdLimit };
   } catch (error) {
     await child.stop(1_000);
+    // Under --callgrind, Valgrind writes why the server did not start to its log, not to the console.
+    if (callgrindMode) console.error(`  ! Valgrind's log of the ${name}: ${join(callgrindDir(), `${entry}.${child.pid}.log`)}`);
     throw error;
   }
 }
