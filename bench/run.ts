@@ -324,7 +324,7 @@ type Timing = { warmupMs: number; measureMs: number; drainMs: number; callGraph?
 /**
  * One window; `callGraph` (under --perf) keeps its perf recording, with call chains, for
  * the caller to sort and remove; `split: false` keeps /proc's user/system split (the
- * ladder, which reports no CPU figures, saves the recording's half second per window).
+ * ladder, which reports no CPU figures, needs no recording).
  */
 function runOnce(server: RunningServer, rate: number, timing: Timing): Promise<RunResult> {
   const perf = timing.callGraph ? 'callgraph' : splitMode === 'perf' && timing.split !== false ? 'split' : undefined;
