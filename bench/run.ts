@@ -27,8 +27,8 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { CALLGRIND_CATEGORIES, CALLGRIND_SCALE, callgrindCommand, callgrindUnavailable, latestDump, readDump, type CallgrindCategory } from './lib/callgrind.js';
-import { categorizeRecording, emptySamples, PERF_CATEGORIES, PERF_FREQUENCY, SPLIT_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory, type PerfSamples } from './lib/perf.js';
+import { CALLGRIND_CATEGORIES, CALLGRIND_SCALE, callgrindCommand, callgrindScale, callgrindUnavailable, latestDump, readDump, type CallgrindCategory } from './lib/callgrind.js';
+import { categorizeRecording, PERF_CATEGORIES, PERF_FREQUENCY, SPLIT_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory } from './lib/perf.js';
 import { baseComparison, chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
   SERVER_LABEL,
@@ -161,7 +161,7 @@ const big: LoadPlan = {
  * `--reps` says otherwise, and a longer drain, as latencies under Valgrind reach seconds.
  */
 function forCallgrind(plan: LoadPlan): LoadPlan {
-  const scale = CALLGRIND_SCALE[plan.name] ?? 10;
+  const scale = callgrindScale(plan.name);
   return { ...plan, rate: plan.rate / scale, reps: reps(1), warmupMs: plan.warmupMs * scale, measureMs: plan.measureMs * scale, drainMs: Math.max(plan.drainMs, 10_000) };
 }
 const ladderPlan: LadderPlan = {
@@ -445,28 +445,43 @@ async function loadStep(plan: LoadPlan, kind: ServerKind, rep: number, nodeFlags
 
 // ---------------------------------------------------------------- --perf
 
-/** Samples and deliveries of every recorded window, by scenario and server. */
-interface PerfTotal {
-  samples: PerfSamples;
+/** What the windows of one scenario and server added up to (perf's samples, callgrind's instructions). */
+interface WindowTotal<C extends string> {
+  counts: Record<C, number>;
   functions: Map<string, number>;
   deliveries: number;
   windows: number;
 }
-const perfTotals = new Map<string, Map<ServerKind, PerfTotal>>();
+type WindowTotals<C extends string> = Map<string, Map<ServerKind, WindowTotal<C>>>;
+
+/** Adds one window's counts, by category and by function, to its scenario's and server's total. */
+function addWindow<C extends string>(
+  totals: WindowTotals<C>,
+  categories: readonly C[],
+  scenario: string,
+  kind: ServerKind,
+  window: { counts: Record<C, number>; functions: Map<string, number>; deliveries: number },
+): void {
+  const byServer = totals.get(scenario) ?? new Map<ServerKind, WindowTotal<C>>();
+  totals.set(scenario, byServer);
+  const counts = Object.fromEntries(categories.map((c) => [c, 0])) as Record<C, number>;
+  const total = byServer.get(kind) ?? { counts, functions: new Map<string, number>(), deliveries: 0, windows: 0 };
+  for (const category of categories) total.counts[category] += window.counts[category];
+  for (const [name, count] of window.functions) total.functions.set(name, (total.functions.get(name) ?? 0) + count);
+  total.deliveries += window.deliveries;
+  total.windows++;
+  byServer.set(kind, total);
+}
+
+/** Samples and deliveries of every recorded window, by scenario and server. */
+const perfTotals: WindowTotals<PerfCategory> = new Map();
 
 /** Functions listed per server in bench/results/perf.json, and differences printed against the bare loop. */
 const TOP_FUNCTIONS = 40;
 const TOP_DIFFERENCES = 15;
 
 function addPerf(scenario: string, kind: ServerKind, { categories, functions }: CategorizedSamples, deliveries: number): void {
-  const byServer = perfTotals.get(scenario) ?? new Map<ServerKind, PerfTotal>();
-  perfTotals.set(scenario, byServer);
-  const total = byServer.get(kind) ?? { samples: emptySamples(), functions: new Map(), deliveries: 0, windows: 0 };
-  for (const category of PERF_CATEGORIES) total.samples[category] += categories[category];
-  for (const [name, count] of functions) total.functions.set(name, (total.functions.get(name) ?? 0) + count);
-  total.deliveries += deliveries;
-  total.windows++;
-  byServer.set(kind, total);
+  addWindow(perfTotals, PERF_CATEGORIES, scenario, kind, { counts: categories, functions, deliveries });
 }
 
 /** Frames of the server's own code: its bundle (or its sources under --tsx), and Socket.IO's packages. */
@@ -486,7 +501,7 @@ function reportPerf(): void {
     console.log(line('', (k) => SERVER_LABEL[k]));
     const perDelivery = (kind: ServerKind, category: PerfCategory): number => {
       const total = byServer.get(kind);
-      return total && total.deliveries > 0 ? (total.samples[category] * 1e6) / PERF_FREQUENCY / total.deliveries : Number.NaN;
+      return total && total.deliveries > 0 ? (total.counts[category] * 1e6) / PERF_FREQUENCY / total.deliveries : Number.NaN;
     };
     for (const category of PERF_CATEGORIES) console.log(line(category, (k) => fmt(perDelivery(k, category))));
     const sum = (kind: ServerKind): number => PERF_CATEGORIES.reduce((a, c) => a + perDelivery(kind, c), 0);
@@ -498,7 +513,7 @@ function reportPerf(): void {
     printFunctionDifferences(scenario, byServer, functionUs, 'user space, main thread, self µs');
     out[scenario] = Object.fromEntries(
       kinds.map((kind) => {
-        const total = byServer.get(kind) as PerfTotal;
+        const total = byServer.get(kind)!;
         const top = [...total.functions].sort((a, b) => b[1] - a[1]).slice(0, TOP_FUNCTIONS);
         return [
           kind,
@@ -557,35 +572,14 @@ function callgrindDir(): string {
 }
 
 /** Instructions and deliveries of every counted window, by scenario and server. */
-interface CallgrindTotal {
-  instructions: number;
-  categories: Record<CallgrindCategory, number>;
-  functions: Map<string, number>;
-  deliveries: number;
-  windows: number;
-}
-const callgrindTotals = new Map<string, Map<ServerKind, CallgrindTotal>>();
+const callgrindTotals: WindowTotals<CallgrindCategory> = new Map();
 
 /** Reads the window's dump of one server and adds it to its scenario's totals. */
 function addCallgrind(scenario: string, kind: ServerKind, pid: number, deliveries: number): void {
   const dump = latestDump(callgrindDir(), kind, pid);
   if (dump === undefined) throw new Error(`callgrind wrote no dump for the ${SERVER_LABEL[kind]} server (see its log in ${callgrindDir()})`);
   const counts = readDump(dump);
-  const byServer = callgrindTotals.get(scenario) ?? new Map<ServerKind, CallgrindTotal>();
-  callgrindTotals.set(scenario, byServer);
-  const total = byServer.get(kind) ?? {
-    instructions: 0,
-    categories: Object.fromEntries(CALLGRIND_CATEGORIES.map((c) => [c, 0])) as Record<CallgrindCategory, number>,
-    functions: new Map<string, number>(),
-    deliveries: 0,
-    windows: 0,
-  };
-  total.instructions += counts.total;
-  for (const category of CALLGRIND_CATEGORIES) total.categories[category] += counts.categories[category];
-  for (const [name, count] of counts.functions) total.functions.set(name, (total.functions.get(name) ?? 0) + count);
-  total.deliveries += deliveries;
-  total.windows++;
-  byServer.set(kind, total);
+  addWindow(callgrindTotals, CALLGRIND_CATEGORIES, scenario, kind, { counts: counts.categories, functions: counts.functions, deliveries });
   console.log(`        ${SERVER_LABEL[kind]}: ${fmt(counts.total / Math.max(1, deliveries))} instructions per delivery (${fmt(counts.total / 1e6)} M over ${fmt(deliveries)} deliveries)`);
 }
 
@@ -595,26 +589,29 @@ function reportCallgrind(): void {
   const out: Record<string, Record<string, { windows: number; deliveries: number; instructionsPerDelivery: number; vsBare: number | null; byCategory: Record<string, number>; topFunctions: Record<string, number> }>> = {};
   for (const [scenario, byServer] of callgrindTotals) {
     const kinds = [...byServer.keys()];
-    const scale = CALLGRIND_SCALE[scenario] ?? 1;
+    const scale = callgrindScale(scenario);
     console.log(`\ninstructions per delivery, ${scenario} (callgrind, every thread of the server, user space; load 1/${scale} of the plain run's):`);
     const line = tableLine(kinds, 30);
     console.log(line('', (k) => SERVER_LABEL[k]));
-    const per = (kind: ServerKind, count: (t: CallgrindTotal) => number): number => {
+    type Total = WindowTotal<CallgrindCategory>;
+    const per = (kind: ServerKind, count: (t: Total) => number): number => {
       const total = byServer.get(kind);
       return total && total.deliveries > 0 ? count(total) / total.deliveries : Number.NaN;
     };
-    for (const category of CALLGRIND_CATEGORIES) console.log(line(category, (k) => fmt(per(k, (t) => t.categories[category]))));
-    console.log(line('all', (k) => fmt(per(k, (t) => t.instructions))));
-    const bare = per('bare', (t) => t.instructions);
-    if (Number.isFinite(bare)) console.log(line('against bare ws', (k) => fmtRatio(ratio(per(k, (t) => t.instructions), bare))));
-    const base = per('roomwire-base', (t) => t.instructions);
-    if (Number.isFinite(base)) console.log(`  roomwire against roomwire (base): ${fmtRatio(ratio(per('roomwire', (t) => t.instructions), base))} (below 1.0× executes fewer instructions than the base)`);
+    // The categories hold every instruction of the window (readDump puts any remainder in the last).
+    const instructions = (t: Total): number => CALLGRIND_CATEGORIES.reduce((sum, c) => sum + t.counts[c], 0);
+    for (const category of CALLGRIND_CATEGORIES) console.log(line(category, (k) => fmt(per(k, (t) => t.counts[category]))));
+    console.log(line('all', (k) => fmt(per(k, instructions))));
+    const bare = per('bare', instructions);
+    if (Number.isFinite(bare)) console.log(line('against bare ws', (k) => fmtRatio(ratio(per(k, instructions), bare))));
+    const base = per('roomwire-base', instructions);
+    if (Number.isFinite(base)) console.log(`  roomwire against roomwire (base): ${fmtRatio(ratio(per('roomwire', instructions), base))} (below 1.0× executes fewer instructions than the base)`);
     printFunctionDifferences(scenario, byServer, (kind, name) => per(kind, (t) => t.functions.get(name) ?? 0), 'instructions');
     out[scenario] = Object.fromEntries(
       kinds.map((kind) => {
         const total = byServer.get(kind)!;
         const top = [...total.functions].sort((a, b) => b[1] - a[1]).slice(0, TOP_FUNCTIONS);
-        const mine = per(kind, (t) => t.instructions);
+        const mine = per(kind, instructions);
         return [
           SERVER_LABEL[kind],
           {
@@ -622,7 +619,7 @@ function reportCallgrind(): void {
             deliveries: total.deliveries,
             instructionsPerDelivery: Math.round(mine),
             vsBare: Number.isFinite(bare) ? Number((mine / bare).toFixed(3)) : null,
-            byCategory: Object.fromEntries(CALLGRIND_CATEGORIES.map((c) => [c, Math.round(per(kind, (t) => t.categories[c]))])),
+            byCategory: Object.fromEntries(CALLGRIND_CATEGORIES.map((c) => [c, Math.round(per(kind, (t) => t.counts[c]))])),
             topFunctions: Object.fromEntries(top.map(([name, count]) => [name, Math.round(count / total.deliveries)])),
           },
         ];

@@ -23,6 +23,11 @@ import { promisify } from 'node:util';
 /** Per scenario: the load divided by this, the warm-up and window multiplied by it. */
 export const CALLGRIND_SCALE: Readonly<Record<string, number>> = { 'small rooms': 10, 'big room': 20 };
 
+/** The scale of a scenario (10 for one not listed). */
+export function callgrindScale(scenario: string): number {
+  return CALLGRIND_SCALE[scenario] ?? 10;
+}
+
 /**
  * Where an instruction was: its function, by whose code it is. JIT-compiled JavaScript
  * has no symbol under callgrind (an address), so it counts as one category.
@@ -144,7 +149,7 @@ export function countFunctions(annotated: string, total: number): InstructionCou
     counted += count;
     if (category !== 'JavaScript (JIT-compiled)') functions.set(name, (functions.get(name) ?? 0) + count);
   }
-  // Rows below callgrind_annotate's threshold (none at 100%) would be the remainder.
+  // Rows below callgrind_annotate's threshold (none at 100%) would be the remainder: the categories hold the total.
   if (total > counted) categories['libc and other'] += total - counted;
   return { total: Math.max(total, counted), categories, functions };
 }
