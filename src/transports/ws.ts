@@ -299,6 +299,15 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   function onPong(this: WebSocket): void {
     unanswered.delete(this);
   }
+  /**
+   * Pings `ws`, listening for its pong from the first ping on: a socket that is never
+   * pinged (one heard from every heartbeat) holds one listener fewer, which is a smaller
+   * listener table per connection.
+   */
+  function ping(ws: WebSocket): void {
+    if (!ws.listeners('pong').includes(onPong)) ws.on('pong', onPong);
+    ws.ping();
+  }
   function onClose(this: WebSocket, code: number, reason: Buffer): void {
     clients.delete(this);
     unanswered.delete(this);
@@ -315,7 +324,6 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     slices[slice]?.add(ws);
     (ws as TaggedSocket)[kHandlers] = manager.open(new WsConnection(ws, frames), principal);
     ws.on('message', onMessage);
-    ws.on('pong', onPong);
     ws.on('error', ignoreError);
     ws.on('close', onClose);
   };
@@ -344,7 +352,15 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       refuse(socket, 403, 'forbidden', 'origin not allowed');
       return;
     }
-    const handshake: Handshake = { url, headers: request.headers, remoteAddress: request.socket.remoteAddress };
+    // `remoteAddress` is read only if the authenticator asks: Node keeps the answer on the
+    // socket (an object and a string) for the socket's life.
+    const handshake: Handshake = {
+      url,
+      headers: request.headers,
+      get remoteAddress() {
+        return request.socket.remoteAddress;
+      },
+    };
     manager.authenticate(handshake).then(
       (principal) => {
         if (socket.destroyed) return;
@@ -398,14 +414,14 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
         const missed = unanswered.get(ws);
         if (missed === undefined) {
           unanswered.set(ws, 0);
-          ws.ping();
+          ping(ws);
         } else if (late) {
           continue;
         } else if (missed + 1 >= MISSED_PINGS_BEFORE_TERMINATE) {
           ws.terminate();
         } else {
           unanswered.set(ws, missed + 1);
-          ws.ping();
+          ping(ws);
         }
       }
     }, tickMs);
