@@ -16,6 +16,7 @@ import { decodeClientFrame } from './protocol/decode.js';
 import { encodeAck, encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
+import { SmallMap, SmallSet } from './small-collections.js';
 import { TimeoutError, withTimeout } from './timeout.js';
 import { TokenBucket } from './token-bucket.js';
 import type { RateLimit } from './options.js';
@@ -83,7 +84,8 @@ interface UserState {
   /** `id` as JSON, for the `from` of every message the user publishes. */
   readonly idJson: string;
   principal: Principal;
-  readonly conns: Set<ConnState>;
+  /** Usually one: a one-entry set holds no hash table. */
+  readonly conns: SmallSet<ConnState>;
   /** Connections past `welcome` and not closed. */
   open: number;
 }
@@ -93,7 +95,8 @@ interface ConnState {
   readonly user: UserState;
   readonly principal: Principal;
   readonly socket: Connection;
-  readonly rooms: Map<string, Membership>;
+  /** Usually one: a one-entry map holds no hash table. */
+  readonly rooms: SmallMap<string, Membership>;
   /**
    * Rooms this connection left: auto-join and ensure-participants never put it back.
    * The shared empty set until the first leave (most connections never leave a room).
@@ -392,7 +395,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     let user = this.users.get(principal.id);
     if (!user) {
-      user = { id: principal.id, idJson: JSON.stringify(principal.id), principal, conns: new Set(), open: 0 };
+      user = { id: principal.id, idJson: JSON.stringify(principal.id), principal, conns: new SmallSet(), open: 0 };
       this.users.set(user.id, user);
     }
     user.principal = principal;
@@ -401,7 +404,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       user,
       principal,
       socket,
-      rooms: new Map(),
+      rooms: new SmallMap(),
       left: NO_ROOMS,
       state: 'opening',
       early: undefined,
@@ -497,7 +500,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.logger.info({ user: conn.user.id, connectionId: conn.id, rooms: joined.length }, `user ${conn.user.id} auto-joined to ${joined.length} rooms`);
     }
     this.emit('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
-    if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', [...conn.rooms.keys()], crossed ?? conn.user.open === 1);
+    if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', conn.rooms.keyList(), crossed ?? conn.user.open === 1);
     this.armExpiry(conn);
     const early = conn.early;
     conn.early = undefined;
@@ -590,9 +593,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (wasOpen) {
       user.open--;
       const crossed = this.backplane?.presence.track(user.id, -1);
-      if (this.options.presence) this.afterPresenceChange(user.id, 'offline', [...conn.rooms.keys()], crossed ?? user.open === 0);
+      if (this.options.presence) this.afterPresenceChange(user.id, 'offline', conn.rooms.keyList(), crossed ?? user.open === 0);
     }
-    for (const room of [...conn.rooms.keys()]) this.removeFromRoom(conn, room, false, 'server');
+    for (const room of conn.rooms.keyList()) this.removeFromRoom(conn, room, false, 'server');
     user.conns.delete(conn);
     if (user.conns.size === 0) this.users.delete(user.id);
     this.conns.delete(conn.id);
@@ -1757,7 +1760,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /** The rooms a connection is in; empty for an unknown connection. */
   roomsOf(connectionId: string): string[] {
     const conn = this.conns.get(connectionId);
-    return conn ? [...conn.rooms.keys()] : [];
+    return conn ? conn.rooms.keyList() : [];
   }
 
   /** Participants of `room` (per the membership loader) that are online on this process. */
@@ -1783,7 +1786,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private describe(conn: ConnState): ConnectionInfo {
-    return { id: conn.id, user: conn.user.id, rooms: [...conn.rooms.keys()], openedAt: conn.openedAt };
+    return { id: conn.id, user: conn.user.id, rooms: conn.rooms.keyList(), openedAt: conn.openedAt };
   }
 
   // ---------------------------------------------------------------- shutdown
