@@ -9,7 +9,10 @@ export interface Handshake {
   readonly url: string;
   /** The request headers, lower-cased as Node gives them. */
   readonly headers: IncomingHttpHeaders;
-  /** The peer's address, where the transport knows it. */
+  /**
+   * The peer's address, where the transport knows it. The ws adapter reads it from the
+   * socket when it is first read: read it while authenticating, not after the socket closed.
+   */
   readonly remoteAddress?: string | undefined;
 }
 
