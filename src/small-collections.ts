@@ -93,11 +93,11 @@ export class SmallSet<T extends string | object> implements Iterable<T> {
     return true;
   }
 
-  *[Symbol.iterator](): Iterator<T> {
-    if (this.set) {
-      yield* this.set;
-      return;
-    }
-    if (this.only !== undefined) yield this.only;
+  [Symbol.iterator](): Iterator<T> {
+    // The Set's own iterator, or an array's: no generator to allocate and resume at each step.
+    if (this.set) return this.set.values();
+    return (this.only === undefined ? NONE : [this.only]).values();
   }
 }
+
+const NONE: readonly never[] = [];
