@@ -1,5 +1,27 @@
-import { rmSync } from 'node:fs';
+import { readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, isAbsolute, join, relative } from 'node:path';
 import { defineConfig, type Options } from 'tsup';
+
+/**
+ * tsup turns the split ESM build into CommonJS with sucrase, whose source map names the
+ * output file by its absolute path (as `file` and as a source of the lines it added). The
+ * maps ship in the package, so each such path becomes relative to the map: the same file,
+ * without the build machine's directories.
+ */
+function relativeSourceMaps(dir: string, skip?: string): void {
+  for (const entry of readdirSync(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (path === skip) continue;
+    if (entry.isDirectory()) relativeSourceMaps(path);
+    else if (entry.name.endsWith('.map')) {
+      const map = JSON.parse(readFileSync(path, 'utf8')) as { file?: string; sources: string[] };
+      if (!map.sources.some(isAbsolute) && !(map.file && isAbsolute(map.file))) continue;
+      if (map.file) map.file = basename(map.file);
+      map.sources = map.sources.map((source) => (isAbsolute(source) ? relative(dirname(path), source) : source));
+      writeFileSync(path, JSON.stringify(map));
+    }
+  }
+}
 
 const shared: Options = {
   format: ['esm', 'cjs'],
@@ -30,6 +52,8 @@ export default defineConfig((overrides) => {
       },
       platform: 'node',
       target: 'node20',
+      // The client's build below fixes its own maps: the two builds run in parallel.
+      onSuccess: async () => relativeSourceMaps('dist', join('dist', 'client')),
     },
     {
       ...shared,
@@ -37,6 +61,7 @@ export default defineConfig((overrides) => {
       entry: { 'client/index': 'src/client/index.ts' },
       platform: 'neutral',
       target: 'es2020',
+      onSuccess: async () => relativeSourceMaps(join('dist', 'client')),
     },
   ];
 });

@@ -12,7 +12,7 @@ import { execFile } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve, sep } from 'node:path';
+import { dirname, isAbsolute, join, posix, resolve, sep } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import ts from 'typescript';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -207,6 +207,23 @@ describe('the packed package', () => {
     for (const entry of ['index', 'transports/ws', 'auth/jwt', 'backplanes/redis', 'client/index']) {
       for (const extension of ['.js', '.cjs', '.d.ts', '.d.cts']) expect(packed).toContain(`dist/${entry}${extension}`);
     }
+  });
+
+  it('has source maps that name no path of the machine that built it', () => {
+    const maps = packed.filter((path) => path.endsWith('.map'));
+    expect(maps.length).toBeGreaterThan(0);
+    const problems: string[] = [];
+    for (const path of maps) {
+      const map = JSON.parse(readFileSync(join(root, path), 'utf8')) as { file?: string; sources: string[]; sourcesContent?: (string | null)[] };
+      if (map.file !== undefined && (isAbsolute(map.file) || map.file.includes('/'))) problems.push(`${path}: file ${map.file}`);
+      map.sources.forEach((source, index) => {
+        if (isAbsolute(source)) problems.push(`${path}: source ${source}`);
+        // A source without its content must be a file the package ships.
+        const shipped = packed.includes(posix.join(posix.dirname(path), source));
+        if (!shipped && typeof map.sourcesContent?.[index] !== 'string') problems.push(`${path}: ${source} is neither shipped nor embedded`);
+      });
+    }
+    expect(problems).toEqual([]);
   });
 
   it('works from ESM', async () => {
