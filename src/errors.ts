@@ -1,5 +1,5 @@
 /**
- * Error codes a client can receive in an `error` frame (PROTOCOL.md, "Error codes").
+ * Error codes a client can receive in an `error` frame (docs/protocol.md, "Server to client").
  */
 export type ErrorCode =
   | 'bad_request'
@@ -51,7 +51,7 @@ export class RoomwireError extends Error {
   }
 }
 
-/** HTTP statuses the upgrade can be refused with (PROTOCOL.md, "Connection"). */
+/** HTTP statuses the upgrade can be refused with (docs/protocol.md, "Connection"). */
 export type HandshakeStatus = 401 | 403;
 
 /**

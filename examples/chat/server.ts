@@ -30,7 +30,7 @@ export const DEFAULT_HOST = '0.0.0.0';
 
 /**
  * Wraps a listening server into {@link RunningChatServer}. Closing follows the order
- * PROTOCOL.md implies: the manager first, so every client is told 1001 ("server shutting
+ * the protocol implies: the manager first, so every client is told 1001 ("server shutting
  * down; reconnect elsewhere") and reconnects; then the framework's own close.
  */
 export function running(chat: ChatApp, server: Server, adapter: WebSocketAdapter, closeHttp: () => Promise<void>): RunningChatServer {

@@ -40,7 +40,7 @@ export interface JwtAuthenticatorOptions {
 const BEARER_PROTOCOL = 'bearer.';
 
 /**
- * Finds the token of a handshake, in the order PROTOCOL.md gives: the `Authorization:
+ * Finds the token of a handshake, in the order docs/protocol.md gives: the `Authorization:
  * Bearer` header, the `token` query parameter, a `bearer.<token>` entry of
  * `Sec-WebSocket-Protocol`.
  */

@@ -59,7 +59,7 @@ function checkPublish(object: Record<string, unknown>, ref: string | undefined):
 }
 
 /**
- * Decodes one client frame per PROTOCOL.md. Never throws: every refusal maps to a
+ * Decodes one client frame per docs/protocol.md. Never throws: every refusal maps to a
  * documented code (`bad_request` or `unknown_type`), with the frame's `ref` when it
  * had a valid one.
  */

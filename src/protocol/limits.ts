@@ -13,7 +13,7 @@ export const MAX_REF_LENGTH = 64;
 /** Longest client message id (`cid`) of a `publish`. */
 export const MAX_CID_LENGTH = 64;
 
-/** WebSocket close codes of PROTOCOL.md, "Closing". */
+/** WebSocket close codes of docs/protocol.md, "Closing". */
 export const CloseCode = {
   /** Server shutting down; reconnect elsewhere. */
   GoingAway: 1001,

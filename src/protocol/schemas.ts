@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { MAX_CID_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH } from './limits.js';
 
 /**
- * A string whose JavaScript length (UTF-16 code units, as PROTOCOL.md measures) is within
+ * A string whose JavaScript length (UTF-16 code units, as docs/protocol.md measures) is within
  * bounds; zod's own length checks count code points instead.
  */
 function jsString(min: number, max: number, what: string) {

@@ -198,6 +198,8 @@ describe.each(FRAMEWORKS)('chat example on %s', (_name, start) => {
       expectError(await call(server, 'GET', '/API/v1/conversations', { token: alice }), 404, 'not_found');
       const huge = JSON.stringify({ content: 'x'.repeat(1024 * 1024 + 10) });
       expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/messages`, { token: alice, raw: huge }), 413, 'too_large');
+      // The body's size is checked first, as the HTTP API section says: before the token.
+      expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/messages`, { raw: huge }), 413, 'too_large');
       const gzipped = gzipSync(JSON.stringify({ username: 'alice' })).toString('latin1');
       expectError(await call(server, 'POST', '/api/v1/auth/login', { raw: gzipped, headers: { 'content-encoding': 'gzip' } }), 400, 'bad_request');
     });
