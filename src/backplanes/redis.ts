@@ -25,10 +25,6 @@ export interface RedisLike {
   get(key: string): Promise<string | null>;
   /** `XRANGE key start end`. */
   xrange(key: string, start: string, end: string): Promise<[id: string, fields: string[]][]>;
-  /** `SUBSCRIBE` (on the subscriber connection). */
-  subscribe(...channels: string[]): Promise<unknown>;
-  /** `UNSUBSCRIBE` (on the subscriber connection). */
-  unsubscribe(...channels: string[]): Promise<unknown>;
   /** `SSUBSCRIBE`, sharded pub/sub (on the subscriber connection). */
   ssubscribe(...channels: string[]): Promise<unknown>;
   /** `SUNSUBSCRIBE` (on the subscriber connection). */
@@ -174,8 +170,9 @@ end
 return out
 `);
 
-// KEYS: control channel. ARGV: payload. Through EVAL so RedisLike needs no PUBLISH.
-const ANNOUNCE = script(`return redis.call('PUBLISH', KEYS[1], ARGV[1])`);
+// KEYS: control channel. ARGV: payload. Through EVAL so RedisLike needs no SPUBLISH. A
+// shard channel like the rooms': see SUBSCRIPTIONS.
+const ANNOUNCE = script(`return redis.call('SPUBLISH', KEYS[1], ARGV[1])`);
 
 // KEYS: nodes, own presence. ARGV: node id.
 const LEAVE = script(`
@@ -296,8 +293,11 @@ interface RedisKeys {
  *   `SPUBLISH` on the room's sharded channel — one Redis publish per broadcast, whatever
  *   the number of members or processes. It fails to the publisher when Redis is unreachable.
  * - Each process subscribes (`SSUBSCRIBE`) only to the channels of rooms with local
- *   connections, on one subscriber connection, plus one control channel (`SUBSCRIBE`)
- *   for membership changes and presence.
+ *   connections, on one subscriber connection, plus one control channel for membership
+ *   changes and presence, a shard channel too: ioredis counts a connection's channels and
+ *   shard channels as one, and leaves subscriber mode, dropping whatever else it is
+ *   subscribed to, when the last `SUNSUBSCRIBE` answers 0. A `subscriber` you pass must
+ *   not be used for plain `SUBSCRIBE`s of your own for the same reason.
  * - Each process beats every `heartbeatMs` (a sorted set of node ids by Redis time) and
  *   keeps its users' connection counts in a hash; presence queries count only nodes
  *   beaten within `nodeTimeoutMs`, and survivors delete the records of dead ones.
@@ -392,7 +392,7 @@ export class RedisBackplane implements Backplane {
     await Promise.all([this.ready(this.redis), this.ready(sub)]);
     sub.on('ready', this.listeners.subscriberReady);
     this.redis.on('ready', this.listeners.redisReady);
-    await withTimeout(sub.subscribe(this.keys.control), this.commandTimeoutMs, 'subscribe');
+    await withTimeout(sub.ssubscribe(this.keys.control), this.commandTimeoutMs, 'subscribe');
     await this.readEpoch();
     await this.beat();
     this.timer = setInterval(() => void this.beat().catch((error: unknown) => this.handlers?.error(asError(error), 'heartbeat')), this.heartbeatMs);
@@ -446,8 +446,7 @@ export class RedisBackplane implements Backplane {
       sub.removeListener('error', this.listeners.error);
     } else {
       const channels = [...this.rooms].map((room) => this.keys.channel(room));
-      await sub.unsubscribe(this.keys.control).catch(() => undefined);
-      if (channels.length > 0) await sub.sunsubscribe(...channels).catch(() => undefined);
+      await sub.sunsubscribe(this.keys.control, ...channels).catch(() => undefined);
     }
     this.rooms.clear();
     if (this.closeClients) {
@@ -540,7 +539,7 @@ export class RedisBackplane implements Backplane {
     try {
       const rooms = [...this.rooms].map((room) => this.keys.channel(room));
       await withTimeout(
-        Promise.all([this.subscriber.subscribe(this.keys.control), rooms.length > 0 ? this.subscriber.ssubscribe(...rooms) : undefined]),
+        this.subscriber.ssubscribe(this.keys.control, ...rooms),
         this.commandTimeoutMs,
         'resubscribe',
       );

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { Backplane } from '../../src/index.js';
+import type { Backplane, MembershipChange } from '../../src/index.js';
 import { RedisBackplane } from '../../src/backplanes/redis.js';
 import { TestClient, closeClients } from '../helpers/client.js';
 import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
@@ -94,6 +94,40 @@ describe.skipIf(!up)('RedisBackplane', () => {
     const adminRedis = admin(SHARED_PORT);
     await deleteKeys(adminRedis, FILE_PREFIX);
     adminRedis.disconnect();
+  });
+
+  describe('one subscriber connection', () => {
+    let cluster: BackplaneFixture | undefined;
+    const started: Backplane[] = [];
+    afterEach(async () => {
+      for (const node of started.splice(0)) await node.close();
+      await cluster?.cleanup();
+      cluster = undefined;
+    });
+
+    it('keeps receiving membership changes after its last room channel is unsubscribed', async () => {
+      // ioredis counts channels and shard channels as one: when the reply to the last
+      // SUNSUBSCRIBE says 0, it leaves subscriber mode and drops what a plain SUBSCRIBE
+      // still delivers. Every channel of the backplane is therefore a shard channel.
+      cluster = fixture(SHARED_PORT, 5_000);
+      const [a, b] = [cluster.node(), cluster.node()];
+      started.push(a, b);
+      const changes: MembershipChange[] = [];
+      const errors: string[] = [];
+      await a.start({
+        message: () => undefined,
+        membership: (change) => changes.push(change),
+        reconnected: () => undefined,
+        error: (error, phase) => errors.push(`${phase}: ${error.message}`),
+      });
+      await b.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await a.subscribe('team');
+      await a.unsubscribe('team');
+      await b.announce({ kind: 'add', room: 'team', user: 'dave' });
+      for (let waited = 0; changes.length === 0 && waited < 2_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+      expect(changes).toEqual([{ kind: 'add', room: 'team', user: 'dave' }]);
+      expect(errors).toEqual([]);
+    });
   });
 
   describe('one Redis publish per broadcast', () => {
