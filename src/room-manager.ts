@@ -211,6 +211,19 @@ function byteLength(data: string | Uint8Array): number {
   return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
 }
 
+/** The UTF-8 bytes of parsed client data encoded as JSON again. */
+function jsonBytes(data: unknown): number {
+  return Buffer.byteLength(JSON.stringify(data) ?? '');
+}
+
+/**
+ * How much longer publish data can be as JSON than in the frame that carried it: a number
+ * re-encodes up to 5.25 times as long (`1e20` is `100000000000000000000`); strings and
+ * everything else never grow. A frame under `maxMessageBytes / DATA_GROWTH` cannot carry
+ * data over the limit.
+ */
+const DATA_GROWTH = 6;
+
 function asError(error: unknown): Error {
   return error instanceof Error ? error : new Error(String(error));
 }
@@ -281,6 +294,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   };
   /** Publishes may take the synchronous path (`publishNow`): no hook, no backplane, history in memory. */
   private readonly syncPublish: boolean;
+  /** Frames whose upper bound of bytes is at most this clear both size limits unmeasured. */
+  private readonly smallFrameBytes: number;
   /** The history is roomwire's in-memory one, which keeps broadcast frames as the strings already encoded. */
   private readonly framedHistory: boolean;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
@@ -305,6 +320,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.dedupe = new DedupeWindow(this.options.dedupeWindowMs, Date.now, MAX_DEDUPE_ENTRIES);
     this.framedHistory = this.history.constructor === InMemoryHistoryStore;
     this.syncPublish = !this.backplane && this.options.onPublish === undefined && this.framedHistory;
+    this.smallFrameBytes = Math.min(this.options.maxFrameBytes, Math.floor(this.options.maxMessageBytes / DATA_GROWTH));
     if (this.backplane) {
       this.started = this.backplane.start({
         message: (message) => this.received(message),
@@ -608,7 +624,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private receive(conn: ConnState, data: string | Uint8Array, isBinary: boolean): void {
     if (conn.state === 'closed') return;
-    const size = typeof data === 'string' && data.length * 3 <= this.options.maxFrameBytes ? data.length : byteLength(data);
+    // The frame's UTF-8 bytes; for a short string, an upper bound (3 per UTF-16 unit) that
+    // clears both limits without a scan.
+    const bound = typeof data === 'string' ? data.length * 3 : data.byteLength;
+    const size = bound <= this.smallFrameBytes ? bound : byteLength(data);
     if (size > this.options.maxFrameBytes) {
       safeClose(conn.socket, CloseCode.MessageTooBig, 'frame too large');
       return;
@@ -748,9 +767,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.sendError(conn, 'forbidden', 'not in this room', { ref, room });
       return;
     }
-    // A frame no larger than the limit cannot hold larger data, so most publishes skip the re-encode.
+    // Data is measured as JSON, re-encoded: only a frame too large to rule it out is.
     const limit = this.options.maxMessageBytes;
-    if (frameBytes > limit && Buffer.byteLength(JSON.stringify(frame.data)) > limit) {
+    if (frameBytes > this.smallFrameBytes && jsonBytes(frame.data) > limit) {
       this.sendError(conn, 'too_large', `message data is over ${limit} bytes`, { ref, room });
       return;
     }
@@ -788,7 +807,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private publishNow(conn: ConnState, frame: PublishFrame, frameBytes: number): boolean {
     const { room, ref, cid } = frame;
-    if (conn.queue !== undefined || frameBytes > this.options.maxMessageBytes || !conn.rooms.has(room)) return false;
+    if (conn.queue !== undefined || frameBytes > this.smallFrameBytes || !conn.rooms.has(room)) return false;
     const state = this.rooms.get(room);
     if (!state || state.tail !== undefined) return false;
     const key = cid === undefined ? undefined : `${conn.user.id}\n${room}\n${cid}`;

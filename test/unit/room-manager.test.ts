@@ -275,6 +275,26 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(alice.frames.slice(1)).toMatchObject([{ type: 'error', code: 'too_large', ref: 'r' }, { type: 'ack', ref: 'ok' }]);
   });
 
+  it('measures maxMessageBytes in UTF-8 bytes of the data as JSON, on both publish paths', async () => {
+    for (const options of [{}, { onPublish: () => undefined }]) {
+      const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxMessageBytes: 100, ...options });
+      const alice = await openFake(rooms, 'alice');
+      // 40 euro signs are 42 UTF-16 units but 122 bytes of JSON; 30 are 92.
+      alice.receive({ type: 'publish', room: 'a', data: '€'.repeat(40), ref: 'euros' });
+      alice.receive({ type: 'publish', room: 'a', data: '€'.repeat(30), ref: 'fewer' });
+      // A number re-encodes longer than it was sent: 5 × "1e20" is 111 bytes as JSON.
+      alice.receive('{"type":"publish","room":"a","data":[1e20,1e20,1e20,1e20,1e20],"ref":"grown"}');
+      alice.receive('{"type":"publish","room":"a","data":[1e20,1e20,1e20,1e20],"ref":"four"}');
+      await settle();
+      expect(alice.frames.slice(1)).toMatchObject([
+        { type: 'error', code: 'too_large', ref: 'euros' },
+        { type: 'ack', ref: 'fewer' },
+        { type: 'error', code: 'too_large', ref: 'grown' },
+        { type: 'ack', ref: 'four' },
+      ]);
+    }
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
