@@ -72,8 +72,8 @@ export interface RoomManagerOptions {
   /** Largest frame a client may send, in bytes; a larger one closes the connection with 1009. @default 1048576 */
   maxFrameBytes?: number | undefined;
   /**
-   * Largest `publish.data`, in UTF-8 bytes of its JSON as roomwire encodes it again (what
-   * it stores and sends); a larger one gets `too_large`. @default 65536
+   * Largest `publish.data`, in UTF-8 bytes of the client's data encoded as JSON again
+   * (before `publishSchema` and `onPublish`); a larger one gets `too_large`. @default 65536
    */
   maxMessageBytes?: number | undefined;
   /** Rooms one connection may be in. @default 1000 */
