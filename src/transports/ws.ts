@@ -361,6 +361,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
         return request.socket.remoteAddress;
       },
     };
+    // A shutdown that began while the authenticator ran refuses with its own code.
+    const forbiddenCode = (): 'forbidden' | 'shutting_down' => (closing || manager.isClosing ? 'shutting_down' : 'forbidden');
     manager.authenticate(handshake).then(
       (principal) => {
         if (socket.destroyed) return;
@@ -370,7 +372,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
         try {
           manager.assertCanOpen(principal);
         } catch (error) {
-          refuse(socket, 403, 'forbidden', error instanceof Error ? error.message : 'forbidden');
+          refuse(socket, 403, forbiddenCode(), error instanceof Error ? error.message : 'forbidden');
           return;
         }
         wss.handleUpgrade(request, socket, head, (ws) => accept(ws, principal));
@@ -378,7 +380,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       (error: unknown) => {
         const status = statusOf(error);
         const message = error instanceof Error ? error.message : 'unauthorized';
-        refuse(socket, status, status === 401 ? 'unauthorized' : 'forbidden', message);
+        refuse(socket, status, status === 401 ? 'unauthorized' : forbiddenCode(), message);
       },
     );
   };

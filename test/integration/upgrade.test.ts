@@ -192,6 +192,24 @@ describe('upgrade: refusals of valid credentials', () => {
     expect(cli.welcome).toMatchObject({ user: { id: 'alice' } });
   });
 
+  it('answers 403 shutting_down once the manager is closing, also when it began during authentication', async () => {
+    let entered: () => void = () => undefined;
+    const authenticating = new Promise<void>((resolve) => (entered = resolve));
+    const slow: Authenticator = async () => {
+      entered();
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      return { id: 'alice' };
+    };
+    const s = await startServer({ membership: table(), authenticate: slow });
+    const during = rawUpgrade(s, '/ws');
+    await authenticating;
+    const closed = s.manager.close();
+    const body = expectRefusal(await during, 403);
+    expect(body.error).toEqual({ code: 'shutting_down', message: 'server shutting down' });
+    expect(expectRefusal(await rawUpgrade(s, '/ws'), 403).error.code).toBe('shutting_down');
+    await closed;
+  });
+
   it('answers a bad origin with 403 even without credentials', async () => {
     const s = await startServer({ membership: table() }, { allowedOrigins: ['https://app.example'] });
     expectRefusal(await rawUpgrade(s, '/ws', { origin: 'https://evil.example' }), 403);
