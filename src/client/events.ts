@@ -3,7 +3,8 @@ import type { ClientError } from './errors.js';
 
 /**
  * Where the client stands:
- * - `connecting`: before the first `welcome`;
+ * - `connecting`: before the first `welcome`, including failed first attempts; the
+ *   initial state, so no `state` event announces it;
  * - `open`: the server sent `welcome` on the current connection;
  * - `reconnecting`: a connection was lost and the client is getting a new one;
  * - `closed`: {@link RoomwireClient.close} was called, or the credentials were refused for good.

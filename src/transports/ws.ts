@@ -38,8 +38,9 @@ export interface WebSocketAdapterOptions {
   /**
    * Check every connection once each `heartbeatMs` (from the manager): one that sent a
    * frame since its last check is alive and is not pinged; any other is pinged, and one
-   * that left a ping unanswered for two rounds is terminated (gone 2 to 3 heartbeats
-   * after its first unanswered ping; 2 to 4 after its last frame when it was sending).
+   * that left a ping unanswered for two rounds is terminated: 2 heartbeats after its first
+   * unanswered ping, which is 2 to 3 after its last pong, or 3 to 4 after its last frame
+   * when it was sending (later only when the process stalled).
    * A roomwire client pings every heartbeat, so its connections are rarely pinged back
    * (only when timer drift leaves a round without its ping).
    * One timer serves every connection: it runs every 100 ms and checks the slice of
