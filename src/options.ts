@@ -124,6 +124,9 @@ const positiveInt = z.number().int().positive();
 const timeMs = z.number().int().min(0).or(z.literal(Number.POSITIVE_INFINITY));
 
 const rateLimit = z.object({ burst: positiveInt, perSecond: z.number().positive() });
+/** A union's own error says what it takes: zod's would be "Invalid input". */
+const rateLimitOrOff = (name: string) =>
+  z.union([rateLimit, z.literal(false)], { error: `${name} must be false or { burst, perSecond }: burst a whole number > 0, perSecond a number > 0` });
 
 // Strict: a misspelled option is named in the error rather than silently ignored.
 const optionsSchema = z.strictObject({
@@ -137,10 +140,10 @@ const optionsSchema = z.strictObject({
     .object({ debug: fn('logger.debug'), info: fn('logger.info'), warn: fn('logger.warn'), error: fn('logger.error') })
     .optional(),
   history: z
-    .union([
-      z.number().int().min(0),
-      z.object({ append: fn('history.append'), latestSeq: fn('history.latestSeq'), since: fn('history.since') }),
-    ])
+    .union(
+      [z.number().int().min(0), z.object({ append: fn('history.append'), latestSeq: fn('history.latestSeq'), since: fn('history.since') })],
+      { error: 'history must be a number of messages per room (a whole number >= 0) or a HistoryStore { append, latestSeq, since }' },
+    )
     .optional(),
   membershipTtlMs: timeMs.optional(),
   authTimeoutMs: timeMs.optional(),
@@ -154,8 +157,8 @@ const optionsSchema = z.strictObject({
   presence: z.boolean().optional(),
   dedupeWindowMs: timeMs.optional(),
   closeTimeoutMs: timeMs.optional(),
-  publishRate: rateLimit.or(z.literal(false)).optional(),
-  joinRate: rateLimit.or(z.literal(false)).optional(),
+  publishRate: rateLimitOrOff('publishRate').optional(),
+  joinRate: rateLimitOrOff('joinRate').optional(),
   rateLimitStrikes: rateLimit.optional(),
   maxBufferedBytes: positiveInt.optional(),
   publishSchema: z.object({ safeParse: fn('publishSchema.safeParse') }).optional(),

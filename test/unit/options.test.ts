@@ -83,6 +83,13 @@ describe('RoomManager options', () => {
     await manager.close();
   });
 
+  it('says what an option that takes one of two shapes accepts', () => {
+    expect(optionsError({ ...good, publishRate: { burst: 10 } }).message).toContain('publishRate must be false or { burst, perSecond }');
+    expect(optionsError({ ...good, joinRate: true }).message).toContain('joinRate must be false or { burst, perSecond }');
+    expect(optionsError({ ...good, history: '500' }).message).toContain('history must be a number of messages per room');
+    expect(optionsError({ ...good, history: -1 }).message).toMatch(/history: Too small/);
+  });
+
   it('refuses missing options altogether', () => {
     expect(optionsError(undefined).message).toMatch(/authenticate|options/);
   });
