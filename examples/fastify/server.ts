@@ -18,7 +18,12 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
   const app = Fastify({ loggerInstance: chat.logger, bodyLimit: BODY_LIMIT_BYTES });
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   app.removeAllContentTypeParsers();
-  app.addContentTypeParser('*', { parseAs: 'string' }, (_req, body, done) => done(null, body));
+  app.addContentTypeParser('*', { parseAs: 'string' }, (req, body, done) => {
+    // A compressed body is not read, as the Express example's parser is set up (`inflate: false`).
+    const encoding = req.headers['content-encoding'];
+    if (encoding === undefined || encoding === 'identity') done(null, body);
+    else done(Object.assign(new Error(`unsupported content encoding ${encoding}`), { statusCode: 415 }), undefined);
+  });
   const toRequest = (req: FastifyRequest) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body });
   for (const route of chat.routes) {
     app.route({ method: route.method, url: route.path, handler: async (req, reply) => send(reply, await route.handle(toRequest(req))) });
