@@ -207,7 +207,8 @@ export function redisWindow(before: RedisSnapshot, after: RedisSnapshot, seqKeys
   }
   return {
     calls,
-    // Rooms go over sharded pub/sub (SPUBLISH); PUBLISH is the control channel's.
+    // Rooms and the control channel go over sharded pub/sub (SPUBLISH); PUBLISH was the
+    // control channel's before it moved there, and is still counted should it come back.
     publishCalls: (calls.spublish ?? 0) + (calls.publish ?? 0),
     totalCalls: Object.values(calls).reduce((a, b) => a + b, 0),
     sequenced: after.seqSum - before.seqSum,

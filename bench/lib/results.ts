@@ -218,7 +218,7 @@ export interface ClusterDerived extends Derived {
    * the window's); alone, the acks the load generator received.
    */
   accepted: number;
-  /** `PUBLISH` calls (INFO commandstats, those inside the Lua script included) per accepted publish. */
+  /** `SPUBLISH` and `PUBLISH` calls (INFO commandstats, those inside the Lua script included) per accepted publish. */
   redisPublishesPerBroadcast: number | null;
   /** Every command Redis ran (INFO commandstats, script calls included) per accepted publish. */
   redisCommandsPerBroadcast: number | null;
