@@ -757,7 +757,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private handleLeave(conn: ConnState, frame: LeaveFrame): void {
     const { room, ref } = frame;
     if (conn.rooms.has(room)) this.removeFromRoom(conn, room, false, 'leave');
-    if (conn.left.size < this.options.maxRoomsPerConnection) markLeft(conn, room);
+    markLeft(conn, room, this.options.maxRoomsPerConnection);
     this.send(conn, ref === undefined ? { type: 'left', room } : { type: 'left', room, ref });
   }
 
@@ -773,7 +773,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.sendError(conn, 'too_large', `message data is over ${limit} bytes`, { ref, room });
       return;
     }
-    const key = cid === undefined ? undefined : `${conn.user.id}\n${room}\n${cid}`;
+    const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
     let accepted = key === undefined ? undefined : this.dedupe.get(key);
     if (!accepted) {
       accepted = this.acceptPublish(conn, frame).then(({ id, seq }) => ({ id, seq }));
@@ -810,7 +810,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (conn.queue !== undefined || frameBytes > this.smallFrameBytes || !conn.rooms.has(room)) return false;
     const state = this.rooms.get(room);
     if (!state || state.tail !== undefined) return false;
-    const key = cid === undefined ? undefined : `${conn.user.id}\n${room}\n${cid}`;
+    const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
     if (key !== undefined && this.dedupe.get(key) !== undefined) return false;
     const snapshot = this.membership.load(room);
     if (snapshot instanceof Promise) return false;
@@ -1756,7 +1756,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const conn = this.conns.get(connectionId);
     if (!conn || !conn.rooms.has(room)) return false;
     this.removeFromRoom(conn, room, true, 'server');
-    markLeft(conn, room);
+    markLeft(conn, room, this.options.maxRoomsPerConnection);
     return true;
   }
 
@@ -1941,9 +1941,21 @@ class OpenConnection implements ConnectionHandlers {
 /** Every connection's `left` until its first leave; never written to (see `markLeft`). */
 const NO_ROOMS: ReadonlySet<string> = new Set();
 
-function markLeft(conn: ConnState, room: string): void {
-  if (conn.left === NO_ROOMS) conn.left = new Set([room]);
-  else (conn.left as Set<string>).add(room);
+/** Records a client's `leave`; past `max` rooms the oldest leave is forgotten, never the newest. */
+function markLeft(conn: ConnState, room: string, max: number): void {
+  if (conn.left === NO_ROOMS) {
+    conn.left = new Set([room]);
+    return;
+  }
+  const left = conn.left as Set<string>;
+  left.delete(room);
+  if (left.size >= max) left.delete(left.values().next().value as string);
+  left.add(room);
+}
+
+/** The cid window's key: JSON, so no user, room and cid can run into another's (all may hold `\n`). */
+function dedupeKey(user: string, room: string, cid: string): string {
+  return JSON.stringify([user, room, cid]);
 }
 
 function trySend(conn: ConnState, text: string): boolean {

@@ -405,8 +405,15 @@ export class RedisBackplane implements Backplane {
   }
 
   async subscribe(room: string): Promise<void> {
+    // Added first, so a reconnect meanwhile resubscribes it; taken back if the subscribe
+    // fails, or the room would stay subscribed with nobody here to unsubscribe it.
     this.rooms.add(room);
-    await withTimeout(this.subscriber.ssubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'subscribe');
+    try {
+      await withTimeout(this.subscriber.ssubscribe(this.keys.channel(room)), this.commandTimeoutMs, 'subscribe');
+    } catch (error) {
+      this.rooms.delete(room);
+      throw error;
+    }
   }
 
   async unsubscribe(room: string): Promise<void> {

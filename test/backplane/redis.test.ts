@@ -130,6 +130,49 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
   });
 
+  describe('a subscribe that fails', () => {
+    const owned: Redis[] = [];
+    afterEach(() => {
+      for (const connection of owned.splice(0)) connection.disconnect();
+    });
+
+    it('is not subscribed again when the subscriber reconnects', async () => {
+      const prefix = `${FILE_PREFIX}:${++testCount}`;
+      const redis = client(SHARED_PORT);
+      const subscriber = client(SHARED_PORT);
+      const adminRedis = admin(SHARED_PORT);
+      owned.push(redis, subscriber, adminRedis);
+      let failNext = false;
+      // The subscriber, but its next SSUBSCRIBE fails as one sent while it reconnects would.
+      const flaky = new Proxy(subscriber, {
+        get(target, property) {
+          if (property === 'ssubscribe' && failNext) {
+            failNext = false;
+            return () => Promise.reject(new Error('Connection is closed.'));
+          }
+          const value: unknown = Reflect.get(target, property, target);
+          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      const node = new RedisBackplane({ redis, subscriber: flaky, prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 });
+      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      try {
+        failNext = true;
+        await expect(node.subscribe('lost')).rejects.toThrow('Connection is closed');
+        await node.subscribe('kept');
+        const ready = new Promise((resolve) => subscriber.once('ready', resolve));
+        subscriber.disconnect(true);
+        await ready;
+        const counts = async () => (await adminRedis.call('PUBSUB', 'SHARDNUMSUB', `${prefix}:room:lost`, `${prefix}:room:kept`)) as (string | number)[];
+        for (let waited = 0; (await counts())[3] !== 1 && waited < 2_000; waited += 20) await new Promise((r) => setTimeout(r, 20));
+        expect(await counts()).toEqual([`${prefix}:room:lost`, 0, `${prefix}:room:kept`, 1]);
+      } finally {
+        await node.close();
+        await deleteKeys(adminRedis, prefix);
+      }
+    });
+  });
+
   describe('one Redis publish per broadcast', () => {
     afterEach(async () => {
       await closeClients();

@@ -295,6 +295,35 @@ describe('RoomManager core (in-memory connections)', () => {
     }
   });
 
+  it('keeps a publish apart from one whose user, room and cid only run together the same way', async () => {
+    const rooms = manager(new MembershipTable({ b: ['alice', 'bob'], 'b\nc': ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    alice.receive({ type: 'publish', room: 'b\nc', data: 'one', cid: 'd', ref: 'p1' });
+    alice.receive({ type: 'publish', room: 'b', data: 'two', cid: 'c\nd', ref: 'p2' });
+    await settle();
+    expect(bob.frames.filter((f) => f.type === 'message').map((f) => f.data)).toEqual(['one', 'two']);
+    expect(alice.frames.filter((f) => f.type === 'ack').map((f) => [f.room, f.seq])).toEqual([['b\nc', 1], ['b', 1]]);
+  });
+
+  it('remembers the newest leave when its list of left rooms is full, forgetting the oldest', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'] });
+    table.canJoinRooms.add('pub1');
+    table.canJoinRooms.add('pub2');
+    const rooms = manager(table, { maxRoomsPerConnection: 2 });
+    const alice = await openFake(rooms, 'alice');
+    await openFake(rooms, 'bob');
+    for (const room of ['pub1', 'pub2']) {
+      alice.receive({ type: 'join', room, ref: `j${room}` });
+      alice.receive({ type: 'leave', room, ref: `l${room}` });
+    }
+    alice.receive({ type: 'leave', room: 'a', ref: 'la' });
+    await settle();
+    await rooms.broadcast('a', 'after leave');
+    await settle();
+    expect(alice.frames.filter((f) => f.type === 'message')).toEqual([]);
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
