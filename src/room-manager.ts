@@ -283,6 +283,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly feeds = new Map<string, RoomFeed>();
   private readonly waiters = new Map<string, DeliveryWaiter>();
   /**
+   * Rooms a user was removed from while one of their connections was opening: its
+   * `roomsOf` answer may predate the removal, so auto-join skips them. Entries live only
+   * until that connection's auto-join ends.
+   */
+  private readonly removedWhileOpening = new Map<ConnState, Set<string>>();
+  /**
    * Per room, the participants this process last told the cluster about and the cache
    * stamp they came from: a broadcast announces only participants new since then.
    */
@@ -458,7 +464,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // broadcast (on this process; with a backplane, the connection retries below).
       this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
     }
-    if (conn.state === 'closed') return;
+    if (conn.state === 'closed') {
+      this.removedWhileOpening.delete(conn);
+      return;
+    }
     const wanted: string[] = [];
     for (const room of rooms) {
       if (!isValidRoom(room)) {
@@ -479,7 +488,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.started;
       await Promise.all(wanted.map((room) => this.openFeed(room)));
       // It may have closed while the subscriptions were made.
-      if ((conn.state as ConnState['state']) === 'closed') return;
+      if ((conn.state as ConnState['state']) === 'closed') {
+        this.removedWhileOpening.delete(conn);
+        return;
+      }
       if (!loaded) this.retryRoomsOf(conn, 1);
     }
     // Where each room stands, read before the joins so that nothing can be sent to the
@@ -491,10 +503,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const latest = this.roomSeq(room);
       seqs[room] = latest instanceof Promise ? await latest : latest;
     }
+    const removed = this.removedWhileOpening.get(conn);
+    this.removedWhileOpening.delete(conn);
     if ((conn.state as ConnState['state']) === 'closed') return;
     const joined: string[] = [];
     for (const room of wanted) {
-      if (conn.rooms.has(room)) continue;
+      if (conn.rooms.has(room) || removed?.has(room)) continue;
       this.addToRoom(conn, room, 'member', 'auto');
       joined.push(room);
     }
@@ -604,6 +618,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     conn.state = 'closed';
     this.topology++;
     conn.early = undefined;
+    if (this.removedWhileOpening.size > 0) this.removedWhileOpening.delete(conn);
     if (conn.expiryTimer) clearTimeout(conn.expiryTimer);
     const user = conn.user;
     if (wasOpen) {
@@ -1564,6 +1579,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
+    // Added back after a removal: an opening connection may join it after all.
+    for (const conn of state.conns) this.removedWhileOpening.get(conn)?.delete(room);
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     if (this.backplane) {
@@ -1603,7 +1620,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.remove(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    for (const conn of state.conns) this.removeFromRoom(conn, room, true, 'removed');
+    for (const conn of state.conns) {
+      if (conn.state === 'opening') {
+        const removed = this.removedWhileOpening.get(conn);
+        if (removed) removed.add(room);
+        else this.removedWhileOpening.set(conn, new Set([room]));
+      } else this.removeFromRoom(conn, room, true, 'removed');
+    }
   }
 
   /**

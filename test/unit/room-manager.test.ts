@@ -324,6 +324,41 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(alice.frames.filter((f) => f.type === 'message')).toEqual([]);
   });
 
+  it('does not auto-join a room the user was removed from while their roomsOf was in flight', async () => {
+    const table = new MembershipTable({ x: ['alice', 'bob'], y: ['bob'] });
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const rooms = manager(table, {
+      membership: {
+        roomsOf: async (user) => {
+          const answer = table.roomsOf(user);
+          if (user.id === 'bob') await gate;
+          return answer;
+        },
+        membersOf: (room) => table.membersOf(room),
+      },
+    });
+    await openFake(rooms, 'alice');
+    const opening = openFake(rooms, 'bob');
+    await settle();
+    table.remove('x', 'bob');
+    await rooms.removeMember('x', 'bob');
+    await rooms.broadcast('x', 'after removal');
+    // Removed and added back before the answer: joined after all.
+    table.remove('y', 'bob');
+    await rooms.removeMember('y', 'bob');
+    table.add('y', 'bob');
+    await rooms.addMember('y', 'bob');
+    release();
+    const bob = await opening;
+    expect(bob.frames[0]).toMatchObject({ type: 'welcome', rooms: ['y'] });
+    bob.receive({ type: 'publish', room: 'x', data: 'sneaky', ref: 'p' });
+    bob.receive({ type: 'resume', rooms: { x: 0 }, ref: 'r' });
+    await settle();
+    expect(bob.frames.filter((f) => f.type === 'message')).toEqual([]);
+    expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
