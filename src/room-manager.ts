@@ -15,7 +15,7 @@ import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from '.
 import { decodeClientFrame } from './protocol/decode.js';
 import { encodeAck, encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
-import { CloseCode, MAX_ROOM_LENGTH, PROTOCOL_VERSION } from './protocol/limits.js';
+import { CloseCode, PROTOCOL_VERSION, ROOM_NAME_RULE, isRoomName } from './protocol/limits.js';
 import { SmallMap, SmallSet } from './small-collections.js';
 import { TimeoutError, withTimeout } from './timeout.js';
 import { TokenBucket } from './token-bucket.js';
@@ -203,9 +203,6 @@ const noop = (): void => {};
 /** Returned by membership calls that have nothing to wait for, without a new promise each time. */
 const RESOLVED: Promise<void> = Promise.resolve();
 
-function isValidRoom(room: unknown): room is string {
-  return typeof room === 'string' && room.length >= 1 && room.length <= MAX_ROOM_LENGTH;
-}
 
 function byteLength(data: string | Uint8Array): number {
   return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
@@ -470,7 +467,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     const wanted: string[] = [];
     for (const room of rooms) {
-      if (!isValidRoom(room)) {
+      if (!isRoomName(room)) {
         this.logger.warn({ user: conn.user.id, room: String(room).slice(0, 300) }, 'roomsOf returned an invalid room name; skipped');
         continue;
       }
@@ -562,7 +559,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           return;
         }
         for (const room of rooms) {
-          if (!isValidRoom(room) || conn.rooms.has(room) || conn.left.has(room)) continue;
+          if (!isRoomName(room) || conn.rooms.has(room) || conn.left.has(room)) continue;
           if (conn.rooms.size >= this.options.maxRoomsPerConnection) break;
           await this.enterRoom(conn, room, 'member', 'auto', undefined);
         }
@@ -944,7 +941,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * @throws {RoomwireError} `bad_request` for an invalid room name.
    */
   async broadcast(room: string, data: unknown, options: BroadcastOptions = {}): Promise<DeliveryReport> {
-    if (!isValidRoom(room)) throw new RoomwireError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`);
+    if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
     const except = options.except === undefined ? undefined : this.conns.get(options.except);
     const { report } = await this.deliver(room, options.from ?? null, data, except);
     return report;
@@ -1569,7 +1566,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * sent `leave` for the room stay out.
    */
   async addMember(room: string, user: string): Promise<void> {
-    if (!isValidRoom(room)) throw new RoomwireError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`);
+    if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
     const announced = this.announce({ kind: 'add', room, user });
     await this.addLocally(room, user);
     if (announced) await announced;
@@ -1759,7 +1756,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * @returns false when the connection is unknown or at its room limit.
    */
   async join(connectionId: string, room: string): Promise<boolean> {
-    if (!isValidRoom(room)) throw new RoomwireError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`);
+    if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
     const conn = this.conns.get(connectionId);
     if (!conn || conn.state !== 'open') return false;
     if (conn.rooms.has(room)) return true;

@@ -1,5 +1,5 @@
 import type { AckFrame, ClientFrame, JoinedFrame, JoinFrame, LeaveFrame, PublishFrame, ServerFrame, WelcomeFrame } from '../protocol/frames.js';
-import { CloseCode, MAX_CID_LENGTH, MAX_ROOM_LENGTH, SUBPROTOCOL } from '../protocol/limits.js';
+import { CloseCode, MAX_CID_LENGTH, ROOM_NAME_RULE, SUBPROTOCOL, isRoomName } from '../protocol/limits.js';
 import { backoffDelay } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { ClientError, fromErrorFrame } from './errors.js';
@@ -182,8 +182,8 @@ export function connect(options: ClientOptions): RoomwireClient {
     new Promise<T>((resolve, reject) => {
       const { room } = frame;
       if (state === 'closed') return reject(new ClientError('closed', 'the client is closed', { room }));
-      if (typeof room !== 'string' || room.length < 1 || room.length > MAX_ROOM_LENGTH) {
-        return reject(new ClientError('bad_request', `room must be a string of 1 to ${MAX_ROOM_LENGTH} characters`));
+      if (!isRoomName(room)) {
+        return reject(new ClientError('bad_request', ROOM_NAME_RULE));
       }
       if (!open && requests.size >= queueLimit) {
         return reject(new ClientError('queue_full', `${queueLimit} requests are already waiting for a connection`, { room }));

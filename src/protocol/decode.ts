@@ -1,6 +1,6 @@
 import type { ErrorCode } from '../errors.js';
 import type { ClientFrame, PublishFrame } from './frames.js';
-import { MAX_CID_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH } from './limits.js';
+import { MAX_CID_LENGTH, MAX_REF_LENGTH, isRoomName } from './limits.js';
 import { clientFrameSchemas, type ClientFrameType } from './schemas.js';
 
 /** Why a frame was refused: becomes one `error` frame. */
@@ -50,7 +50,7 @@ function hasOwn(object: object, key: string): boolean {
  */
 function checkPublish(object: Record<string, unknown>, ref: string | undefined): PublishFrame | undefined {
   const { room, data, cid } = object;
-  if (typeof room !== 'string' || room.length < 1 || room.length > MAX_ROOM_LENGTH || data === undefined) return undefined;
+  if (!isRoomName(room) || data === undefined) return undefined;
   if (cid !== undefined && (typeof cid !== 'string' || cid.length < 1 || cid.length > MAX_CID_LENGTH)) return undefined;
   const frame: PublishFrame = { type: 'publish', room, data };
   if (cid !== undefined) frame.cid = cid;

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MAX_CID_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH } from './limits.js';
+import { MAX_CID_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH, isRoomName } from './limits.js';
 
 /**
  * A string whose JavaScript length (UTF-16 code units, as docs/protocol.md measures) is within
@@ -11,8 +11,8 @@ function jsString(min: number, max: number, what: string) {
   });
 }
 
-/** A room name: 1 to 256 characters. */
-export const roomSchema = jsString(1, MAX_ROOM_LENGTH, 'room');
+/** A room name: 1 to 256 characters, with no unpaired surrogate (see {@link isRoomName}). */
+export const roomSchema = jsString(1, MAX_ROOM_LENGTH, 'room').refine(isRoomName, { message: 'room must not hold an unpaired surrogate' });
 
 /** A frame's `ref`: a string of at most 64 characters. */
 export const refSchema = jsString(0, MAX_REF_LENGTH, 'ref');
@@ -29,11 +29,11 @@ const roomSeqsSchema = z.custom<Record<string, number>>(
   (value) => {
     if (typeof value !== 'object' || value === null || Array.isArray(value)) return false;
     for (const [room, seq] of Object.entries(value)) {
-      if (room.length < 1 || room.length > MAX_ROOM_LENGTH || !isSeq(seq)) return false;
+      if (!isRoomName(room) || !isSeq(seq)) return false;
     }
     return true;
   },
-  { message: `rooms must map room names (1 to ${MAX_ROOM_LENGTH} characters) to seqs (whole numbers >= 0)` },
+  { message: `rooms must map room names (1 to ${MAX_ROOM_LENGTH} characters, no unpaired surrogate) to seqs (whole numbers >= 0)` },
 );
 
 /** Schemas of every client frame, by `type`. Unknown extra fields are ignored. */

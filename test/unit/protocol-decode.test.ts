@@ -203,6 +203,16 @@ describe('decodeClientFrame: fields', () => {
     expectBadRequest(decode({ type: 'join', room: `${room}x` }));
   });
 
+  it('refuses a room name with an unpaired surrogate, which has no UTF-8 form, and accepts paired ones', () => {
+    for (const room of ['x\uD800', '\uDC00', 'a\uDC00\uD800b']) {
+      expectBadRequest(decode({ type: 'join', room, ref: 'j' }), 'j');
+      expectBadRequest(decode({ type: 'leave', room, ref: 'l' }), 'l');
+      expectBadRequest(decode({ type: 'publish', room, data: 1, ref: 'p' }), 'p');
+      expectBadRequest(decode({ type: 'resume', rooms: { [room]: 0 }, ref: 'r' }), 'r');
+    }
+    expect(decode({ type: 'publish', room: 'x\uD83D\uDE00', data: 1 }).ok).toBe(true);
+  });
+
   it('measures ref and cid length in JavaScript string length', () => {
     // 33 astral characters are 66 UTF-16 units: over the limit of 64.
     expectBadRequest(decode({ type: 'ping', ref: '😀'.repeat(33) }));
@@ -344,6 +354,7 @@ describe('publish: the hand-checked path agrees with the schema', () => {
     fc.string({ minLength: 60, maxLength: 70 }),
     fc.string({ minLength: 250, maxLength: 260 }),
     fc.constant(''),
+    fc.constant('x\uD800'),
     fc.dictionary(fc.string({ maxLength: 3 }), fc.integer(), { maxKeys: 2 }),
     fc.array(fc.integer(), { maxLength: 2 }),
   );

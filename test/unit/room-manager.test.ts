@@ -359,6 +359,11 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
   });
 
+  it('refuses a server-side broadcast into a room name with an unpaired surrogate', async () => {
+    const rooms = manager(new MembershipTable({}));
+    await expect(rooms.broadcast('x\uD800', 'hi')).rejects.toMatchObject({ name: 'RoomwireError', code: 'bad_request' });
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
