@@ -183,6 +183,18 @@ const FEED_SWEEP_MS = 5_000;
 const FEED_IDLE_MS = 10_000;
 /** A publish whose local delivery has not happened by then resolves with an empty report. */
 const WAITER_TTL_MS = 30_000;
+/**
+ * How long the copy of a publish the backplane did not confirm (a timeout, a reply lost
+ * with its connection) is still awaited: it may have been stored and sent all the same.
+ */
+const UNCONFIRMED_WAIT_MS = 10_000;
+/** On the error of an unconfirmed publish: its message if its copy arrives after all. */
+const kLate = Symbol('roomwire.late');
+
+/** The promise of the late copy an unconfirmed publish's error carries, if any. */
+function lateCopyOf(error: unknown): Promise<StoredMessage> | undefined {
+  return typeof error === 'object' && error !== null ? (error as { [kLate]?: Promise<StoredMessage> })[kLate] : undefined;
+}
 /** Attempts of `roomsOf` for one connection in backplane mode, and the first backoff. */
 const ROOMS_OF_ATTEMPTS = 6;
 const ROOMS_OF_BACKOFF_MS = 500;
@@ -789,10 +801,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     let accepted = key === undefined ? undefined : this.dedupe.get(key);
     if (!accepted) {
       accepted = this.acceptPublish(conn, frame).then(({ id, seq }) => ({ id, seq }));
-      if (key !== undefined) {
-        this.dedupe.set(key, accepted);
-        accepted.catch(() => this.dedupe.delete(key));
-      }
+      if (key !== undefined) this.remember(key, accepted);
     }
     let message: { id: string; seq: number };
     try {
@@ -802,6 +811,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     this.sendAck(conn, room, message, ref);
+  }
+
+  /**
+   * Keeps a publish's outcome under its cid: a repeat gets the same ack. A refused publish
+   * is forgotten, so a retry publishes; an unconfirmed one is remembered until its copy
+   * arrives (a retry then gets its ack) or stops being awaited.
+   */
+  private remember(key: string, outcome: Promise<{ id: string; seq: number }>): void {
+    this.dedupe.set(key, outcome);
+    outcome.catch((error: unknown) => {
+      if (this.dedupe.get(key) !== outcome) return;
+      const late = lateCopyOf(error);
+      if (late) this.remember(key, late.then(({ id, seq }) => ({ id, seq })));
+      else this.dedupe.delete(key);
+    });
   }
 
   /** The `ack` of an accepted publish; both publish paths answer with it. */
@@ -995,11 +1019,29 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const pending = this.waiters.get(id);
       if (pending) pending.message = message;
     } catch (error) {
-      this.waiters.delete(id);
       this.reportError('backplane.publish', error, { room });
-      throw new RoomwireError('internal', 'publish failed: the message could not be stored and broadcast (backplane unavailable); nothing was delivered, retry', {
-        cause: error,
+      // Unconfirmed is not failed: the script may have run (Redis slow, or the reply lost
+      // with its connection). The waiter stays a while, so a copy that arrives still skips
+      // the publisher, and a retry with the same cid gets this message's ack.
+      const waiter = this.waiters.get(id);
+      const late = new Promise<StoredMessage>((resolve, reject) => {
+        const timer = setTimeout(() => {
+          if (this.waiters.get(id) === waiter) this.waiters.delete(id);
+          reject(error instanceof Error ? error : new Error(String(error)));
+        }, UNCONFIRMED_WAIT_MS);
+        timer.unref?.();
+        void delivered.then(({ message: copy }) => {
+          clearTimeout(timer);
+          resolve(copy);
+        });
       });
+      late.catch(noop);
+      const refusal = new RoomwireError(
+        'internal',
+        'publish not confirmed: the backplane is unavailable or slow, and the message may or may not be delivered; retry with the same cid to have it delivered once',
+        { cause: error },
+      );
+      throw Object.assign(refusal, { [kLate]: late });
     }
     const feed = this.feeds.get(room);
     if (feed) {

@@ -19,7 +19,7 @@ const topology = topologyFromArgv(process.argv);
 const { url, prefix } = redisConfigFromArgv(process.argv);
 
 // The connection name tells the runner which Redis clients are the benchmark's; the subscriber (a duplicate) has it too.
-const redis = new Redis(url, { enableOfflineQueue: false, connectionName: BENCH_CLIENT_NAME });
+const redis = new Redis(url, { enableOfflineQueue: false, autoResendUnfulfilledCommands: false, connectionName: BENCH_CLIENT_NAME });
 redis.on('error', (error: Error) => console.error(`roomwire-redis bench server: redis: ${error.message}`));
 // Listening before the command connection is up would only make the first upgrades wait.
 await Promise.race([

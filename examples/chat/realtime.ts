@@ -38,8 +38,9 @@ export const REALTIME_DEFAULTS = {
  */
 export function backplaneFromEnvironment(url = process.env.REDIS_URL, prefix = process.env.REDIS_PREFIX || 'roomwire-chat'): Backplane | undefined {
   if (url === undefined || url === '') return undefined;
-  // No offline queue: while Redis is away a publish fails to its sender at once.
-  const redis = new Redis(url, { enableOfflineQueue: false });
+  // No offline queue: while Redis is away a publish fails to its sender at once. No
+  // resend after a reconnect: a publish Redis ran but could not answer would run twice.
+  const redis = new Redis(url, { enableOfflineQueue: false, autoResendUnfulfilledCommands: false });
   return new RedisBackplane({ redis, prefix, closeClients: true });
 }
 

@@ -14,7 +14,10 @@ import type { Backplane, BackplaneHandlers, ClusterPresence, HistoryStore, Membe
  * The few methods of a Redis client that {@link RedisBackplane} uses: an `ioredis`
  * (version 5) `Redis` instance fits as it is. Create it with `enableOfflineQueue: false`
  * so that commands fail at once while Redis is unreachable instead of queueing (a
- * publish then fails to the publisher rather than hanging).
+ * publish then fails to the publisher rather than hanging), and with
+ * `autoResendUnfulfilledCommands: false`, so that a publish whose reply was lost with its
+ * connection is not sent again after the reconnect: Redis would run it twice, giving one
+ * message two seqs.
  */
 export interface RedisLike {
   /** Runs a Lua script by its SHA1 (`EVALSHA`). */
@@ -53,7 +56,10 @@ export interface RedisLike {
 
 /** Options of {@link RedisBackplane}. */
 export interface RedisBackplaneOptions {
-  /** The command connection. Created by you, with `enableOfflineQueue: false`; not closed by the backplane. */
+  /**
+   * The command connection. Created by you, with `enableOfflineQueue: false` and
+   * `autoResendUnfulfilledCommands: false` (see {@link RedisLike}); not closed by the backplane.
+   */
   redis: RedisLike;
   /**
    * The subscriber connection. By default `redis.duplicate()`, which the backplane
@@ -309,7 +315,7 @@ interface RedisKeys {
  * import { RedisBackplane } from 'roomwire/redis';
  *
  * declare const options: Omit<import('roomwire').RoomManagerOptions, 'backplane'>;
- * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { enableOfflineQueue: false });
+ * const redis = new Redis(process.env.REDIS_URL ?? 'redis://127.0.0.1:6379', { enableOfflineQueue: false, autoResendUnfulfilledCommands: false });
  * const rooms = new RoomManager({ ...options, backplane: new RedisBackplane({ redis }) });
  * ```
  */
