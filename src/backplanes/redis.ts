@@ -341,6 +341,8 @@ export class RedisBackplane implements Backplane {
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The hash in Redis may be wrong (a write failed, Redis restarted): rewrite it on the next beat. */
   private dirty = true;
+  /** Whether the epoch was read since the subscriber last reconnected. */
+  private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
   private readonly listeners: {
     message: (channel: string, payload: string) => void;
@@ -401,7 +403,10 @@ export class RedisBackplane implements Backplane {
     await withTimeout(sub.ssubscribe(this.keys.control), this.commandTimeoutMs, 'subscribe');
     await this.readEpoch();
     await this.beat();
-    this.timer = setInterval(() => void this.beat().catch((error: unknown) => this.handlers?.error(asError(error), 'heartbeat')), this.heartbeatMs);
+    this.timer = setInterval(() => {
+      if (this.epochRead === 'pending') void this.afterReconnect();
+      void this.beat().catch((error: unknown) => this.handlers?.error(asError(error), 'heartbeat'));
+    }, this.heartbeatMs);
     this.timer.unref?.();
   }
 
@@ -478,19 +483,21 @@ export class RedisBackplane implements Backplane {
     }
   }
 
-  private ready(client: RedisLike): Promise<void> {
-    if (client.status === 'ready') return Promise.resolve();
-    return withTimeout(
-      new Promise<void>((resolve) => {
-        const onReady = (): void => {
-          client.removeListener('ready', onReady);
-          resolve();
-        };
-        client.on('ready', onReady);
-      }),
-      this.commandTimeoutMs,
-      'connecting to Redis',
-    );
+  private async ready(client: RedisLike): Promise<void> {
+    if (client.status === 'ready') return;
+    let onReady: () => void = () => undefined;
+    try {
+      await withTimeout(
+        new Promise<void>((resolve) => {
+          onReady = resolve;
+          client.on('ready', onReady);
+        }),
+        this.commandTimeoutMs,
+        'connecting to Redis',
+      );
+    } finally {
+      client.removeListener('ready', onReady);
+    }
   }
 
   private async readEpoch(): Promise<void> {
@@ -556,14 +563,32 @@ export class RedisBackplane implements Backplane {
         this.commandTimeoutMs,
         'resubscribe',
       );
-      // The command connection reconnects on its own schedule; the epoch tells the manager
-      // whether Redis lost its data, so it must be read from the Redis that is back.
-      await this.ready(this.redis);
-      await this.readEpoch();
-      this.dirty = true;
     } catch (error) {
       handlers.error(asError(error), 'resubscribe');
     }
-    handlers.reconnected();
+    await this.afterReconnect();
+  }
+
+  /**
+   * Reads the epoch from the Redis that is back, then tells the manager, which refills
+   * its rooms, or closes every connection when the epoch is new (Redis lost its data). The
+   * command connection reconnects on its own schedule: until the read succeeds it is
+   * tried again at every heartbeat, and the manager is not told with an epoch that may be
+   * the lost one's.
+   */
+  private async afterReconnect(): Promise<void> {
+    if (this.epochRead === 'reading' || this.closed) return;
+    this.epochRead = 'reading';
+    try {
+      await this.ready(this.redis);
+      await this.readEpoch();
+    } catch (error) {
+      this.epochRead = 'pending';
+      this.handlers?.error(asError(error), 'resubscribe');
+      return;
+    }
+    this.epochRead = 'done';
+    this.dirty = true;
+    this.handlers?.reconnected();
   }
 }

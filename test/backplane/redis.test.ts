@@ -386,5 +386,40 @@ describe.skipIf(!up)('RedisBackplane', () => {
       await closeAll();
       await f.cleanup();
     }, 30_000);
+
+    it('notices a restart that lost the data also when the command connection comes back long after the subscriber', async () => {
+      const port = await freePort();
+      dir = mkdtempSync(join(tmpdir(), 'roomwire-redis-'));
+      child = await startRedis(port, dir, false);
+      // Node 2's command connection retries every 3 s, longer than its commandTimeoutMs:
+      // the epoch cannot be read when its subscriber is back.
+      const laggard = new Redis({ host: HOST, port, enableOfflineQueue: false, autoResendUnfulfilledCommands: false, retryStrategy: () => 3_000, maxRetriesPerRequest: 1 });
+      const connections = [laggard, client(port), client(port), client(port)];
+      const [, subscriber2, commands1, subscriber1] = connections as [Redis, Redis, Redis, Redis];
+      const options = { prefix: `${FILE_PREFIX}:${++testCount}`, nodeTimeoutMs: 5_000, heartbeatMs: 100, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, backplane: new RedisBackplane({ redis: commands1, subscriber: subscriber1, ...options }) });
+      const n2 = await startServer({ membership: table, backplane: new RedisBackplane({ redis: laggard, subscriber: subscriber2, ...options }) });
+      try {
+        const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+        const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+        expect(await alice.request({ type: 'publish', room: 'chat', data: 1 })).toMatchObject({ type: 'ack', seq: 1 });
+        await bob.next('message');
+        child.kill('SIGKILL');
+        await new Promise((resolve) => child!.once('exit', resolve));
+        child = await startRedis(port, dir, false);
+        // The room stays busy: its new seqs soon pass the old ones, so only the epoch can
+        // tell node 2 that they are another numbering.
+        for (let n = 0; n < 60 && bob.closeCode === undefined; n++) {
+          await n1.manager.broadcast('chat', `new ${n}`).catch(() => undefined);
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+        expect(bob.closeCode).toBe(1001);
+      } finally {
+        await closeClients();
+        await closeAll();
+        for (const connection of connections) connection.disconnect();
+      }
+    }, 30_000);
   });
 });
