@@ -298,6 +298,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly removedWhileOpening = new Map<ConnState, Set<string>>();
   /**
+   * Per connection, the first seq the fallback sent it in each room it was not in: what
+   * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart.
+   */
+  private readonly sentOutsideRoom = new WeakMap<ConnState, Map<string, number>>();
+  /**
    * Per room, the participants this process last told the cluster about and the cache
    * stamp they came from: a broadcast announces only participants new since then.
    */
@@ -933,7 +938,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // this connection since it entered the room are not replayed again.
       await this.inRoomOrder(room, async () => {
         const membership = conn.rooms.get(room);
-        let until = membership && membership.firstSeq > 0 ? membership.firstSeq - 1 : undefined;
+        // The first seq sent live, in the room or (before it was in it) by the fallback.
+        let first = membership && membership.firstSeq > 0 ? membership.firstSeq : undefined;
+        const outside = this.sentOutsideRoom.get(conn)?.get(room);
+        if (outside !== undefined && (first === undefined || outside < first)) first = outside;
+        let until = first === undefined ? undefined : first - 1;
         if (this.backplane && membership) {
           // Messages past what this process has sent are on their way here and go out live.
           const feed = this.feeds.get(room);
@@ -1504,7 +1513,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return SLOW;
     }
     if (!this.write(conn, conn.socket, text, message)) return FAILED;
-    if (membership && membership.firstSeq === 0) membership.firstSeq = message.seq;
+    if (membership) {
+      if (membership.firstSeq === 0) membership.firstSeq = message.seq;
+    } else {
+      // Sent by the fallback to a connection outside the room: a resume must not send it again.
+      let rooms = this.sentOutsideRoom.get(conn);
+      if (!rooms) this.sentOutsideRoom.set(conn, (rooms = new Map()));
+      if (!rooms.has(message.room)) rooms.set(message.room, message.seq);
+    }
     return SENT;
   }
 

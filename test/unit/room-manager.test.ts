@@ -364,6 +364,19 @@ describe('RoomManager core (in-memory connections)', () => {
     await expect(rooms.broadcast('x\uD800', 'hi')).rejects.toMatchObject({ name: 'RoomwireError', code: 'bad_request' });
   });
 
+  it('does not replay on resume what the fallback already sent to a connection outside the room', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'], b: ['bob', 'carol'] }), { maxRoomsPerConnection: 1 });
+    await openFake(rooms, 'alice');
+    await openFake(rooms, 'carol');
+    // Joined to 'a' only: the room limit keeps it out of 'b', so 'b' reaches it through the fallback.
+    const bob = await openFake(rooms, 'bob');
+    await rooms.broadcast('b', 'direct');
+    bob.receive({ type: 'resume', rooms: { b: 0 }, ref: 'r' });
+    await settle();
+    expect(bob.frames.filter((f) => f.type === 'message' && f.room === 'b').map((f) => f.seq)).toEqual([1]);
+    expect(bob.frames.find((f) => f.type === 'resumed')).toMatchObject({ rooms: { b: { replayed: 0 } }, ref: 'r' });
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
