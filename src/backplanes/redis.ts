@@ -140,14 +140,17 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 return #stale
 `);
 
-// KEYS: own presence, nodes. ARGV: user, delta, ttl, node id, timeout, presence key prefix.
-// Returns 1 when the user crossed zero here and no other live node has them: online or
-// offline in the cluster. One script, so exactly one process sees each crossing.
+// KEYS: own presence, nodes. ARGV: user, count, ttl, node id, timeout, presence key prefix.
+// Sets this node's count of the user's connections (not a delta: a count an earlier
+// failed call left wrong is set right). Returns 1 when the user crossed zero here and no
+// other live node has them: online or offline in the cluster. One script, so exactly one
+// process sees each crossing.
 const TRACK = script(`
-local n = redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
-if n <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+local before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+local n = tonumber(ARGV[2])
+if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
-if (ARGV[2] == '1' and n ~= 1) or (ARGV[2] ~= '1' and n > 0) then return 0 end
+if (before > 0) == (n > 0) then return 0 end
 ${NOW}
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[5]), '+inf')) do
   if node ~= ARGV[4] and redis.call('HEXISTS', ARGV[6] .. node, ARGV[1]) == 1 then return 0 end
@@ -523,7 +526,7 @@ export class RedisBackplane implements Backplane {
     else this.counts.delete(user);
     if (this.closed) return false;
     try {
-      const args = [user, delta, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
+      const args = [user, Math.max(next, 0), this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
       return (await this.run(TRACK, [this.ownPresence, this.keys.nodes], args)) === 1;
     } catch (error) {
       this.dirty = true;

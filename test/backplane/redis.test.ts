@@ -186,6 +186,60 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
   });
 
+  describe('presence after a failed count', () => {
+    const owned: Redis[] = [];
+    let prefix = '';
+    afterEach(async () => {
+      await closeClients();
+      await closeAll();
+      const adminRedis = admin(SHARED_PORT);
+      await deleteKeys(adminRedis, prefix);
+      adminRedis.disconnect();
+      for (const connection of owned.splice(0)) connection.disconnect();
+    });
+
+    it('says offline only when the last connection closes, though one count did not reach Redis', async () => {
+      prefix = `${FILE_PREFIX}:${++testCount}`;
+      const connections = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)];
+      owned.push(...connections);
+      const [commands1, subscriber1, commands2, subscriber2] = connections as [Redis, Redis, Redis, Redis];
+      let failNextCount = false;
+      // Node 1's next presence count fails, as during a blip of its command connection.
+      const flaky = new Proxy(commands1, {
+        get(target, property) {
+          if (property === 'evalsha') {
+            return (sha: string, keys: number, ...args: (string | number)[]) => {
+              if (failNextCount && keys === 2 && String(args[0]).includes(':presence:')) {
+                failNextCount = false;
+                return Promise.reject(new Error('Connection is closed.'));
+              }
+              return target.evalsha(sha, keys, ...args);
+            };
+          }
+          const value: unknown = Reflect.get(target, property, target);
+          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
+        },
+      });
+      // Heartbeats far apart: the count must come right without the heartbeat's rewrite.
+      const options = { prefix, heartbeatMs: 5_000, nodeTimeoutMs: 15_000, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
+      const n2 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }) });
+      const alice = await TestClient.connect(n2.url, await tokenFor('alice'));
+      const bobEvents = () => alice.of('presence').filter((f) => f.user === 'bob').map((f) => f.event);
+      const first = await TestClient.connect(n1.url, await tokenFor('bob'));
+      await alice.until(() => bobEvents().length === 1);
+      failNextCount = true;
+      const second = await TestClient.connect(n1.url, await tokenFor('bob'));
+      await first.close();
+      await alice.quiet(500);
+      expect(bobEvents()).toEqual(['online']);
+      await second.close();
+      await alice.until(() => bobEvents().length === 2);
+      expect(bobEvents()).toEqual(['online', 'offline']);
+    });
+  });
+
   describe('a subscribe that fails', () => {
     const owned: Redis[] = [];
     afterEach(() => {
