@@ -91,6 +91,8 @@ interface Request {
  */
 const BASELINE_BURST = 20;
 const BASELINE_INTERVAL_MS = 200;
+/** How long a rejoin, re-leave or resume refused with `rate_limited` waits before it is sent again. */
+const RATE_RETRY_MS = 250;
 const noop = (): void => {};
 
 /**
@@ -130,6 +132,12 @@ export function connect(options: ClientOptions): RoomwireClient {
   // join and leave calls outlive the connection they were made on.
   const joinedByApp = new Set<string>();
   const leftByApp = new Set<string>();
+  /** Rooms with an app `leave` not answered yet, and how many. */
+  const leaving = new Map<string, number>();
+  /** Rooms the app left or is leaving: nothing of theirs is delivered or resumed. */
+  const unwanted = (room: string): boolean => leftByApp.has(room) || leaving.has(room);
+  /** Counts connections, so a timer set for one does nothing on the next. */
+  let connections = 0;
   let rooms = new Set<string>();
   let state: ClientState = 'connecting';
   let socket: WebSocketLike | undefined;
@@ -250,8 +258,25 @@ export function connect(options: ClientOptions): RoomwireClient {
     else lost(1006);
   };
 
+  /**
+   * Sends `frame` again after {@link RATE_RETRY_MS} if the server answers `rate_limited`
+   * (a reconnect sends every rejoin, re-leave and the resume at once, and they share the
+   * server's join budget); `settle` gets any other answer. Stops with its connection.
+   */
+  const paced = (frame: ClientFrame, settle: (reply: ServerFrame | ClientError) => boolean | void): void => {
+    const connection = connections;
+    request(frame, false, (reply) => {
+      if (reply instanceof ClientError || reply.type !== 'error' || reply.code !== 'rate_limited') return settle(reply);
+      if (reply.room !== undefined && frame.type === 'resume') return settle(reply);
+      setTimeout(() => {
+        if (open && connection === connections && state !== 'closed') paced(frame, settle);
+      }, RATE_RETRY_MS);
+    });
+  };
+
   const welcome = (frame: WelcomeFrame): void => {
     open = everOpen = true;
+    connections++;
     retries = 0;
     connectionId = frame.connectionId;
     // A zero or missing value from the server must not turn the ping interval into a busy loop.
@@ -267,11 +292,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     // case the last connection dropped before its resume was answered.
     if (epoch !== null && frame.epoch !== epoch) for (const room of previous) cursors.forget(room);
     epoch = frame.epoch;
-    for (const room of leftByApp) if (rooms.delete(room)) request({ type: 'leave', room }, false, noop);
+    for (const room of leftByApp) if (rooms.delete(room)) paced({ type: 'leave', room }, noop);
     for (const room of joinedByApp) {
       if (rooms.has(room)) continue;
       rooms.add(room);
-      request({ type: 'join', room }, false, (reply) => {
+      paced({ type: 'join', room }, (reply) => {
         if (reply instanceof ClientError || reply.type !== 'error') return;
         if (rooms.has(room)) lose(room);
         events.emit('error', fromErrorFrame(reply));
@@ -285,6 +310,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     const resume: Record<string, number> = {};
     let resuming = false;
     for (const room of previous) {
+      if (state === 'closed') return;
+      if (unwanted(room)) {
+        rooms.delete(room);
+        continue;
+      }
       const seq = cursors.seq(room);
       if (seq !== undefined) {
         resume[room] = seq;
@@ -302,8 +332,9 @@ export function connect(options: ClientOptions): RoomwireClient {
         lose(room);
       }
     }
+    if (state === 'closed') return;
     if (resuming) {
-      request({ type: 'resume', rooms: resume, ...(epoch === undefined ? {} : { epoch }) }, false, (reply) => {
+      paced({ type: 'resume', rooms: resume, ...(epoch === undefined ? {} : { epoch }) }, (reply) => {
         if (reply instanceof ClientError) return;
         if (reply.type === 'error' && reply.room !== undefined) {
           const room = reply.room;
@@ -336,6 +367,8 @@ export function connect(options: ClientOptions): RoomwireClient {
     baselines = [...rooms].filter((room) => cursors.seq(room) === undefined);
     baselineBudget = BASELINE_BURST;
     pumpBaselines();
+    // A listener above (`gap`, `left`) may have closed the client.
+    if ((state as ClientState) === 'closed') return;
     setState('open');
     events.emit('welcome', frame);
   };
@@ -346,6 +379,9 @@ export function connect(options: ClientOptions): RoomwireClient {
         if (!open) welcome(frame);
         return;
       case 'message':
+        // A room the app left may still send until the server has the leave (after a
+        // reconnect, it auto-joins the room again before the client leaves it again).
+        if (unwanted(frame.room)) return;
         // Only a resume's replay carries a ref on a message.
         cursors.receive(frame, frame.ref !== undefined);
         return;
@@ -410,6 +446,8 @@ export function connect(options: ClientOptions): RoomwireClient {
   };
 
   const retry = (delay = backoffDelay(retries++, minDelay, maxDelay, factor)): void => {
+    // A listener of the event that led here may have closed the client.
+    if (state === 'closed') return;
     retryTimer = setTimeout(() => void connectOnce(), delay);
   };
 
@@ -529,10 +567,19 @@ export function connect(options: ClientOptions): RoomwireClient {
         leftByApp.delete(room);
         return { room, seq: (reply as JoinedFrame).seq };
       }),
-    leave: (room) =>
-      call({ type: 'leave', room }, timeoutMs, () => {
+    leave: (room) => {
+      // From the call on, the app wants none of the room: its messages are dropped, and a
+      // reconnect does not resume it.
+      leaving.set(room, (leaving.get(room) ?? 0) + 1);
+      const done = (): void => {
+        const count = (leaving.get(room) ?? 1) - 1;
+        if (count > 0) leaving.set(room, count);
+        else leaving.delete(room);
+      };
+      return call({ type: 'leave', room }, timeoutMs, () => {
         leftByApp.add(room);
-      }),
+      }).finally(done);
+    },
     publish: (room, data, { cid = nextCid(), timeoutMs: wait = timeoutMs } = {}) => {
       if (typeof cid !== 'string' || cid.length < 1 || cid.length > MAX_CID_LENGTH) {
         return Promise.reject(new ClientError('bad_request', `cid must be a string of 1 to ${MAX_CID_LENGTH} characters`, { room }));

@@ -148,4 +148,99 @@ describe('roomwire/client resume', () => {
     expect(seqs(bob.messages)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(bob.client.lastSeq('r')).toBe(6);
   });
+  it('resumes and rejoins past the server\'s join budget, pacing what it refuses', async () => {
+    // 60 rooms the app joined: their rejoins and the resume after a reconnect are more than
+    // the server's join budget (50 at once) allows.
+    const table = new MembershipTable({ chat: ['bob'] });
+    const lobbies = Array.from({ length: 60 }, (_, i) => `lobby${i}`);
+    for (const lobby of lobbies) table.canJoinRooms.add(lobby);
+    const s = await serve({ membership: table });
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: s.url, token: gate.token, publishTimeoutMs: 10_000 });
+    await opened(bob);
+    await Promise.all(lobbies.slice(0, 40).map((lobby) => bob.client.join(lobby)));
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+    await Promise.all(lobbies.slice(40).map((lobby) => bob.client.join(lobby)));
+    await s.manager.broadcast('chat', 'm1');
+    await until(() => bob.messages.length === 1, 'm1');
+
+    gate.shut();
+    for (const socket of s.adapter.clients) socket.terminate();
+    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await s.manager.broadcast('chat', 'm2');
+    await s.manager.broadcast('chat', 'm3');
+    gate.open();
+    await opened(bob, 2);
+    await until(() => bob.messages.length === 3, 'the missed messages', 8_000);
+    await until(() => s.manager.connectionsOf('bob')[0]?.rooms.length === 61, 'every rejoin', 8_000);
+    expect(bob.messages.map((m) => m.data)).toEqual(['m1', 'm2', 'm3']);
+    expect(bob.client.rooms.size).toBe(61);
+    expect(bob.gaps).toEqual([]);
+    expect(bob.left).toEqual([]);
+  }, 20_000);
+
+  it('neither resumes nor delivers a room the app left while disconnected, or left before', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'], ops: ['bob'], news: ['bob'] }) });
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: s.url, token: gate.token });
+    await opened(bob);
+    await bob.client.leave('news');
+    await s.manager.broadcast('ops', 'o1');
+    await until(() => bob.messages.length === 1, 'o1');
+
+    gate.shut();
+    for (const socket of s.adapter.clients) socket.terminate();
+    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    const leaving = bob.client.leave('ops');
+    await s.manager.broadcast('ops', 'o2');
+    // Right after the next welcome, before the client's leaves reach the server.
+    s.manager.once('connect', () => {
+      void s.manager.broadcast('news', 'n1');
+      void s.manager.broadcast('ops', 'o3');
+    });
+    gate.open();
+    await leaving;
+    await opened(bob, 2);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(bob.messages.map((m) => m.data)).toEqual(['o1']);
+    expect([...bob.client.rooms]).toEqual(['chat']);
+  });
+
+  it('stays closed when a listener closes it while a welcome is handled', async () => {
+    const table = new MembershipTable({ chat: ['bob'] });
+    const first = await serve({ membership: table });
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: first.url, token: gate.token });
+    await opened(bob);
+    await first.manager.broadcast('chat', 'x');
+    await until(() => bob.client.lastSeq('chat') === 1, 'seq 1');
+    bob.client.on('gap', () => bob.client.close());
+    gate.shut();
+    await first.close();
+    // A new server on the same port: a new numbering, so the welcome brings a gap.
+    await serve({ membership: table }, first.port);
+    gate.open();
+    await until(() => bob.gaps.length === 1, 'the gap');
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect(bob.client.state).toBe('closed');
+    expect(bob.states.at(-1)).toBe('closed');
+    await expect(bob.client.publish('chat', 'after close')).rejects.toMatchObject({ code: 'closed' });
+  });
+
+  it('makes no attempt after a listener of the token function\'s error closes it', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }) });
+    let calls = 0;
+    const bob = client({
+      url: s.url,
+      token: () => {
+        calls++;
+        throw new Error('refresh failed');
+      },
+      reconnect: { minDelayMs: 50, maxDelayMs: 50 },
+    });
+    bob.client.on('error', () => bob.client.close());
+    await until(() => bob.client.state === 'closed', 'closed');
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(calls).toBe(1);
+  });
 });
