@@ -26,3 +26,21 @@ const noop = (): void => {};
 
 /** A logger that writes nothing; the default. */
 export const silentLogger: Logger = { debug: noop, info: noop, warn: noop, error: noop };
+
+/**
+ * `logger` with every method guarded: a logger that throws must not stop roomwire half
+ * way through a change (a connection opened but never welcomed, a close half done). What
+ * it throws is dropped, as there is nowhere left to report it.
+ */
+export function guardedLogger(logger: Logger): Logger {
+  const guard =
+    (method: LogFn): LogFn =>
+    (...args: [Record<string, unknown> | string, string?]) => {
+      try {
+        (method as (...values: unknown[]) => void).apply(logger, args);
+      } catch {
+        // Nowhere to report it: the logger is what failed.
+      }
+    };
+  return { debug: guard(logger.debug), info: guard(logger.info), warn: guard(logger.warn), error: guard(logger.error) };
+}

@@ -8,7 +8,7 @@ import type { DeliveryReport } from './delivery-report.js';
 import { HandshakeError, RoomwireError, isHandshakeError, isRoomwireError, type ErrorCode } from './errors.js';
 import { InMemoryHistoryStore, type HistoryStore, type StoredMessage } from './history-store.js';
 import { createIdGenerator } from './ids.js';
-import { silentLogger, type Logger } from './logger.js';
+import { guardedLogger, silentLogger, type Logger } from './logger.js';
 import { MembershipCache, toStringSet, type MembersSnapshot } from './membership-cache.js';
 import type { MaybePromise } from './membership-loader.js';
 import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from './options.js';
@@ -326,7 +326,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   constructor(options: RoomManagerOptions) {
     super();
     this.options = resolveOptions(options);
-    this.logger = this.options.logger ?? silentLogger;
+    this.logger = this.options.logger ? guardedLogger(this.options.logger) : silentLogger;
     this.logging = this.options.logger !== undefined;
     const history = this.options.history;
     this.backplane = this.options.backplane;
@@ -543,7 +543,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (this.logging) {
       this.logger.info({ user: conn.user.id, connectionId: conn.id, rooms: joined.length }, `user ${conn.user.id} auto-joined to ${joined.length} rooms`);
     }
-    this.emit('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
+    this.notify('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
     if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', conn.rooms.keyList(), crossed ?? conn.user.open === 1);
     this.armExpiry(conn);
     const early = conn.early;
@@ -645,7 +645,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (user.conns.size === 0) this.users.delete(user.id);
     this.conns.delete(conn.id);
     if (this.logging) this.logger.debug({ user: user.id, connectionId: conn.id, code, reason }, `connection ${conn.id} of user ${user.id} closed (${code})`);
-    this.emit('disconnect', { connectionId: conn.id, user: user.id, code, reason });
+    this.notify('disconnect', { connectionId: conn.id, user: user.id, code, reason });
     if (this.conns.size === 0) this.drained?.();
   }
 
@@ -727,11 +727,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const { burst, perSecond } = this.options.rateLimitStrikes;
     if ((conn.strikes ??= new TokenBucket(burst, perSecond)).take()) {
       this.sendError(conn, 'rate_limited', `too many ${kind} frames; slow down`, { ref });
-      this.emit('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: false });
+      this.notify('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: false });
       return;
     }
     this.logger.warn({ user: conn.user.id, connectionId: conn.id, kind }, `closing connection ${conn.id} of user ${conn.user.id}: kept exceeding its ${kind} rate limit`);
-    this.emit('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: true });
+    this.notify('rateLimited', { connectionId: conn.id, user: conn.user.id, kind, closed: true });
     this.drop(conn, CloseCode.TooSlow, 'rate limit exceeded');
   }
 
@@ -1446,8 +1446,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (failed > 0 || viaFallback > 0 || snapshot.stale) this.logger.warn(report as unknown as Record<string, unknown>, line);
       else this.logger.debug(report as unknown as Record<string, unknown>, line);
     }
-    this.emit('message', message);
-    this.emit('delivery', report);
+    this.notify('message', message);
+    this.notify('delivery', report);
     return report;
   }
 
@@ -1538,7 +1538,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private dropSlow(conn: ConnState): void {
     const bufferedAmount = conn.socket.bufferedAmount;
     this.logger.warn({ user: conn.user.id, connectionId: conn.id, bufferedAmount }, `closing connection ${conn.id} of user ${conn.user.id}: too slow (${bufferedAmount} bytes unsent)`);
-    this.emit('slow', { connectionId: conn.id, user: conn.user.id, bufferedAmount });
+    this.notify('slow', { connectionId: conn.id, user: conn.user.id, bufferedAmount });
     this.drop(conn, CloseCode.TooSlow, 'too slow');
   }
 
@@ -1578,7 +1578,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     conn.rooms.set(room, membership);
     this.roomState(room).members.add(membership);
     this.topology++;
-    this.emit('join', { connectionId: conn.id, user: conn.user.id, room, reason });
+    this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason });
   }
 
   private removeFromRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
@@ -1592,7 +1592,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (state.members.size === 0 && !state.tail) this.rooms.delete(room);
     }
     if (notify) this.send(conn, { type: 'left', room });
-    this.emit('leave', { connectionId: conn.id, user: conn.user.id, room, reason });
+    this.notify('leave', { connectionId: conn.id, user: conn.user.id, room, reason });
   }
 
   private async isParticipant(room: string, user: string): Promise<boolean> {
@@ -1985,7 +1985,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private reportError(phase: string, error: unknown, context: { connectionId?: string; room?: string; user?: string }): void {
     const err = asError(error);
     this.logger.warn({ ...context, phase, err }, `${phase} failed: ${err.message}`);
-    this.emit('error', err, { phase, ...context });
+    try {
+      this.emit('error', err, { phase, ...context });
+    } catch (thrown) {
+      this.logger.error({ err: asError(thrown), phase }, 'an error listener threw');
+    }
+  }
+
+  /**
+   * Tells the application's listeners. One that throws is reported (an `error` event,
+   * phase `listener`) and the change under way goes on: a close half done, or a broadcast
+   * without its ack, would leave state behind that nothing repairs.
+   */
+  private notify<K extends Exclude<keyof RoomManagerEvents, 'error'>>(event: K, payload: Parameters<RoomManagerEvents[K]>[0]): void {
+    try {
+      (this.emit as (event: K, payload: unknown) => boolean)(event, payload);
+    } catch (error) {
+      this.reportError('listener', error, {});
+    }
   }
 }
 

@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { RoomManager, RoomwireError, type DeliveryReport, type RoomManagerOptions } from '../../src/index.js';
+import { LocalBus, RoomManager, RoomwireError, type DeliveryReport, type RoomManagerOptions } from '../../src/index.js';
 import { FakeConnection, openFake, settle } from '../helpers/fake-connection.js';
 import { MembershipTable } from '../helpers/server.js';
 
@@ -375,6 +375,75 @@ describe('RoomManager core (in-memory connections)', () => {
     await settle();
     expect(bob.frames.filter((f) => f.type === 'message' && f.room === 'b').map((f) => f.seq)).toEqual([1]);
     expect(bob.frames.find((f) => f.type === 'resumed')).toMatchObject({ rooms: { b: { replayed: 0 } }, ref: 'r' });
+  });
+
+  it('reports a listener that throws and finishes what it was doing: closes, broadcasts, acks', async () => {
+    const phases: string[] = [];
+    const bug = () => {
+      throw new Error('listener bug');
+    };
+    // A close: leave and disconnect listeners throw.
+    const closing = manager(new MembershipTable({ r: ['alice'] }), { closeTimeoutMs: 100 });
+    closing.on('error', (_error, { phase }) => phases.push(phase));
+    closing.on('leave', bug);
+    closing.on('disconnect', bug);
+    const alice = await openFake(closing, 'alice');
+    alice.handlers.closed(1000, '');
+    await closing.close();
+    expect(closing.stats().connections).toBe(0);
+    expect(phases).toEqual(['listener', 'listener']);
+
+    // A clustered publish: the first delivery listener call throws.
+    const clustered = manager(new MembershipTable({ r: ['alice', 'bob'] }), { backplane: new LocalBus().node() });
+    let deliveries = 0;
+    clustered.on('error', () => undefined);
+    clustered.on('delivery', () => {
+      if (++deliveries === 1) bug();
+    });
+    const publisher = await openFake(clustered, 'alice');
+    const reader = await openFake(clustered, 'bob');
+    publisher.receive({ type: 'publish', room: 'r', data: 1, ref: 'p1' });
+    await settle(50);
+    publisher.receive({ type: 'publish', room: 'r', data: 2, ref: 'p2' });
+    await settle(50);
+    expect(publisher.frames.filter((f) => f.type === 'ack').map((f) => [f.ref, f.seq])).toEqual([['p1', 1], ['p2', 2]]);
+    expect(reader.frames.filter((f) => f.type === 'message').map((f) => f.seq)).toEqual([1, 2]);
+    await clustered.close();
+
+    // A publish through onPublish with a cid, repeated: delivered once, the same ack.
+    const hooked = manager(new MembershipTable({ r: ['alice', 'bob'] }), { onPublish: ({ data }) => data });
+    let messages = 0;
+    hooked.on('error', () => undefined);
+    hooked.on('message', () => {
+      if (++messages === 1) bug();
+    });
+    const sender = await openFake(hooked, 'alice');
+    const receiver = await openFake(hooked, 'bob');
+    sender.receive({ type: 'publish', room: 'r', data: 'hi', cid: 'c1', ref: 'a' });
+    await settle(20);
+    sender.receive({ type: 'publish', room: 'r', data: 'hi', cid: 'c1', ref: 'b' });
+    await settle(20);
+    expect(receiver.frames.filter((f) => f.type === 'message')).toHaveLength(1);
+    expect(sender.frames.filter((f) => f.type === 'ack').map((f) => [f.ref, f.seq])).toEqual([['a', 1], ['b', 1]]);
+  });
+
+  it('welcomes a connection whose roomsOf failed, though the logger throws', async () => {
+    const throwing = () => {
+      throw new Error('logger bug');
+    };
+    const rooms = manager(new MembershipTable({}), {
+      membership: {
+        roomsOf: () => {
+          throw new Error('loader down');
+        },
+        membersOf: () => [],
+      },
+      logger: { debug: throwing, info: throwing, warn: throwing, error: throwing },
+    });
+    rooms.on('error', () => undefined);
+    const alice = await openFake(rooms, 'alice');
+    expect(alice.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+    await rooms.close();
   });
 
   it('closes a frame over maxFrameBytes with 1009', async () => {
