@@ -103,8 +103,11 @@ interface ConnState {
    */
   left: ReadonlySet<string>;
   state: 'opening' | 'open' | 'closed';
-  /** Frames received before `welcome` was sent (state `opening`), handled right after it. */
-  early: [data: string | Uint8Array, isBinary: boolean][] | undefined;
+  /**
+   * Frames received before `welcome` was sent (state `opening`), handled right after it,
+   * and their bytes (at most `maxFrameBytes` in all: no rate limit applies yet).
+   */
+  early: { frames: [data: string | Uint8Array, isBinary: boolean][]; bytes: number } | undefined;
   /** The tail of this connection's frame handling; frames are handled in arrival order. */
   queue: Promise<void> | undefined;
   inflight: number;
@@ -548,7 +551,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.armExpiry(conn);
     const early = conn.early;
     conn.early = undefined;
-    if (early) for (const [data, isBinary] of early) this.receive(conn, data, isBinary);
+    if (early) for (const [data, isBinary] of early.frames) this.receive(conn, data, isBinary);
   }
 
   /**
@@ -662,12 +665,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     if (conn.state === 'opening') {
-      conn.early ??= [];
-      if (conn.early.length >= MAX_INFLIGHT_FRAMES) {
+      const early = (conn.early ??= { frames: [], bytes: 0 });
+      if (early.frames.length >= MAX_INFLIGHT_FRAMES || early.bytes + size > this.options.maxFrameBytes) {
         this.sendError(conn, 'rate_limited', 'too many frames before welcome');
         return;
       }
-      conn.early.push([data, isBinary]);
+      early.frames.push([data, isBinary]);
+      early.bytes += size;
       return;
     }
     const decoded = decodeClientFrame(data, isBinary);
@@ -835,7 +839,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /** The `ack` of an accepted publish; both publish paths answer with it. */
   private sendAck(conn: ConnState, room: string, { id, seq }: { id: string; seq: number }, ref: string | undefined, roomJson = JSON.stringify(room)): void {
-    trySend(conn, encodeAck(roomJson, id, seq, ref));
+    this.sendText(conn, encodeAck(roomJson, id, seq, ref));
   }
 
   /**
@@ -1960,13 +1964,32 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (!state) continue;
       const text = encodeServerFrame({ type: 'presence', room, user, event });
       for (const { conn: other } of state.members) {
-        if (other.user.id !== user) trySend(other, text);
+        if (other.user.id !== user) this.sendText(other, text);
       }
     }
   }
 
   private send(conn: ConnState, frame: ServerFrame): boolean {
-    return trySend(conn, encodeServerFrame(frame));
+    return this.sendText(conn, encodeServerFrame(frame));
+  }
+
+  /**
+   * Sends one frame that is not a room broadcast (those check in `fanOut`): an ack, an
+   * error, a replayed message, a pong. A connection whose unsent bytes are past
+   * `maxBufferedBytes` is closed with 4008 instead, whatever fills its buffer.
+   */
+  private sendText(conn: ConnState, text: string): boolean {
+    if (conn.state === 'closed') return false;
+    if (conn.socket.bufferedAmount > this.options.maxBufferedBytes) {
+      this.dropSlow(conn);
+      return false;
+    }
+    try {
+      conn.socket.send(text);
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   private sendError(
@@ -2051,16 +2074,6 @@ function markLeft(conn: ConnState, room: string, max: number): void {
 /** The cid window's key: JSON, so no user, room and cid can run into another's (all may hold `\n`). */
 function dedupeKey(user: string, room: string, cid: string): string {
   return JSON.stringify([user, room, cid]);
-}
-
-function trySend(conn: ConnState, text: string): boolean {
-  if (conn.state === 'closed') return false;
-  try {
-    conn.socket.send(text);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 function safeClose(socket: Connection, code: number, reason: string): void {

@@ -446,6 +446,44 @@ describe('RoomManager core (in-memory connections)', () => {
     await rooms.close();
   });
 
+  it('closes with 4008 a connection whose backlog passed maxBufferedBytes, whatever it is sent', async () => {
+    const rooms = manager(new MembershipTable({ r: ['alice'] }), { maxBufferedBytes: 1_000 });
+    const slow: string[] = [];
+    rooms.on('slow', ({ user }) => slow.push(user));
+    const alice = await openFake(rooms, 'alice');
+    alice.bufferedAmount = 1_001;
+    // Not a broadcast: a ping's pong, a bad frame's error.
+    alice.receive({ type: 'ping', ref: 'p' });
+    alice.receive('not json');
+    await settle();
+    expect(alice.closedWith).toEqual({ code: 4008, reason: 'too slow' });
+    expect(alice.of('pong')).toEqual([]);
+    expect(slow).toEqual(['alice']);
+  });
+
+  it('keeps at most maxFrameBytes of frames that arrive before welcome', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const table = new MembershipTable({ r: ['alice'] });
+    const rooms = manager(table, {
+      maxFrameBytes: 1_000,
+      membership: { roomsOf: async (user) => (await gate, table.roomsOf(user)), membersOf: (room) => table.membersOf(room) },
+    });
+    const alice = new FakeConnection();
+    alice.handlers = rooms.open(alice, { id: 'alice' });
+    const frame = (ref: string) => ({ type: 'publish', room: 'r', data: 'x'.repeat(350), ref });
+    for (const ref of ['a', 'b', 'c']) alice.receive(frame(ref));
+    release();
+    await alice.handlers.ready;
+    await settle();
+    expect(alice.frames.map((f) => [f.type, f.ref ?? f.code])).toEqual([
+      ['error', 'rate_limited'],
+      ['welcome', undefined],
+      ['ack', 'a'],
+      ['ack', 'b'],
+    ]);
+  });
+
   it('closes a frame over maxFrameBytes with 1009', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }), { maxFrameBytes: 64 });
     const alice = await openFake(rooms, 'alice');
