@@ -38,6 +38,20 @@ function admin(port: number): Redis {
   return new Redis({ host: HOST, port });
 }
 
+type Method = (...args: never[]) => unknown;
+
+/** `connection` with its `method` replaced by what `wrap` makes of the real one: a flaky Redis. */
+function intercepted(connection: Redis, method: keyof Redis, wrap: (real: Method) => Method): Redis {
+  return new Proxy(connection, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property, target);
+      if (typeof value !== 'function') return value;
+      const bound = (value as Method).bind(target) as Method;
+      return property === method ? wrap(bound) : bound;
+    },
+  });
+}
+
 async function deleteKeys(redis: Redis, prefix: string): Promise<void> {
   let cursor = '0';
   // Bounded: SCAN walks the keyspace once.
@@ -130,7 +144,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
   });
 
-  describe('a publish Redis does not confirm in time', () => {
+  describe('a command connection that fails or lags once', () => {
     const owned: Redis[] = [];
     let prefix = '';
     afterEach(async () => {
@@ -142,27 +156,24 @@ describe.skipIf(!up)('RedisBackplane', () => {
       for (const connection of owned.splice(0)) connection.disconnect();
     });
 
-    it('is delivered once, not to its publisher, and a retry with its cid gets its ack', async () => {
+    /** A new prefix, and the command and subscriber connections of two nodes. */
+    function twoNodes(): [Redis, Redis, Redis, Redis] {
       prefix = `${FILE_PREFIX}:${++testCount}`;
-      const connections = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)];
+      const connections: [Redis, Redis, Redis, Redis] = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)];
       owned.push(...connections);
-      const [slowCommands, subscriber1, commands2, subscriber2] = connections as [Redis, Redis, Redis, Redis];
+      return connections;
+    }
+
+    it('gives a publish it did not confirm in time once, not to its publisher, and a retry with its cid its ack', async () => {
+      const [slowCommands, subscriber1, commands2, subscriber2] = twoNodes();
       let delayNext = false;
       // The command connection, but its next publish script reaches Redis after the
       // backplane gave up on it (commandTimeoutMs 1 s), as with a stalled Redis.
-      const slow = new Proxy(slowCommands, {
-        get(target, property) {
-          if (property === 'evalsha') {
-            return (sha: string, keys: number, ...args: (string | number)[]) => {
-              const publish = keys === 3 && String(args[0]).includes(':seq:');
-              if (!publish || !delayNext) return target.evalsha(sha, keys, ...args);
-              delayNext = false;
-              return new Promise((resolve) => setTimeout(resolve, 1_500)).then(() => target.evalsha(sha, keys, ...args));
-            };
-          }
-          const value: unknown = Reflect.get(target, property, target);
-          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-        },
+      const slow = intercepted(slowCommands, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        const publish = keys === 3 && String(args[0]).includes(':seq:');
+        if (!publish || !delayNext) return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+        delayNext = false;
+        return new Promise((resolve) => setTimeout(resolve, 1_500)).then(() => (evalsha as Redis['evalsha'])(sha, keys, ...args));
       });
       const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
       const table = new MembershipTable({ chat: ['alice', 'bob'] });
@@ -184,41 +195,17 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(bob.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'one'], [2, 'two']]);
       expect(alice.of('message')).toEqual([]);
     });
-  });
-
-  describe('presence after a failed count', () => {
-    const owned: Redis[] = [];
-    let prefix = '';
-    afterEach(async () => {
-      await closeClients();
-      await closeAll();
-      const adminRedis = admin(SHARED_PORT);
-      await deleteKeys(adminRedis, prefix);
-      adminRedis.disconnect();
-      for (const connection of owned.splice(0)) connection.disconnect();
-    });
 
     it('says offline only when the last connection closes, though one count did not reach Redis', async () => {
-      prefix = `${FILE_PREFIX}:${++testCount}`;
-      const connections = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)];
-      owned.push(...connections);
-      const [commands1, subscriber1, commands2, subscriber2] = connections as [Redis, Redis, Redis, Redis];
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       let failNextCount = false;
       // Node 1's next presence count fails, as during a blip of its command connection.
-      const flaky = new Proxy(commands1, {
-        get(target, property) {
-          if (property === 'evalsha') {
-            return (sha: string, keys: number, ...args: (string | number)[]) => {
-              if (failNextCount && keys === 2 && String(args[0]).includes(':presence:')) {
-                failNextCount = false;
-                return Promise.reject(new Error('Connection is closed.'));
-              }
-              return target.evalsha(sha, keys, ...args);
-            };
-          }
-          const value: unknown = Reflect.get(target, property, target);
-          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-        },
+      const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        if (failNextCount && keys === 2 && String(args[0]).includes(':presence:')) {
+          failNextCount = false;
+          return Promise.reject(new Error('Connection is closed.'));
+        }
+        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
       });
       // Heartbeats far apart: the count must come right without the heartbeat's rewrite.
       const options = { prefix, heartbeatMs: 5_000, nodeTimeoutMs: 15_000, commandTimeoutMs: 1_000 };
@@ -254,15 +241,10 @@ describe.skipIf(!up)('RedisBackplane', () => {
       owned.push(redis, subscriber, adminRedis);
       let failNext = false;
       // The subscriber, but its next SSUBSCRIBE fails as one sent while it reconnects would.
-      const flaky = new Proxy(subscriber, {
-        get(target, property) {
-          if (property === 'ssubscribe' && failNext) {
-            failNext = false;
-            return () => Promise.reject(new Error('Connection is closed.'));
-          }
-          const value: unknown = Reflect.get(target, property, target);
-          return typeof value === 'function' ? (value as (...args: unknown[]) => unknown).bind(target) : value;
-        },
+      const flaky = intercepted(subscriber, 'ssubscribe', (ssubscribe) => (...channels: string[]) => {
+        if (!failNext) return (ssubscribe as Redis['ssubscribe'])(...channels);
+        failNext = false;
+        return Promise.reject(new Error('Connection is closed.'));
       });
       const node = new RedisBackplane({ redis, subscriber: flaky, prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 });
       await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });

@@ -393,13 +393,17 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(closing.stats().connections).toBe(0);
     expect(phases).toEqual(['listener', 'listener']);
 
+    /** A listener that throws on its first call only. */
+    const throwsOnce = () => {
+      let calls = 0;
+      return () => {
+        if (++calls === 1) bug();
+      };
+    };
     // A clustered publish: the first delivery listener call throws.
     const clustered = manager(new MembershipTable({ r: ['alice', 'bob'] }), { backplane: new LocalBus().node() });
-    let deliveries = 0;
     clustered.on('error', () => undefined);
-    clustered.on('delivery', () => {
-      if (++deliveries === 1) bug();
-    });
+    clustered.on('delivery', throwsOnce());
     const publisher = await openFake(clustered, 'alice');
     const reader = await openFake(clustered, 'bob');
     publisher.receive({ type: 'publish', room: 'r', data: 1, ref: 'p1' });
@@ -412,11 +416,8 @@ describe('RoomManager core (in-memory connections)', () => {
 
     // A publish through onPublish with a cid, repeated: delivered once, the same ack.
     const hooked = manager(new MembershipTable({ r: ['alice', 'bob'] }), { onPublish: ({ data }) => data });
-    let messages = 0;
     hooked.on('error', () => undefined);
-    hooked.on('message', () => {
-      if (++messages === 1) bug();
-    });
+    hooked.on('message', throwsOnce());
     const sender = await openFake(hooked, 'alice');
     const receiver = await openFake(hooked, 'bob');
     sender.receive({ type: 'publish', room: 'r', data: 'hi', cid: 'c1', ref: 'a' });
