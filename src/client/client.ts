@@ -234,9 +234,14 @@ export function connect(options: ClientOptions): RoomwireClient {
       if (!rooms.has(room) || cursors.seq(room) !== undefined) continue;
       baselineBudget--;
       request({ type: 'join', room }, false, (reply) => {
-        if (reply instanceof ClientError || reply.type !== 'error' || reply.code !== 'rate_limited') return;
-        baselines.push(room);
-        pumpBaselines();
+        if (reply instanceof ClientError || reply.type !== 'error') return;
+        if (reply.code === 'rate_limited') {
+          baselines.push(room);
+          pumpBaselines();
+        } else if (rooms.has(room)) {
+          // Refused (the user no longer participates): the connection is not in the room.
+          lose(room);
+        }
       });
     }
     if (open && baselines.length > 0 && !baselineTimer) {

@@ -179,6 +179,34 @@ describe('roomwire/client resume', () => {
     expect(bob.left).toEqual([]);
   }, 20_000);
 
+  it('drops a room the user was removed from while offline, even when its resume was rate-limited', async () => {
+    // A join budget of 2: after the reconnect, the rejoin of 'lobby' and the resume frame
+    // take it, so the resume of 'ops' (no longer the connection's) is refused with
+    // rate_limited; the client then asks with a join, which says forbidden.
+    const table = new MembershipTable({ chat: ['bob'], ops: ['bob'] });
+    table.canJoinRooms.add('lobby');
+    const s = await serve({ membership: table, joinRate: { burst: 2, perSecond: 2 } });
+    const gate = gatedToken(await tokenFor('bob'));
+    const bob = client({ url: s.url, token: gate.token });
+    await opened(bob);
+    await bob.client.join('lobby');
+    await s.manager.broadcast('ops', 'o1');
+    await until(() => bob.messages.length === 1, 'o1');
+    await new Promise((resolve) => setTimeout(resolve, 1_000));
+
+    gate.shut();
+    for (const socket of s.adapter.clients) socket.terminate();
+    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    table.remove('ops', 'bob');
+    await s.manager.removeMember('ops', 'bob');
+    gate.open();
+    await opened(bob, 2);
+    await until(() => bob.gaps.includes('ops'), 'the refused resume', 5_000);
+    await until(() => !bob.client.rooms.has('ops'), 'ops dropped', 5_000);
+    expect(bob.left).toContain('ops');
+    expect([...bob.client.rooms].sort()).toEqual(['chat', 'lobby']);
+  });
+
   it('neither resumes nor delivers a room the app left while disconnected, or left before', async () => {
     const s = await serve({ membership: new MembershipTable({ chat: ['bob'], ops: ['bob'], news: ['bob'] }) });
     const gate = gatedToken(await tokenFor('bob'));
