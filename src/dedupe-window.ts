@@ -15,7 +15,10 @@ export class DedupeWindow<V> {
   /** The live value for `key`, if any. */
   get(key: string): V | undefined {
     this.prune();
-    return this.entries.get(key)?.value;
+    const entry = this.entries.get(key);
+    // Checked itself too: after the wall clock stepped back, insertion order is no longer
+    // expiry order, and pruning can stop before an expired entry.
+    return entry && entry.expiresAt > this.now() ? entry.value : undefined;
   }
 
   /** Remembers `value` for `key` for the window from now. */

@@ -118,12 +118,11 @@ export class MembershipCache {
 
   private create(room: string): Entry {
     if (this.entries.size >= this.options.maxRooms) {
-      // Evict the oldest room that is not loading; insertion order approximates age.
+      // Evict the oldest rooms that are not loading (insertion order approximates age),
+      // down below the cap: loads in flight are never evicted, so they can push it over.
       for (const [name, old] of this.entries) {
-        if (!old.loading) {
-          this.entries.delete(name);
-          break;
-        }
+        if (this.entries.size < this.options.maxRooms) break;
+        if (!old.loading) this.entries.delete(name);
       }
     }
     const entry: Entry = {

@@ -17,7 +17,7 @@ import { encodeAck, encodeData, encodeMessageFrame, encodeServerFrame } from './
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
 import { CloseCode, PROTOCOL_VERSION, ROOM_NAME_RULE, isRoomName } from './protocol/limits.js';
 import { SmallMap, SmallSet } from './small-collections.js';
-import { TimeoutError, withTimeout } from './timeout.js';
+import { MAX_TIMER_MS, TimeoutError, withTimeout } from './timeout.js';
 import { TokenBucket } from './token-bucket.js';
 import type { RateLimit } from './options.js';
 
@@ -212,8 +212,6 @@ const FAILED: SendOutcome = 2;
 const MAX_DEDUPE_ENTRIES = 100_000;
 /** Frames one connection may have waiting for handling before more are refused. */
 const MAX_INFLIGHT_FRAMES = 256;
-/** Longest delay setTimeout accepts. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 const noop = (): void => {};
 /** Returned by membership calls that have nothing to wait for, without a new promise each time. */
 const RESOLVED: Promise<void> = Promise.resolve();

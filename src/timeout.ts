@@ -4,9 +4,15 @@ export class TimeoutError extends Error {
   override readonly name = 'TimeoutError';
 }
 
-/** Resolves like `promise`, or rejects with a {@link TimeoutError} after `ms`. */
+/** Longest delay `setTimeout` honours; Node turns a longer one into 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * Resolves like `promise`, or rejects with a {@link TimeoutError} after `ms`. A timeout
+ * longer than a timer can run (about 24.8 days), or infinite, means none.
+ */
 export function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  if (!Number.isFinite(ms)) return promise;
+  if (!(ms <= MAX_TIMER_MS)) return promise;
   return new Promise<T>((resolve, reject) => {
     const timer = setTimeout(() => reject(new TimeoutError(`${what} timed out after ${ms} ms`)), ms);
     timer.unref?.();

@@ -22,8 +22,10 @@ export class TokenBucket {
       this.tokens = Math.min(this.burst, this.tokens + ((now - this.last) / 1000) * this.perSecond);
       this.last = now;
     }
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
+    // Refills add rounded fractions: 0.92 + 0.08 may come to 0.9999999999999999. A token
+    // that exact arithmetic would have is not refused for a rounding error.
+    if (this.tokens < 1 - 1e-9) return false;
+    this.tokens = Math.max(0, this.tokens - 1);
     return true;
   }
 }

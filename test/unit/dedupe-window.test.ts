@@ -132,3 +132,14 @@ describe('DedupeWindow', () => {
     expect(window.get('k900')).toBeUndefined();
   });
 });
+
+it('forgets an entry at the end of its window though the wall clock stepped back', () => {
+  let now = 10_000;
+  const window = new DedupeWindow<string>(1_000, () => now);
+  window.set('old', 'A'); // until 11,000
+  now = 5_000; // the clock stepped back
+  window.set('cid', 'B'); // until 6,000
+  now = 7_000;
+  expect(window.get('cid')).toBeUndefined();
+  expect(window.get('old')).toBe('A');
+});

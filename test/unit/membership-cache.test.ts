@@ -372,3 +372,23 @@ describe('MembershipCache: loader failures', () => {
     expect(errors[0]!.error).toBeInstanceOf(TypeError);
   });
 });
+
+describe('MembershipCache limits', () => {
+  it('comes back under maxRooms after loads in flight pushed it over', async () => {
+    const cache = new MembershipCache(
+      { roomsOf: () => [], membersOf: (room: string) => Promise.resolve([room]) },
+      { ttlMs: 30_000, timeoutMs: 5_000, maxRooms: 2, onError: () => undefined },
+    );
+    await Promise.all(['a', 'b', 'c', 'd', 'e'].map((room) => cache.load(room)));
+    for (const room of ['f', 'g']) await cache.load(room);
+    expect(cache.size).toBeLessThanOrEqual(2);
+  });
+
+  it('takes a loader timeout longer than a timer can run as none, not as 1 ms', async () => {
+    const cache = new MembershipCache(
+      { roomsOf: () => [], membersOf: () => new Promise<string[]>((resolve) => setTimeout(() => resolve(['alice']), 10)) },
+      { ttlMs: 30_000, timeoutMs: 3_000_000_000, maxRooms: 10, onError: () => undefined },
+    );
+    expect(await cache.load('general')).toEqual({ users: new Set(['alice']), stale: false });
+  });
+});
