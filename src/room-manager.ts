@@ -1715,14 +1715,28 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     });
   }
 
+  /**
+   * Another process's `addMember`. Notices are not ordered with the application's
+   * writes: a removal made here since may be newer. So the loader is asked, and only a
+   * user it still lists is brought in, as ensure-participants would.
+   */
+  private async addAnnounced(room: string, user: string): Promise<void> {
+    this.membership.invalidate(room);
+    if (!this.users.has(user)) return;
+    if (await this.isParticipant(room, user)) await this.addLocally(room, user);
+  }
+
   /** A change announced by another process: applied here, not announced again. */
   private applyChange(change: MembershipChange): void {
     switch (change.kind) {
       case 'add':
-        this.addLocally(change.room, change.user).catch((error: unknown) => this.reportError('addMember', error, { room: change.room, user: change.user }));
+        this.addAnnounced(change.room, change.user).catch((error: unknown) => this.reportError('addMember', error, { room: change.room, user: change.user }));
         return;
       case 'remove':
         this.removeLocally(change.room, change.user);
+        // An add made here may be newer than this removal: the next broadcast asks the
+        // loader again, and ensure-participants brings the user back if so.
+        this.membership.invalidate(change.room);
         return;
       case 'invalidate':
         this.membership.invalidate(change.room);

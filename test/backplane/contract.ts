@@ -125,6 +125,25 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(messages(carol)).toHaveLength(1);
     });
 
+    it('keeps out a user whose removal on one node raced their addition on another', async () => {
+      // The application's writes: added (node 1's route), then removed (node 2's route).
+      // Node 1's notice reaches node 2 after node 2's own removal.
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const [n1, n2] = await cluster(table, 2);
+      const alice = await connect(n1!, 'alice');
+      const dave = await connect(n2!, 'dave');
+      table.add('team', 'dave');
+      const adding = n1!.server.manager.addMember('team', 'dave');
+      table.remove('team', 'dave');
+      await n2!.server.manager.removeMember('team', 'dave');
+      await adding;
+      expect(await dave.quiet(300)).toEqual([]);
+      expect(n2!.server.manager.connectionsOf('dave')[0]?.rooms).toEqual([]);
+      expect(await dave.request({ type: 'resume', rooms: { team: 0 } })).toMatchObject({ type: 'error', code: 'forbidden' });
+      await alice.request({ type: 'publish', room: 'team', data: 'after both' });
+      expect(await dave.quiet(300)).toEqual([]);
+    });
+
     it('brings in a participant whose only connection is on a node that does not receive the room', async () => {
       // carol became a participant after she connected, and nobody called addMember: the
       // node she is on has no reason to receive the room. The broadcast finds her.
