@@ -23,6 +23,8 @@ export async function startExpressChat(options: StartOptions = {}): Promise<Runn
   app.set('strict routing', true);
   app.set('case sensitive routing', true);
   app.disable('x-powered-by');
+  // No ETags: a 304 is not in the API table, and Fastify sends none.
+  app.set('etag', false);
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   // No inflating: Fastify does not decompress either, and a compressed body is a 400 in both.
   app.use(express.text({ type: () => true, limit: BODY_LIMIT_BYTES, inflate: false }));

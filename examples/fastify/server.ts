@@ -15,13 +15,22 @@ function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): 
  */
 export async function startFastifyChat(options: StartOptions = {}): Promise<RunningChatServer> {
   const chat = createChatApp(options);
-  const app = Fastify({ loggerInstance: chat.logger, bodyLimit: BODY_LIMIT_BYTES });
+  const app = Fastify({
+    loggerInstance: chat.logger,
+    bodyLimit: BODY_LIMIT_BYTES,
+    // User ids are token subjects of any length; Fastify's default answers a path segment
+    // over 100 characters with its own 414, before the token check.
+    maxParamLength: 1_024,
+    // A malformed URL (`%zz`) gets the API's error body, as in Express, not Fastify's own.
+    frameworkErrors: (error, _req, reply) => send(reply, chat.errorResponse(error)),
+  });
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (req, body, done) => {
     // A compressed body is not read, as the Express example's parser is set up (`inflate: false`).
-    const encoding = req.headers['content-encoding'];
-    if (encoding === undefined || encoding === 'identity') done(null, body);
+    const encoding = req.headers['content-encoding']?.toLowerCase();
+    // Express's body reader drops a leading byte order mark; so does this one.
+    if (encoding === undefined || encoding === 'identity') done(null, typeof body === 'string' && body.startsWith('\uFEFF') ? body.slice(1) : body);
     else done(Object.assign(new Error(`unsupported content encoding ${encoding}`), { statusCode: 415 }), undefined);
   });
   const toRequest = (req: FastifyRequest) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body });

@@ -201,6 +201,13 @@ describe.each(FRAMEWORKS)('chat example on %s', (_name, start) => {
       // The body's size is checked first, as the HTTP API section says: before the token.
       expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/messages`, { raw: huge }), 413, 'too_large');
       const gzipped = gzipSync(JSON.stringify({ username: 'alice' })).toString('latin1');
+      // Framework corners answered alike: a malformed URL, a long path segment, an encoding
+      // in capitals, a byte order mark, a conditional GET.
+      expectError(await call(server, 'GET', '/api/v1/conversations/%zz/messages', { token: alice }), 400, 'bad_request');
+      expectError(await call(server, 'DELETE', `/api/v1/conversations/${DM}/participants/${'u'.repeat(101)}`), 401, 'unauthorized');
+      expect((await call(server, 'POST', '/api/v1/auth/login', { body: { username: 'alice' }, headers: { 'content-encoding': 'IDENTITY' } })).status).toBe(200);
+      expect((await call(server, 'POST', '/api/v1/auth/login', { raw: `\uFEFF${JSON.stringify({ username: 'alice' })}` })).status).toBe(200);
+      expect((await call(server, 'GET', '/api/v1/conversations', { token: alice, headers: { 'if-none-match': '*' } })).status).toBe(200);
       const compressed = await call(server, 'POST', '/api/v1/auth/login', { raw: gzipped, headers: { 'content-encoding': 'gzip' } });
       expectError(compressed, 400, 'bad_request');
       // Word for word the same in both frameworks.
