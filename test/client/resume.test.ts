@@ -1,7 +1,8 @@
 import type WebSocket from 'ws';
+import type { ClientOptions } from 'roomwire/client';
 import { afterEach, describe, expect, it } from 'vitest';
 import { MembershipTable, tokenFor } from '../helpers/server.js';
-import { client, opened, rawServer, serve, teardown, trackedWebSocket, until } from './helpers.js';
+import { client, opened, rawServer, serve, teardown, trackedWebSocket, until, type PortServer, type Recorded } from './helpers.js';
 
 afterEach(teardown);
 
@@ -23,6 +24,21 @@ function gatedToken(token: string): { token: () => Promise<string>; shut(): void
 
 const seqs = (messages: { seq: number }[]) => messages.map((m) => m.seq);
 
+/** Bob, connected with a token that `goOffline` can hold back. */
+async function gatedBob(s: PortServer, options: Partial<ClientOptions> = {}): Promise<{ bob: Recorded; gate: ReturnType<typeof gatedToken> }> {
+  const gate = gatedToken(await tokenFor('bob'));
+  const bob = client({ url: s.url, token: gate.token, ...options });
+  await opened(bob);
+  return { bob, gate };
+}
+
+/** Cuts the client's connection and keeps it offline until `gate.open()`. */
+async function goOffline(s: PortServer, bob: Recorded, gate: ReturnType<typeof gatedToken>): Promise<void> {
+  gate.shut();
+  for (const socket of s.adapter.clients) socket.terminate();
+  await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+}
+
 describe('roomwire/client resume', () => {
   it('delivers messages published during the outage exactly once, in order, before newer ones', async () => {
     const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }) });
@@ -43,9 +59,7 @@ describe('roomwire/client resume', () => {
     await s.manager.broadcast('chat', 'm2');
     await until(() => bob.messages.length === 2, 'the first two messages');
 
-    gate.shut();
-    for (const socket of s.adapter.clients) socket.terminate();
-    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await goOffline(s, bob, gate);
     for (const text of ['m3', 'm4', 'm5']) await s.manager.broadcast('chat', text);
     // Published right after the new connection's welcome, before its resume is handled:
     // it reaches the client live, ahead of the replay of m3..m5.
@@ -95,15 +109,11 @@ describe('roomwire/client resume', () => {
 
   it('emits gap when the history no longer reaches back, then goes on with new messages', async () => {
     const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }), history: 2 });
-    const gate = gatedToken(await tokenFor('bob'));
-    const bob = client({ url: s.url, token: gate.token });
-    await opened(bob);
+    const { bob, gate } = await gatedBob(s);
     await s.manager.broadcast('chat', 'm1');
     await until(() => bob.messages.length === 1, 'm1');
 
-    gate.shut();
-    for (const socket of s.adapter.clients) socket.terminate();
-    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await goOffline(s, bob, gate);
     for (const text of ['m2', 'm3', 'm4', 'm5']) await s.manager.broadcast('chat', text); // history keeps m4, m5 only
     gate.open();
     await opened(bob, 2);
@@ -155,18 +165,14 @@ describe('roomwire/client resume', () => {
     const lobbies = Array.from({ length: 60 }, (_, i) => `lobby${i}`);
     for (const lobby of lobbies) table.canJoinRooms.add(lobby);
     const s = await serve({ membership: table });
-    const gate = gatedToken(await tokenFor('bob'));
-    const bob = client({ url: s.url, token: gate.token, publishTimeoutMs: 10_000 });
-    await opened(bob);
+    const { bob, gate } = await gatedBob(s, { publishTimeoutMs: 10_000 });
     await Promise.all(lobbies.slice(0, 40).map((lobby) => bob.client.join(lobby)));
     await new Promise((resolve) => setTimeout(resolve, 2_000));
     await Promise.all(lobbies.slice(40).map((lobby) => bob.client.join(lobby)));
     await s.manager.broadcast('chat', 'm1');
     await until(() => bob.messages.length === 1, 'm1');
 
-    gate.shut();
-    for (const socket of s.adapter.clients) socket.terminate();
-    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await goOffline(s, bob, gate);
     await s.manager.broadcast('chat', 'm2');
     await s.manager.broadcast('chat', 'm3');
     gate.open();
@@ -186,17 +192,13 @@ describe('roomwire/client resume', () => {
     const table = new MembershipTable({ chat: ['bob'], ops: ['bob'] });
     table.canJoinRooms.add('lobby');
     const s = await serve({ membership: table, joinRate: { burst: 2, perSecond: 2 } });
-    const gate = gatedToken(await tokenFor('bob'));
-    const bob = client({ url: s.url, token: gate.token });
-    await opened(bob);
+    const { bob, gate } = await gatedBob(s);
     await bob.client.join('lobby');
     await s.manager.broadcast('ops', 'o1');
     await until(() => bob.messages.length === 1, 'o1');
     await new Promise((resolve) => setTimeout(resolve, 1_000));
 
-    gate.shut();
-    for (const socket of s.adapter.clients) socket.terminate();
-    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await goOffline(s, bob, gate);
     table.remove('ops', 'bob');
     await s.manager.removeMember('ops', 'bob');
     gate.open();
@@ -209,16 +211,12 @@ describe('roomwire/client resume', () => {
 
   it('neither resumes nor delivers a room the app left while disconnected, or left before', async () => {
     const s = await serve({ membership: new MembershipTable({ chat: ['bob'], ops: ['bob'], news: ['bob'] }) });
-    const gate = gatedToken(await tokenFor('bob'));
-    const bob = client({ url: s.url, token: gate.token });
-    await opened(bob);
+    const { bob, gate } = await gatedBob(s);
     await bob.client.leave('news');
     await s.manager.broadcast('ops', 'o1');
     await until(() => bob.messages.length === 1, 'o1');
 
-    gate.shut();
-    for (const socket of s.adapter.clients) socket.terminate();
-    await until(() => bob.client.state === 'reconnecting', 'reconnecting');
+    await goOffline(s, bob, gate);
     const leaving = bob.client.leave('ops');
     await s.manager.broadcast('ops', 'o2');
     // Right after the next welcome, before the client's leaves reach the server.
