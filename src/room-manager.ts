@@ -162,6 +162,13 @@ interface RoomFeed {
   readonly pending: Map<number, StoredMessage>;
   gapTimer: ReturnType<typeof setTimeout> | undefined;
   filling: boolean;
+  /** A fill asked for while one was running: where the next one must reach. */
+  wanted: number;
+  /**
+   * Set when the feed was opened by a message delivered here directly (ensure-participants
+   * brought a connection in): the baseline starts there, and what came after is fetched.
+   */
+  startAt: number | undefined;
   /** When the sweep first saw the room without local connections. */
   idleSince: number | undefined;
 }
@@ -1068,6 +1075,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
       const report = this.fanOut(message, snapshot, except, encodeData(message.data));
+      // Ensure-participants may have brought a connection in, opening the room's feed.
+      const opened = this.feeds.get(room);
+      if (opened && !opened.active) opened.startAt = Math.min(opened.startAt ?? message.seq, message.seq);
       this.tellParticipants(room, message.seq);
       return { message, report };
     });
@@ -1093,6 +1103,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       pending: new Map(),
       gapTimer: undefined,
       filling: false,
+      wanted: 0,
+      startAt: undefined,
       idleSince: undefined,
     };
     this.feeds.set(room, feed);
@@ -1100,8 +1112,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.started;
       await backplane.subscribe(room);
       // Read after the subscription is active: every later seq arrives through it.
-      const baseline = await this.history.latestSeq(room);
+      const latest = await this.history.latestSeq(room);
       this.feedEpoch ??= this.history.epoch;
+      // Opened by a direct delivery: what others published since it, before the
+      // subscription was active, is fetched rather than counted as sent.
+      const baseline = feed.startAt !== undefined && feed.startAt < latest ? feed.startAt : latest;
       feed.last = baseline;
       feed.sent = baseline;
       feed.active = true;
@@ -1112,6 +1127,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         }
       }
       this.drain(feed);
+      if (latest > baseline) void this.fill(feed, latest);
     })();
     feed.ready.catch((error: unknown) => {
       // Forgotten, so the next connection entering the room tries again.
@@ -1161,7 +1177,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /** Fetches the messages between `last` and the first held one (or `until`) from the history. */
   private async fill(feed: RoomFeed, until: number | undefined): Promise<boolean> {
     feed.gapTimer = undefined;
-    if (feed.filling || !feed.active || this.feeds.get(feed.room) !== feed) return true;
+    if (feed.filling) {
+      // The running fill may stop short of `until` (a reconnect's refill): one more follows it.
+      if (until !== undefined && until > feed.wanted) feed.wanted = until;
+      return true;
+    }
+    if (!feed.active || this.feeds.get(feed.room) !== feed) return true;
     feed.filling = true;
     const room = feed.room;
     let ok = true;
@@ -1180,11 +1201,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
             feed.filling = false;
             return await this.fill(feed, latest);
           }
-          // Trimmed from the history: connected clients miss them (a resume says history_gap).
+          // Trimmed from the history: the room's connections here cannot be sent them. They
+          // are closed with 1001, so that their resume is answered history_gap (the client
+          // tells the app to refetch) instead of the loss going unnoticed.
           let first = target + 1;
           for (const seq of feed.pending.keys()) if (seq < first) first = seq;
           this.reportError('backplane.history', new Error(`room ${room}: messages ${feed.last + 1} to ${first - 1} are no longer in the history`), { room });
           feed.last = first - 1;
+          for (const { conn } of this.rooms.get(room)?.members ?? []) safeClose(conn.socket, CloseCode.GoingAway, 'messages lost; reconnect and resume');
         } else {
           for (const message of missing) if (message.seq > feed.last && !feed.pending.has(message.seq)) feed.pending.set(message.seq, message);
         }
@@ -1197,6 +1221,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       feed.filling = false;
     }
     this.drain(feed);
+    if (feed.wanted > feed.last) {
+      const wanted = feed.wanted;
+      feed.wanted = 0;
+      return this.fill(feed, wanted);
+    }
+    feed.wanted = 0;
     return ok;
   }
 

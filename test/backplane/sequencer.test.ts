@@ -44,8 +44,12 @@ class FlakyBackplane implements Backplane {
     return this.failPublish ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.publish(message);
   }
 
-  subscribe(room: string): Promise<void> {
+  /** How long a subscribe takes, as over a slow link to Redis. */
+  subscribeDelayMs = 0;
+
+  async subscribe(room: string): Promise<void> {
     this.calls.push(`subscribe ${room}`);
+    if (this.subscribeDelayMs > 0) await settle(this.subscribeDelayMs);
     return this.inner.subscribe(room);
   }
 
@@ -114,6 +118,68 @@ describe('the per-room sequencer', () => {
     lossy.handlers!.reconnected();
     await settle(20);
     expect(seqsOf(bob.frames)).toEqual([1, 2, 3]);
+  });
+
+  it('closes with 1001 the connections of a room whose missing messages the history no longer has', async () => {
+    const bus = new LocalBus({ historyLimit: 5 });
+    const table = new MembershipTable({ room: ['alice', 'bob'] });
+    const sender = manager(table, bus.node());
+    const lossy = new FlakyBackplane(bus.node());
+    const receiver = manager(table, lossy);
+    const bob = await openFake(receiver, 'bob');
+    await sender.broadcast('room', 1);
+    lossy.drop = () => true;
+    for (let n = 2; n <= 20; n++) await sender.broadcast('room', n);
+    lossy.drop = () => false;
+    await sender.broadcast('room', 21);
+    await settle(400);
+    // Not a silent jump from 1 to 21: the client reconnects, and its resume says history_gap.
+    expect(bob.closedWith).toEqual({ code: 1001, reason: 'messages lost; reconnect and resume' });
+  });
+
+  it('fetches what others published while a participant brought in here was being subscribed', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice'] });
+    const other = manager(table, bus.node());
+    const slow = new FlakyBackplane(bus.node());
+    slow.subscribeDelayMs = 100;
+    const here = manager(table, slow);
+    await openFake(other, 'alice');
+    const bob = await openFake(here, 'bob');
+    await other.broadcast('room', 'a1');
+    table.add('room', 'bob');
+    // This process has no feed for the room: its own broadcast brings bob in directly.
+    const own = here.broadcast('room', 'b2');
+    const others = (async () => {
+      for (let n = 0; n < 10; n++) {
+        await other.broadcast('room', n);
+        await settle(5);
+      }
+    })();
+    await Promise.all([own, others]);
+    await settle(400);
+    expect(seqsOf(bob.frames)).toEqual(Array.from({ length: 11 }, (_, i) => i + 2));
+  });
+
+  it('refills after a reconnect also while a fill is running', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice', 'bob'] });
+    const sender = manager(table, bus.node());
+    const lossy = new FlakyBackplane(bus.node());
+    const receiver = manager(table, lossy);
+    const bob = await openFake(receiver, 'bob');
+    // The history answers slowly, so the gap fill for seq 2 is still running at the reconnect.
+    const since = bus.history.since.bind(bus.history);
+    bus.history.since = ((...args: Parameters<typeof since>) => settle(300).then(() => since(...args))) as unknown as typeof since;
+    lossy.drop = (message) => message.seq === 2;
+    for (const n of [1, 2, 3]) await sender.broadcast('room', n);
+    await settle(300);
+    lossy.drop = (message) => message.seq >= 4;
+    for (const n of [4, 5]) await sender.broadcast('room', n);
+    lossy.drop = () => false;
+    lossy.handlers!.reconnected();
+    await settle(1_200);
+    expect(seqsOf(bob.frames)).toEqual([1, 2, 3, 4, 5]);
   });
 
   it('answers a publish the backplane refuses with an internal error, and rejects broadcast()', async () => {
