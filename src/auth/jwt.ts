@@ -26,7 +26,10 @@ export interface JwtAuthenticatorOptions {
   issuer?: string | string[] | undefined;
   /** Required `aud`. */
   audience?: string | string[] | undefined;
-  /** Leeway for `exp` and `nbf`, in seconds. @default 0 */
+  /**
+   * Leeway for `exp` and `nbf`, in seconds: also added to the default principal's
+   * `expiresAt`, so the connection is closed (1008) that much after `exp`. @default 0
+   */
   clockToleranceSec?: number | undefined;
   /** The query parameter a token may come in. @default 'token' */
   queryParam?: string | undefined;
@@ -67,9 +70,10 @@ export function extractToken(handshake: Handshake, queryParam = 'token'): string
   return undefined;
 }
 
-function defaultPrincipal(payload: JWTPayload): Principal {
+/** `sub` as the id; `exp`, with the leeway jose allowed, as the expiry. */
+function defaultPrincipal(payload: JWTPayload, toleranceSec: number): Principal {
   if (typeof payload.sub !== 'string' || payload.sub === '') throw HandshakeError.unauthorized('token has no subject');
-  return { id: payload.sub, expiresAt: typeof payload.exp === 'number' ? payload.exp * 1000 : undefined, claims: payload };
+  return { id: payload.sub, expiresAt: typeof payload.exp === 'number' ? (payload.exp + toleranceSec) * 1000 : undefined, claims: payload };
 }
 
 /**
@@ -110,7 +114,8 @@ export function jwtAuthenticator(options: JwtAuthenticatorOptions): Authenticato
     ...(options.audience !== undefined ? { audience: options.audience } : {}),
     ...(options.clockToleranceSec !== undefined ? { clockTolerance: options.clockToleranceSec } : {}),
   };
-  const toPrincipal = options.principal ?? defaultPrincipal;
+  const toleranceSec = options.clockToleranceSec ?? 0;
+  const toPrincipal = options.principal ?? ((payload: JWTPayload) => defaultPrincipal(payload, toleranceSec));
   const queryParam = options.queryParam ?? 'token';
 
   return async (handshake) => {

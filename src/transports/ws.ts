@@ -12,6 +12,7 @@ import type { Connection, ConnectionHandlers } from '../connection.js';
 import type { Handshake } from '../authenticator.js';
 import type { RoomManager } from '../room-manager.js';
 import { CloseCode, SUBPROTOCOL } from '../protocol/limits.js';
+import { MAX_TIMER_MS } from '../timeout.js';
 
 /** The part of an `http.Server` (or `https.Server`) the adapter uses. */
 export interface UpgradeSource {
@@ -85,6 +86,8 @@ const MISSED_PINGS_BEFORE_TERMINATE = 2;
  * about 1 ms to its p99 latency.
  */
 const HEARTBEAT_TICK_MS = 100;
+/** Slices at most: a heartbeat of hours would otherwise make a set per 100 ms of it. */
+const MAX_SLICES = 3_000;
 
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
@@ -235,6 +238,11 @@ class FrameCache {
 /** Answers an upgrade on the raw socket, before any WebSocket exists. */
 function refuse(socket: Duplex, status: number, code: string, message: string): void {
   if (socket.destroyed) return;
+  // The HTTP server stopped listening for this socket's errors at the upgrade: a peer that
+  // resets it after the answer must not raise an unhandled 'error'. And once the answer is
+  // written the socket is released, as ws does, whatever the peer does with its side.
+  if (!socket.listeners('error').includes(destroyOnError)) socket.on('error', destroyOnError);
+  socket.once('finish', () => socket.destroy());
   const body = JSON.stringify({ error: { code, message } });
   const headers = [
     `HTTP/1.1 ${status} ${STATUS_TEXT[status] ?? 'Error'}`,
@@ -253,7 +261,13 @@ function statusOf(error: unknown): 401 | 403 {
 
 function originAllowed(allowed: WebSocketAdapterOptions['allowedOrigins'], origin: string | undefined): boolean {
   if (allowed === undefined || origin === undefined) return true;
-  return typeof allowed === 'function' ? allowed(origin) : allowed.includes(origin);
+  if (typeof allowed !== 'function') return allowed.includes(origin);
+  try {
+    return allowed(origin);
+  } catch {
+    // A check that throws (`new URL('null')`) allows nothing, and must not crash the server.
+    return false;
+  }
 }
 
 /**
@@ -291,7 +305,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   /** Connections with a ping outstanding, and how many rounds since have found it unanswered. */
   const unanswered = new Map<WebSocket, number>();
   /** The connections each heartbeat tick pings, assigned in turn as they open. */
-  const sliceCount = Math.max(1, Math.floor(heartbeatMs / HEARTBEAT_TICK_MS));
+  const sliceCount = heartbeat ? Math.min(MAX_SLICES, Math.max(1, Math.floor(heartbeatMs / HEARTBEAT_TICK_MS))) : 1;
   const slices = Array.from({ length: sliceCount }, () => new Set<WebSocket>());
   let nextSlice = 0;
   let closing: Promise<void> | undefined;
@@ -447,7 +461,7 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
             }),
         ),
       ),
-      new Promise<void>((resolve) => setTimeout(resolve, closeTimeoutMs).unref()),
+      new Promise<void>((resolve) => setTimeout(resolve, Math.min(closeTimeoutMs, MAX_TIMER_MS)).unref()),
     ]);
     for (const ws of clients) ws.terminate();
     await new Promise<void>((resolve) => wss.close(() => resolve()));

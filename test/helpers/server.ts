@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net';
 import { SignJWT } from 'jose';
 import { RoomManager, type MembershipLoader, type RoomManagerOptions } from '../../src/index.js';
 import { jwtAuthenticator } from '../../src/auth/jwt.js';
-import { attachWebSocket, type WebSocketAdapter } from '../../src/transports/ws.js';
+import { attachWebSocket, type WebSocketAdapter, type WebSocketAdapterOptions } from '../../src/transports/ws.js';
 
 export const TEST_SECRET = 'roomwire-test-secret';
 
@@ -66,7 +66,7 @@ const leftovers = new Set<TestServer>();
 /** Starts a real node:http server with the ws adapter on port 0. Tear down with closeAll(). */
 export async function startServer(
   options: Partial<RoomManagerOptions> & { membership: MembershipLoader },
-  adapterOptions: { path?: string; allowedOrigins?: string[]; heartbeat?: boolean; perMessageDeflate?: boolean } = {},
+  adapterOptions: { path?: string; allowedOrigins?: WebSocketAdapterOptions['allowedOrigins']; heartbeat?: boolean; perMessageDeflate?: boolean } = {},
 ): Promise<TestServer> {
   const manager = new RoomManager({ authenticate: jwtAuthenticator({ secret: TEST_SECRET }), ...options });
   const server = createServer((_req, res) => res.writeHead(404).end());

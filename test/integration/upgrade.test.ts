@@ -1,11 +1,14 @@
 import { request, type IncomingHttpHeaders } from 'node:http';
 import { randomBytes } from 'node:crypto';
+import { connect as netConnect, type Socket } from 'node:net';
+import { SignJWT } from 'jose';
 import type { Duplex } from 'node:stream';
 import { afterEach, describe, expect, it } from 'vitest';
 import WebSocket from 'ws';
 import { HandshakeError, type Authenticator } from '../../src/index.js';
+import { jwtAuthenticator } from '../../src/auth/jwt.js';
 import { TestClient, closeClients, upgradeStatus } from '../helpers/client.js';
-import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
+import { MembershipTable, TEST_SECRET, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 
 interface RawAnswer {
   status: number;
@@ -436,5 +439,57 @@ describe('upgrade: a hung authenticator', () => {
     const answer = await rawUpgrade(s, '/ws');
     expect(answer.status).toBe(401);
     expect(JSON.parse(answer.body)).toEqual({ error: { code: 'unauthorized', message: 'authentication timed out' } });
+  });
+});
+
+describe('upgrade: what a client cannot do to the server', () => {
+  /** Sends an upgrade by hand on a socket whose side stays open, and resolves with its first bytes. */
+  async function rawSocket(s: TestServer, path: string, headers: Record<string, string> = {}): Promise<{ socket: Socket; answer: string }> {
+    const socket = netConnect({ port: s.port, host: '127.0.0.1', allowHalfOpen: true });
+    keptSockets.add(socket);
+    await new Promise<void>((resolve) => socket.once('connect', resolve));
+    const lines = [`GET ${path} HTTP/1.1`, 'Host: 127.0.0.1', 'Connection: Upgrade', 'Upgrade: websocket', 'Sec-WebSocket-Version: 13', `Sec-WebSocket-Key: ${randomBytes(16).toString('base64')}`];
+    for (const [name, value] of Object.entries(headers)) lines.push(`${name}: ${value}`);
+    socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+    const answer = await new Promise<string>((resolve) => socket.once('data', (chunk: Buffer) => resolve(chunk.toString())));
+    socket.on('error', () => undefined);
+    return { socket, answer };
+  }
+
+  it('survives a peer that resets the connection after a refusal, and releases refused sockets', async () => {
+    const s = await startServer({ membership: table() });
+    const uncaught: unknown[] = [];
+    const record = (error: unknown) => uncaught.push(error);
+    process.prependListener('uncaughtException', record);
+    try {
+      const { socket, answer } = await rawSocket(s, '/nowhere');
+      expect(answer).toMatch(/^HTTP\/1\.1 404/);
+      socket.resetAndDestroy();
+      // A refused peer that keeps its side open is let go all the same.
+      const { answer: refused } = await rawSocket(s, '/ws');
+      expect(refused).toMatch(/^HTTP\/1\.1 401/);
+      const connections = () => new Promise<number>((resolve) => s.server.getConnections((_error, count) => resolve(count)));
+      for (let waited = 0; (await connections()) > 0 && waited < 2_000; waited += 50) await new Promise((resolve) => setTimeout(resolve, 50));
+      expect(await connections()).toBe(0);
+    } finally {
+      process.off('uncaughtException', record);
+    }
+    expect(uncaught).toEqual([]);
+  });
+
+  it('answers 403 when an allowedOrigins function throws', async () => {
+    const s = await startServer({ membership: table() }, { allowedOrigins: (origin: string) => new URL(origin).hostname.endsWith('.example.com') });
+    expectRefusal(await rawUpgrade(s, `/ws?token=${await tokenFor('alice')}`, { origin: 'null' }), 403);
+  });
+
+  it('lets in a token expired within clockToleranceSec, and keeps it open until then', async () => {
+    const s = await startServer({ membership: table(), authenticate: jwtAuthenticator({ secret: TEST_SECRET, clockToleranceSec: 120 }) });
+    const token = await new SignJWT({})
+      .setProtectedHeader({ alg: 'HS256' })
+      .setSubject('alice')
+      .setExpirationTime(Math.floor(Date.now() / 1000) - 30)
+      .sign(new TextEncoder().encode(TEST_SECRET));
+    const alice = await TestClient.connect(s.url, token);
+    expect(alice.welcome).toMatchObject({ user: { id: 'alice' } });
   });
 });
