@@ -381,6 +381,10 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
     manager.authenticate(handshake).then(
       (principal) => {
         if (socket.destroyed) return;
+        if (closing) {
+          refuse(socket, 403, 'shutting_down', 'server shutting down');
+          return;
+        }
         // Authentication was asynchronous: other upgrades of this user may have opened
         // since. ws completes the upgrade and calls back synchronously, so checking here
         // leaves no gap before open() counts the connection.
@@ -446,8 +450,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
   }
 
   const shutdown = async (): Promise<void> => {
-    server.off('upgrade', onUpgrade);
-    if (adaptersByServer.get(server)?.get(path) === self) adaptersByServer.get(server)?.delete(path);
+    // The upgrade listener stays while connections close, so an upgrade meanwhile is
+    // answered 403 shutting_down rather than left to the HTTP server.
     if (sweep) clearInterval(sweep);
     const open = [...clients];
     await Promise.race([
@@ -464,6 +468,8 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       new Promise<void>((resolve) => setTimeout(resolve, Math.min(closeTimeoutMs, MAX_TIMER_MS)).unref()),
     ]);
     for (const ws of clients) ws.terminate();
+    server.off('upgrade', onUpgrade);
+    if (adaptersByServer.get(server)?.get(path) === self) adaptersByServer.get(server)?.delete(path);
     await new Promise<void>((resolve) => wss.close(() => resolve()));
   };
 

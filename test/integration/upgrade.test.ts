@@ -493,3 +493,27 @@ describe('upgrade: what a client cannot do to the server', () => {
     expect(alice.welcome).toMatchObject({ user: { id: 'alice' } });
   });
 });
+
+describe('upgrade: while the adapter closes', () => {
+  it('answers 403 shutting_down, to a new upgrade and to one whose authenticator was running', async () => {
+    let entered: () => void = () => undefined;
+    const authenticating = new Promise<void>((resolve) => (entered = resolve));
+    const authenticate: Authenticator = async ({ url }) => {
+      if (url.includes('slow')) {
+        entered();
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      return { id: 'alice' };
+    };
+    const s = await startServer({ membership: table(), authenticate });
+    // A connection that never answers the close handshake keeps close() waiting.
+    expect((await rawUpgrade(s, '/ws', {}, true)).status).toBe(101);
+    const slow = rawUpgrade(s, '/ws?slow');
+    await authenticating;
+    const closing = s.adapter.close();
+    expect(expectRefusal(await rawUpgrade(s, '/ws'), 403).error.code).toBe('shutting_down');
+    expect(expectRefusal(await slow, 403).error.code).toBe('shutting_down');
+    for (const socket of keptSockets) socket.destroy();
+    await closing;
+  });
+});
