@@ -85,6 +85,16 @@ afterEach(async () => {
 
 const seqsOf = (frames: { type: string; [key: string]: unknown }[]): unknown[] => frames.filter((f) => f.type === 'message').map((f) => f.seq);
 
+/** Two processes on one bus, the second's copies droppable, and bob connected to it. */
+async function lossyPair(bus = new LocalBus()) {
+  const table = new MembershipTable({ room: ['alice', 'bob'] });
+  const sender = manager(table, bus.node());
+  const lossy = new FlakyBackplane(bus.node());
+  const receiver = manager(table, lossy);
+  const bob = await openFake(receiver, 'bob');
+  return { bus, table, sender, lossy, receiver, bob };
+}
+
 describe('the per-room sequencer', () => {
   it('fetches a message whose copy never arrives from the history, and delivers in order', async () => {
     const bus = new LocalBus();
@@ -102,12 +112,7 @@ describe('the per-room sequencer', () => {
   });
 
   it('refills every subscribed room after a reconnect, even a room that went quiet', async () => {
-    const bus = new LocalBus();
-    const table = new MembershipTable({ room: ['alice', 'bob'] });
-    const sender = manager(table, bus.node());
-    const lossy = new FlakyBackplane(bus.node());
-    const receiver = manager(table, lossy);
-    const bob = await openFake(receiver, 'bob');
+    const { sender, lossy, bob } = await lossyPair();
     await sender.broadcast('room', 1);
     lossy.drop = () => true;
     await sender.broadcast('room', 2);
@@ -121,12 +126,7 @@ describe('the per-room sequencer', () => {
   });
 
   it('closes with 1001 the connections of a room whose missing messages the history no longer has', async () => {
-    const bus = new LocalBus({ historyLimit: 5 });
-    const table = new MembershipTable({ room: ['alice', 'bob'] });
-    const sender = manager(table, bus.node());
-    const lossy = new FlakyBackplane(bus.node());
-    const receiver = manager(table, lossy);
-    const bob = await openFake(receiver, 'bob');
+    const { sender, lossy, bob } = await lossyPair(new LocalBus({ historyLimit: 5 }));
     await sender.broadcast('room', 1);
     lossy.drop = () => true;
     for (let n = 2; n <= 20; n++) await sender.broadcast('room', n);
@@ -162,12 +162,7 @@ describe('the per-room sequencer', () => {
   });
 
   it('refills after a reconnect also while a fill is running', async () => {
-    const bus = new LocalBus();
-    const table = new MembershipTable({ room: ['alice', 'bob'] });
-    const sender = manager(table, bus.node());
-    const lossy = new FlakyBackplane(bus.node());
-    const receiver = manager(table, lossy);
-    const bob = await openFake(receiver, 'bob');
+    const { bus, sender, lossy, bob } = await lossyPair();
     // The history answers slowly, so the gap fill for seq 2 is still running at the reconnect.
     const since = bus.history.since.bind(bus.history);
     bus.history.since = ((...args: Parameters<typeof since>) => settle(300).then(() => since(...args))) as unknown as typeof since;
