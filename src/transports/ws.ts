@@ -254,6 +254,32 @@ function refuse(socket: Duplex, status: number, code: string, message: string): 
   socket.end(`${headers.join('\r\n')}\r\n\r\n${body}`);
 }
 
+/** An HTTP token (RFC 9110): what a subprotocol name may be made of. */
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * What makes `request` no WebSocket handshake, checked as ws would check it, but before
+ * the authenticator runs and answered with the adapter's JSON body rather than ws's text.
+ */
+function handshakeProblem(request: IncomingMessage): string | undefined {
+  if (request.method !== 'GET') return 'a WebSocket upgrade is a GET request';
+  if (request.headers.upgrade?.toLowerCase() !== 'websocket') return 'the Upgrade header must be websocket';
+  const key = request.headers['sec-websocket-key'];
+  if (typeof key !== 'string' || !/^[+/0-9A-Za-z]{22}==$/.test(key)) return 'missing or invalid Sec-WebSocket-Key header';
+  const version = request.headers['sec-websocket-version'];
+  if (version !== '13' && version !== '8') return 'missing or invalid Sec-WebSocket-Version header (13)';
+  const protocols = request.headers['sec-websocket-protocol'];
+  if (protocols !== undefined) {
+    const seen = new Set<string>();
+    for (const entry of protocols.split(',')) {
+      const protocol = entry.trim();
+      if (!TOKEN.test(protocol) || seen.has(protocol)) return 'invalid Sec-WebSocket-Protocol header';
+      seen.add(protocol);
+    }
+  }
+  return undefined;
+}
+
 /** The HTTP status an authentication failure maps to: 403 when the error says so, else 401. */
 function statusOf(error: unknown): 401 | 403 {
   return typeof error === 'object' && error !== null && (error as { status?: unknown }).status === 403 ? 403 : 401;
@@ -359,6 +385,11 @@ export function attachWebSocket(manager: RoomManager, options: WebSocketAdapterO
       return;
     }
     socket.on('error', destroyOnError);
+    const problem = handshakeProblem(request);
+    if (problem !== undefined) {
+      refuse(socket, 400, 'bad_request', problem);
+      return;
+    }
     if (closing || manager.isClosing) {
       refuse(socket, 403, 'shutting_down', 'server shutting down');
       return;

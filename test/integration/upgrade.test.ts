@@ -71,7 +71,7 @@ async function eventually(condition: () => boolean, what: string): Promise<void>
   throw new Error(`timed out waiting until ${what}`);
 }
 
-function expectRefusal(answer: RawAnswer, status: 401 | 403 | 404): { error: { code: string; message: string } } {
+function expectRefusal(answer: RawAnswer, status: 400 | 401 | 403 | 404): { error: { code: string; message: string } } {
   expect(answer.status).toBe(status);
   expect(answer.headers['content-type']).toMatch(/^application\/json/);
   expect(answer.headers['sec-websocket-accept']).toBeUndefined();
@@ -515,5 +515,30 @@ describe('upgrade: while the adapter closes', () => {
     expect(expectRefusal(await slow, 403).error.code).toBe('shutting_down');
     for (const socket of keptSockets) socket.destroy();
     await closing;
+  });
+});
+
+describe('upgrade: a request that is no WebSocket handshake', () => {
+  it('answers 400 bad_request with the JSON body, before the authenticator runs', async () => {
+    let calls = 0;
+    const authenticate: Authenticator = () => {
+      calls++;
+      return { id: 'alice' };
+    };
+    const s = await startServer({ membership: table(), authenticate });
+    const bad = [
+      { 'sec-websocket-key': 'not a key' },
+      { 'sec-websocket-version': '12' },
+      { 'sec-websocket-protocol': 'roomwire.v1,, bearer.x' },
+      { 'sec-websocket-protocol': 'roomwire.v1, bearer.a/b=' },
+      { 'sec-websocket-protocol': 'roomwire.v1, roomwire.v1' },
+    ];
+    for (const headers of bad) {
+      const body = expectRefusal(await rawUpgrade(s, '/ws', headers), 400);
+      expect(body.error.code).toBe('bad_request');
+    }
+    expect(calls).toBe(0);
+    // Spacing and repeated header lines are fine.
+    expect((await rawUpgrade(s, '/ws', { 'sec-websocket-protocol': ' roomwire.v1 ,\tbearer.abc ' })).status).toBe(101);
   });
 });
