@@ -298,8 +298,9 @@ function originAllowed(allowed: WebSocketAdapterOptions['allowedOrigins'], origi
 
 /**
  * Serves a {@link RoomManager} over `ws` on an HTTP server's upgrades. Each upgrade is
- * authenticated first: missing or invalid credentials get HTTP 401 and refused ones 403,
- * on the raw socket, before any WebSocket exists. The `roomwire.v1` subprotocol is
+ * checked and authenticated first: a request that is no valid WebSocket handshake gets
+ * HTTP 400, missing or invalid credentials 401 and refused ones 403, each with a JSON
+ * body on the raw socket, before any WebSocket exists. The `roomwire.v1` subprotocol is
  * selected when offered (never a `bearer.<token>` entry).
  *
  * @example
