@@ -107,6 +107,37 @@ export interface ClusterPresence {
   nodesOf(user: string): Promise<string[]>;
 }
 
+/** How a publish's `cid` is remembered across the cluster: see {@link Backplane.publish}. */
+export interface PublishCid {
+  /** The publish's identity: its user, room and `cid`, one string. */
+  readonly key: string;
+  /** How long it is remembered once published: the manager's `dedupeWindowMs`. */
+  readonly windowMs: number;
+}
+
+/** What {@link ClusterCids.claim} found. */
+export type CidClaim =
+  /** Nobody has published this cid or is publishing it: this process now is. */
+  | { readonly state: 'claimed' }
+  /** A process published it within the window: answer with this message's ack. */
+  | { readonly state: 'published'; readonly id: string; readonly seq: number }
+  /** Another process is publishing it right now; ask again within `retryMs`. */
+  | { readonly state: 'busy'; readonly retryMs: number };
+
+/**
+ * The cluster's memory of publishes in progress, so a retry on another process does not
+ * run the application's `onPublish` hook a second time while the first is running.
+ */
+export interface ClusterCids {
+  /**
+   * Claims `key` for this process for `holdMs` (the claim lapses after that if this
+   * process never publishes or releases it: a crashed process blocks no retry for longer).
+   */
+  claim(key: string, holdMs: number): Promise<CidClaim>;
+  /** Drops this process's claim of `key` (its publish was refused, so a retry may publish). A published key stays. */
+  release(key: string): Promise<void>;
+}
+
 /**
  * Carries publishes, membership changes and presence between the processes of a
  * cluster, so rooms behave as if there were one process. Give one to each
@@ -127,8 +158,19 @@ export interface Backplane {
    * publishes it to every process subscribed to the room, atomically, so every
    * subscriber receives a room's messages in seq order. Rejects when it cannot (the
    * shared store is unreachable): never a silent drop.
+   *
+   * With `cid`, a client publish is delivered once in the cluster: when a publish with
+   * the same `cid.key` was published within its window, on any process, nothing is
+   * published and the call resolves that earlier message's `id` and `seq` (the other
+   * fields are this call's). Check and publish are one atomic step. A backplane that
+   * ignores `cid` leaves the manager's own per-process window as the only one.
    */
-  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage>;
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage>;
+  /**
+   * Optional: publishes in progress, by `cid`. With it, a client's retry on another
+   * process waits for the first attempt instead of running `onPublish` alongside it.
+   */
+  readonly cids?: ClusterCids | undefined;
   /** Starts receiving the room's messages; resolves once the subscription is active. */
   subscribe(room: string): Promise<void>;
   /** Stops receiving the room's messages. */

@@ -20,7 +20,16 @@ export type { MembershipLoader, MaybePromise } from './membership-loader.js';
 export type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 export type { DeliveryReport } from './delivery-report.js';
 export { InMemoryHistoryStore, type HistoryStore, type StoredMessage } from './history-store.js';
-export { PARTICIPANTS_PER_NOTICE, type Backplane, type BackplaneHandlers, type ClusterPresence, type MembershipChange } from './backplane.js';
+export {
+  PARTICIPANTS_PER_NOTICE,
+  type Backplane,
+  type BackplaneHandlers,
+  type CidClaim,
+  type ClusterCids,
+  type ClusterPresence,
+  type MembershipChange,
+  type PublishCid,
+} from './backplane.js';
 export { LocalBus, LocalBackplane, type LocalBusOptions } from './backplanes/local.js';
 export { silentLogger, type Logger, type LogFn } from './logger.js';
 export {

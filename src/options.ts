@@ -84,7 +84,11 @@ export interface RoomManagerOptions {
   heartbeatMs?: number | undefined;
   /** Send `presence` frames when a participant's first connection opens or last one closes. @default false */
   presence?: boolean | undefined;
-  /** How long a publish `cid` is remembered for idempotency. @default 300000 */
+  /**
+   * How long a publish `cid` is remembered for idempotency: by this process, and by the
+   * backplane for the whole cluster (a retry on another process gets the first `ack`).
+   * `0` turns it off. @default 300000
+   */
   dedupeWindowMs?: number | undefined;
   /** How long `close()` waits for connections to close before dropping them. @default 5000 */
   closeTimeoutMs?: number | undefined;

@@ -1,7 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'eventemitter3';
 import type { Handshake, Principal } from './authenticator.js';
-import { PARTICIPANTS_PER_NOTICE, type Backplane, type MembershipChange } from './backplane.js';
+import { PARTICIPANTS_PER_NOTICE, type Backplane, type ClusterCids, type MembershipChange } from './backplane.js';
 import type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 import { DedupeWindow } from './dedupe-window.js';
 import type { DeliveryReport } from './delivery-report.js';
@@ -205,6 +205,13 @@ const kLate = Symbol('roomwire.late');
 function lateCopyOf(error: unknown): Promise<StoredMessage> | undefined {
   return typeof error === 'object' && error !== null ? (error as { [kLate]?: Promise<StoredMessage> })[kLate] : undefined;
 }
+/**
+ * How long a process holds a publish's cid in the cluster while `onPublish` runs: a retry
+ * on another process waits for it up to that long, and no longer if the process died.
+ */
+const CID_CLAIM_MS = 30_000;
+/** The longest wait between two looks at a cid another process is publishing. */
+const CID_POLL_MAX_MS = 1_000;
 /** Attempts of `roomsOf` for one connection in backplane mode, and the first backoff. */
 const ROOMS_OF_ATTEMPTS = 6;
 const ROOMS_OF_BACKOFF_MS = 500;
@@ -814,7 +821,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
     let accepted = key === undefined ? undefined : this.dedupe.get(key);
     if (!accepted) {
-      accepted = this.acceptPublish(conn, frame).then(({ id, seq }) => ({ id, seq }));
+      accepted = this.acceptPublish(conn, frame, key).then(({ id, seq }) => ({ id, seq }));
       if (key !== undefined) this.remember(key, accepted);
     }
     let message: { id: string; seq: number };
@@ -907,15 +914,55 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return conn.rooms.has(room);
   }
 
-  private async acceptPublish(conn: ConnState, frame: PublishFrame): Promise<StoredMessage> {
+  /**
+   * Validates, runs `onPublish` and delivers a client's publish. In a cluster, a publish
+   * with a cid (`key`) is delivered once whichever process its retries reach: the
+   * backplane's publish skips a cid already published, and while `onPublish` runs the
+   * cid is claimed, so a retry elsewhere waits for this attempt instead of running the
+   * hook alongside it.
+   */
+  private async acceptPublish(conn: ConnState, frame: PublishFrame, key: string | undefined): Promise<{ id: string; seq: number }> {
     let data = this.checkPublishData(frame.data);
     const hook = this.options.onPublish;
-    if (hook) {
-      const transformed = await hook({ user: conn.principal, connectionId: conn.id, room: frame.room, data, cid: frame.cid });
-      if (transformed !== undefined) data = transformed;
+    const cids = key === undefined || this.options.dedupeWindowMs <= 0 ? undefined : this.backplane?.cids;
+    if (hook && cids && key !== undefined) {
+      const earlier = await this.claimCid(cids, key);
+      if (earlier) return earlier;
     }
-    const { message } = await this.deliver(frame.room, conn.user.id, data, conn);
-    return message;
+    try {
+      if (hook) {
+        const transformed = await hook({ user: conn.principal, connectionId: conn.id, room: frame.room, data, cid: frame.cid });
+        if (transformed !== undefined) data = transformed;
+      }
+      const { message } = await this.deliver(frame.room, conn.user.id, data, conn, key);
+      return message;
+    } catch (error) {
+      // Refused: a retry may publish. Unconfirmed: the claim stays until it lapses, since
+      // the message may have been published after all.
+      if (hook && cids && key !== undefined && !lateCopyOf(error)) {
+        cids.release(key).catch((cause: unknown) => this.reportError('backplane.cids', cause, { room: frame.room }));
+      }
+      throw error;
+    }
+  }
+
+  /**
+   * Claims a publish's cid in the cluster before its `onPublish` runs. Resolves the
+   * earlier message when another process published it, `undefined` once this process
+   * holds it; waits while another process is publishing it (its claim lapses after
+   * {@link CID_CLAIM_MS}, so the wait is bounded).
+   */
+  private async claimCid(cids: ClusterCids, key: string): Promise<{ id: string; seq: number } | undefined> {
+    const deadline = Date.now() + CID_CLAIM_MS + CID_POLL_MAX_MS;
+    for (let pause = 25; ; pause = Math.min(pause * 2, CID_POLL_MAX_MS)) {
+      const claim = await cids.claim(key, CID_CLAIM_MS);
+      if (claim.state === 'claimed') return undefined;
+      if (claim.state === 'published') return { id: claim.id, seq: claim.seq };
+      if (this.closing || Date.now() >= deadline) {
+        throw new RoomwireError('internal', 'publish not accepted: another server is still handling the same cid; retry with the same cid');
+      }
+      await new Promise((resolve) => setTimeout(resolve, Math.max(1, Math.min(pause, claim.retryMs))));
+    }
   }
 
   private async handleResume(conn: ConnState, frame: ResumeFrame): Promise<void> {
@@ -994,6 +1041,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     from: string | null,
     data: unknown,
     except: ConnState | undefined,
+    cidKey?: string,
   ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
     let dataJson: string;
     try {
@@ -1003,7 +1051,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     const stored = data === undefined ? null : data;
     // One branch per broadcast: the single-process path below is unchanged.
-    if (this.backplane) return this.deliverClustered(this.backplane, room, from, stored, except);
+    if (this.backplane) return this.deliverClustered(this.backplane, room, from, stored, except, cidKey);
     return this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
@@ -1024,8 +1072,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     from: string | null,
     data: unknown,
     except: ConnState | undefined,
+    cidKey: string | undefined,
   ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
     const id = this.nextId();
+    const windowMs = this.options.dedupeWindowMs;
+    const cid = cidKey === undefined || windowMs <= 0 ? undefined : { key: cidKey, windowMs };
     // Registered before publishing: the subscription's copy may arrive before the reply.
     const delivered = new Promise<{ message: StoredMessage; report: DeliveryReport }>((resolve) => {
       this.waiters.set(id, { except, at: Date.now(), message: undefined, resolve });
@@ -1033,7 +1084,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     let message: StoredMessage;
     try {
       await this.started;
-      message = await backplane.publish({ room, id, from, data, ts: Date.now() });
+      message = await backplane.publish({ room, id, from, data, ts: Date.now() }, cid);
+      if (message.id !== id) {
+        // Its cid was published before, on this or another process: nothing went out now.
+        this.waiters.delete(id);
+        return { message, report: this.emptyReport(message) };
+      }
       const pending = this.waiters.get(id);
       if (pending) pending.message = message;
     } catch (error) {

@@ -1,4 +1,4 @@
-import type { Backplane, BackplaneHandlers, ClusterPresence, MembershipChange } from '../backplane.js';
+import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, MembershipChange, PublishCid } from '../backplane.js';
 import { InMemoryHistoryStore, type StoredMessage } from '../history-store.js';
 
 /** Options of a {@link LocalBus}. */
@@ -18,6 +18,14 @@ interface NodeRecord {
   /** Open connections per user on this node. */
   readonly counts: Map<string, number>;
   lastBeat: number;
+}
+
+/** A cid a node is publishing (`node`) or one published as message `id`, `seq`. */
+interface CidRecord {
+  readonly node?: string;
+  readonly id?: string;
+  readonly seq?: number;
+  readonly expiresAt: number;
 }
 
 /**
@@ -45,6 +53,8 @@ export class LocalBus {
   /** @internal */
   readonly heartbeatMs: number;
   private nextNode = 0;
+  /** Publish cids, claimed or published, shared by the nodes as Redis keys are. */
+  private readonly cids = new Map<string, CidRecord>();
 
   constructor(options: LocalBusOptions = {}) {
     this.history = new InMemoryHistoryStore(options.historyLimit ?? 500);
@@ -55,6 +65,29 @@ export class LocalBus {
   /** A new node of this bus: the backplane to give one `RoomManager`. */
   node(): LocalBackplane {
     return new LocalBackplane(this, `local-${++this.nextNode}`);
+  }
+
+  /** @internal The live record of `key`, if any. */
+  cid(key: string): CidRecord | undefined {
+    const now = Date.now();
+    // Records are set with at most a few windows; sweeping the oldest keeps the map bounded.
+    for (const [oldKey, record] of this.cids) {
+      if (record.expiresAt > now) break;
+      this.cids.delete(oldKey);
+    }
+    const record = this.cids.get(key);
+    return record && record.expiresAt > now ? record : undefined;
+  }
+
+  /** @internal */
+  setCid(key: string, record: Omit<CidRecord, 'expiresAt'>, ttlMs: number): void {
+    this.cids.delete(key);
+    this.cids.set(key, { ...record, expiresAt: Date.now() + ttlMs });
+  }
+
+  /** @internal */
+  deleteCid(key: string): void {
+    this.cids.delete(key);
   }
 
   /** @internal Live nodes: heartbeat younger than the timeout. Stale ones are forgotten. */
@@ -75,6 +108,8 @@ export class LocalBackplane implements Backplane {
   readonly history: InMemoryHistoryStore;
   /** Presence across the bus's nodes. */
   readonly presence: ClusterPresence;
+  /** Publishes in progress by cid, across the bus's nodes. */
+  readonly cids: ClusterCids;
   private readonly record: NodeRecord;
   private timer: ReturnType<typeof setInterval> | undefined;
   /** Killed: a crashed process writes nothing more. */
@@ -107,6 +142,23 @@ export class LocalBackplane implements Backplane {
       },
       nodesOf: (user) => Promise.resolve(bus.liveNodes().filter((live) => live.counts.has(user)).map((live) => live.node.nodeId)),
     };
+    this.cids = {
+      claim: (key, holdMs) => {
+        const held = bus.cid(key);
+        let claim: CidClaim;
+        if (held?.id !== undefined && held.seq !== undefined) claim = { state: 'published', id: held.id, seq: held.seq };
+        else if (held && held.node !== nodeId) claim = { state: 'busy', retryMs: held.expiresAt - Date.now() };
+        else {
+          bus.setCid(key, { node: nodeId }, holdMs);
+          claim = { state: 'claimed' };
+        }
+        return Promise.resolve(claim);
+      },
+      release: (key) => {
+        if (bus.cid(key)?.node === nodeId) bus.deleteCid(key);
+        return Promise.resolve();
+      },
+    };
   }
 
   start(handlers: BackplaneHandlers): Promise<void> {
@@ -122,9 +174,12 @@ export class LocalBackplane implements Backplane {
     return Promise.resolve();
   }
 
-  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
     if (this.record.handlers === undefined) return Promise.reject(new Error('backplane is not started or was closed'));
+    const earlier = cid && this.bus.cid(cid.key);
+    if (earlier?.id !== undefined && earlier.seq !== undefined) return Promise.resolve({ ...message, id: earlier.id, seq: earlier.seq });
     const stored = this.history.append(message);
+    if (cid && cid.windowMs > 0) this.bus.setCid(cid.key, { id: stored.id, seq: stored.seq }, cid.windowMs);
     // Appended and queued in one synchronous step: each subscriber's microtasks run in
     // append order, so it receives a room's messages in seq order.
     for (const record of this.bus.nodes.values()) {

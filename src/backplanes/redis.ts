@@ -8,7 +8,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Backplane, BackplaneHandlers, ClusterPresence, HistoryStore, MembershipChange, StoredMessage } from '../index.js';
+import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, HistoryStore, MembershipChange, PublishCid, StoredMessage } from '../index.js';
 
 /**
  * The few methods of a Redis client that {@link RedisBackplane} uses: an `ioredis`
@@ -98,20 +98,52 @@ function script(source: string): Script {
 /** Milliseconds from Redis's own clock, so processes with skewed clocks agree on heartbeat ages. */
 const NOW = `local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)`;
 
-// KEYS: seq, stream, epoch. ARGV: history limit, channel, message JSON, epoch candidate.
-// One script, so seq, history and publish happen atomically and in the same order. Rooms
-// use sharded pub/sub (SPUBLISH, Redis 7): on a single server it is delivered like PUBLISH. The
-// epoch is written only when Redis lost it (with its data): seqs restart under a new one.
+// KEYS: seq, stream, epoch[, cid]. ARGV: history limit, channel, message JSON, epoch
+// candidate[, message id, cid window ms]. One script, so seq, history and publish happen
+// atomically and in the same order. Rooms use sharded pub/sub (SPUBLISH, Redis 7): on a
+// single server it is delivered like PUBLISH. The epoch is written only when Redis lost it
+// (with its data): seqs restart under a new one. With a cid key, a cid already published
+// is not published again: the reply carries the earlier message's seq and id.
 const PUBLISH = script(`
 local epoch = redis.call('GET', KEYS[3])
 if not epoch then
   epoch = ARGV[4]
   redis.call('SET', KEYS[3], epoch)
 end
+if KEYS[4] then
+  local held = redis.call('GET', KEYS[4])
+  if held and string.sub(held, 1, 2) == 'm:' then
+    local at = string.find(held, ':', 3, true)
+    return {tonumber(string.sub(held, 3, at - 1)), epoch, string.sub(held, at + 1)}
+  end
+end
 local seq = redis.call('INCR', KEYS[1])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[1], seq .. '-0', 'm', ARGV[3])
 redis.call('SPUBLISH', ARGV[2], seq .. '\\n' .. ARGV[3])
+if KEYS[4] then redis.call('SET', KEYS[4], 'm:' .. seq .. ':' .. ARGV[5], 'PX', ARGV[6]) end
 return {seq, epoch}
+`);
+
+// KEYS: cid. ARGV: node id, hold ms. A cid is free, claimed by a node ('p:<node>') for a
+// while, or published ('m:<seq>:<id>') for the dedupe window. Returns {'claimed'},
+// {'published', seq, id} or {'busy', ms left on the other node's claim}.
+const CLAIM = script(`
+local held = redis.call('GET', KEYS[1])
+if not held or held == 'p:' .. ARGV[1] then
+  redis.call('SET', KEYS[1], 'p:' .. ARGV[1], 'PX', ARGV[2])
+  return {'claimed'}
+end
+if string.sub(held, 1, 2) == 'm:' then
+  local at = string.find(held, ':', 3, true)
+  return {'published', string.sub(held, 3, at - 1), string.sub(held, at + 1)}
+end
+return {'busy', tostring(redis.call('PTTL', KEYS[1]))}
+`);
+
+// KEYS: cid. ARGV: node id. Drops the node's own claim; a published cid stays.
+const RELEASE = script(`
+if redis.call('GET', KEYS[1]) == 'p:' .. ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 0
 `);
 
 // KEYS: epoch. ARGV: candidate.
@@ -243,20 +275,25 @@ export class RedisHistoryStore implements HistoryStore {
     return this.currentEpoch;
   }
 
-  /** Gives the message its seq, appends it to the room's stream and publishes it, atomically. */
-  async append(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+  /**
+   * Gives the message its seq, appends it to the room's stream and publishes it,
+   * atomically. With `cid`, see {@link RedisBackplane.publish}.
+   */
+  async append(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
     const { room, id, from, data, ts } = message;
     const json = JSON.stringify({ room, id, from, data, ts });
-    const reply = (await this.run(PUBLISH, [this.keys.seq(room), this.keys.history(room), this.keys.epoch], [
-      this.limit,
-      this.keys.channel(room),
-      json,
-      this.candidate,
-    ])) as [number, string];
+    const keys = [this.keys.seq(room), this.keys.history(room), this.keys.epoch];
+    const args: (string | number)[] = [this.limit, this.keys.channel(room), json, this.candidate];
+    const windowMs = cid === undefined ? 0 : Math.min(Math.ceil(cid.windowMs), MAX_CID_MS);
+    if (cid !== undefined && windowMs > 0) {
+      keys.push(this.keys.cid(cid.key));
+      args.push(id, windowMs);
+    }
+    const reply = (await this.run(PUBLISH, keys, args)) as [number, string, string?];
     this.currentEpoch = reply[1];
     // Never propose the same epoch twice: Redis could lose its data again.
     if (reply[1] === this.candidate) this.candidate = newEpoch();
-    return { room, id, seq: Number(reply[0]), from, data, ts };
+    return { room, id: reply[2] ?? id, seq: Number(reply[0]), from, data, ts };
   }
 
   /** The room's latest seq from its counter; 0 when it has none. */
@@ -292,7 +329,11 @@ interface RedisKeys {
   seq(room: string): string;
   history(room: string): string;
   channel(room: string): string;
+  cid(key: string): string;
 }
+
+/** The longest a cid is kept in Redis: an infinite `dedupeWindowMs` is held this long (24.8 days). */
+const MAX_CID_MS = 2 ** 31 - 1;
 
 /**
  * A {@link Backplane} on Redis (7 or later): rooms, seqs, history, membership changes and
@@ -301,6 +342,9 @@ interface RedisKeys {
  * - A publish is one Lua script: `INCR` the room's seq, `XADD` to its capped stream,
  *   `SPUBLISH` on the room's sharded channel — one Redis publish per broadcast, whatever
  *   the number of members or processes. It fails to the publisher when Redis is unreachable.
+ * - A client publish with a `cid` leaves a small key (`<prefix>:cid:…`) for the manager's
+ *   `dedupeWindowMs`, so a retry on any process is acknowledged instead of published
+ *   again; the publish script checks and sets it in the same atomic step.
  * - Each process subscribes (`SSUBSCRIBE`) only to the channels of rooms with local
  *   connections, on one subscriber connection, plus one control channel for membership
  *   changes and presence, a shard channel too: ioredis counts a connection's channels and
@@ -327,6 +371,8 @@ export class RedisBackplane implements Backplane {
   readonly history: RedisHistoryStore;
   /** Cluster presence, from the heartbeats and connection counts in Redis. */
   readonly presence: ClusterPresence;
+  /** Publishes in progress by cid, as keys next to the published ones. */
+  readonly cids: ClusterCids;
   private readonly redis: RedisLike;
   private readonly subscriber: RedisLike;
   private readonly ownsSubscriber: boolean;
@@ -375,6 +421,7 @@ export class RedisBackplane implements Backplane {
       seq: (room) => `${prefix}:seq:${room}`,
       history: (room) => `${prefix}:history:${room}`,
       channel: (room) => `${prefix}:room:${room}`,
+      cid: (key) => `${prefix}:cid:${key}`,
     };
     this.ownPresence = `${this.keys.presencePrefix}${this.nodeId}`;
     this.history = new RedisHistoryStore(this.redis, this.keys, limit, (s, keys, args) => this.run(s, keys, args));
@@ -383,6 +430,12 @@ export class RedisBackplane implements Backplane {
       track: (user, delta) => this.track(user, delta),
       onlineUsers: async () => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix])) as string[],
       nodesOf: async (user) => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix, user])) as string[],
+    };
+    this.cids = {
+      claim: (key, holdMs) => withTimeout(this.claim(key, holdMs), this.commandTimeoutMs, 'claim'),
+      release: async (key) => {
+        await withTimeout(this.run(RELEASE, [this.keys.cid(key)], [this.nodeId]), this.commandTimeoutMs, 'release');
+      },
     };
     this.listeners = {
       message: (channel, payload) => this.onMessage(channel, payload),
@@ -413,9 +466,23 @@ export class RedisBackplane implements Backplane {
     this.timer.unref?.();
   }
 
-  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
+  /**
+   * One Lua script (see the class's notes). With `cid`, a cid published within its window
+   * by any process is not published again: the call resolves the earlier message's id
+   * and seq. Redis keeps each published cid for the window (`dedupeWindowMs`, 5 minutes
+   * by default): one small key per publish that has a cid.
+   */
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
     if (this.closed) return Promise.reject(new Error('backplane closed'));
-    return withTimeout(this.history.append(message), this.commandTimeoutMs, 'publish');
+    return withTimeout(this.history.append(message, cid), this.commandTimeoutMs, 'publish');
+  }
+
+  private async claim(key: string, holdMs: number): Promise<CidClaim> {
+    const ms = Math.max(1, Math.min(Math.ceil(holdMs), MAX_CID_MS));
+    const reply = (await this.run(CLAIM, [this.keys.cid(key)], [this.nodeId, ms])) as string[];
+    if (reply[0] === 'published') return { state: 'published', seq: Number(reply[1]), id: reply[2] ?? '' };
+    if (reply[0] === 'busy') return { state: 'busy', retryMs: Math.max(0, Number(reply[1])) };
+    return { state: 'claimed' };
   }
 
   async subscribe(room: string): Promise<void> {

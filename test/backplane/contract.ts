@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import type { Backplane, RoomManagerOptions } from '../../src/index.js';
+import { RoomwireError, type Backplane, type RoomManagerOptions } from '../../src/index.js';
 import { TestClient, closeClients, type Frame } from '../helpers/client.js';
 import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 
@@ -222,6 +222,99 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       await alice.request({ type: 'publish', room: 'chat', data: 6 });
       expect(await bob.next('message', (m) => m.seq === 6)).toMatchObject({ data: 6 });
       expect(await bob.quiet(150)).toEqual([]);
+    });
+
+    it('delivers a publish retried with its cid on another node once, with the first ack', async () => {
+      // The client resends an unacknowledged publish after it reconnects, and a load
+      // balancer may send it to any node.
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const [n1, n2, n3] = await cluster(table);
+      const first = await connect(n1!, 'alice');
+      const bob = await connect(n3!, 'bob');
+      const ack = await first.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
+      await first.close();
+      const again = await connect(n2!, 'alice');
+      const repeat = await again.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
+      expect(repeat).toEqual({ ...ack, ref: repeat.ref });
+      // Nothing took a seq: the next publish follows the first directly.
+      expect(await again.request({ type: 'publish', room: 'chat', data: 'next', cid: 'c-2' })).toMatchObject({ type: 'ack', seq: (ack.seq as number) + 1 });
+      await bob.next('message', (m) => m.data === 'next');
+      expect(messages(bob).map((m) => m.data)).toEqual(['once', 'next']);
+      // The same cid from another user is another message.
+      const other = await bob.request({ type: 'publish', room: 'chat', data: 'bob', cid: 'c-1' });
+      expect(other).toMatchObject({ type: 'ack', seq: (ack.seq as number) + 2 });
+    });
+
+    it('runs onPublish once for a cid retried on another node while the first attempt is in it', async () => {
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      let calls = 0;
+      let open!: () => void;
+      const gate = new Promise<void>((resolve) => (open = resolve));
+      const onPublish: RoomManagerOptions['onPublish'] = async ({ data }) => {
+        calls++;
+        if (calls === 1) await gate;
+        return data;
+      };
+      const [n1, n2, n3] = await cluster(table, 3, { onPublish });
+      const first = await connect(n1!, 'alice');
+      const again = await connect(n2!, 'alice');
+      const bob = await connect(n3!, 'bob');
+      const answered = first.request({ type: 'publish', room: 'chat', data: 'slow', cid: 'c-slow' });
+      await expect.poll(() => calls).toBe(1);
+      const repeated = again.request({ type: 'publish', room: 'chat', data: 'slow', cid: 'c-slow' });
+      expect(await again.quiet(300)).toEqual([]);
+      open();
+      const [ack, repeat] = await Promise.all([answered, repeated]);
+      expect(ack).toMatchObject({ type: 'ack', seq: 1 });
+      expect(repeat).toMatchObject({ type: 'ack', id: ack.id, seq: 1 });
+      await bob.next('message');
+      expect(await bob.quiet(200)).toEqual([]);
+      expect(calls).toBe(1);
+    });
+
+    it('publishes a cid that onPublish refused when it is retried on another node', async () => {
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      let calls = 0;
+      const onPublish: RoomManagerOptions['onPublish'] = ({ data }) => {
+        if (++calls === 1) throw new RoomwireError('forbidden', 'not now');
+        return data;
+      };
+      const [n1, n2, n3] = await cluster(table, 3, { onPublish });
+      const first = await connect(n1!, 'alice');
+      const bob = await connect(n3!, 'bob');
+      expect(await first.request({ type: 'publish', room: 'chat', data: 'retry me', cid: 'c-r' })).toMatchObject({ type: 'error', code: 'forbidden' });
+      const again = await connect(n2!, 'alice');
+      expect(await again.request({ type: 'publish', room: 'chat', data: 'retry me', cid: 'c-r' })).toMatchObject({ type: 'ack', seq: 1 });
+      expect(await bob.next('message')).toMatchObject({ seq: 1, data: 'retry me' });
+      expect(calls).toBe(2);
+    });
+
+    it('holds a cid for one node at a time: claimed, lapsed, released, published', async () => {
+      const [n1, n2] = await cluster(new MembershipTable({}), 2);
+      // A connection's welcome waits for its node's backplane to have started.
+      await Promise.all([connect(n1!, 'alice'), connect(n2!, 'bob')]);
+      const [a, b] = [n1!.backplane, n2!.backplane];
+      if (!a.cids || !b.cids) throw new Error('this backplane keeps no cids');
+      expect(await a.cids.claim('k1', 300)).toEqual({ state: 'claimed' });
+      expect(await a.cids.claim('k1', 300)).toEqual({ state: 'claimed' });
+      const busy = await b.cids.claim('k1', 300);
+      expect(busy.state === 'busy' && busy.retryMs > 0 && busy.retryMs <= 300).toBe(true);
+      await b.cids.release('k1');
+      expect((await b.cids.claim('k1', 300)).state).toBe('busy');
+      await new Promise((resolve) => setTimeout(resolve, 350));
+      expect(await b.cids.claim('k1', 300)).toEqual({ state: 'claimed' });
+      await b.cids.release('k1');
+      expect(await a.cids.claim('k1', 300)).toEqual({ state: 'claimed' });
+
+      const cid = { key: 'k1', windowMs: 300 };
+      const message = { room: 'direct', from: 'alice', data: 'x', ts: Date.now() };
+      const first = await a.publish({ ...message, id: 'm1' }, cid);
+      expect(await b.cids.claim('k1', 300)).toEqual({ state: 'published', id: 'm1', seq: first.seq });
+      await a.cids.release('k1');
+      expect(await b.publish({ ...message, id: 'm2' }, cid)).toMatchObject({ id: 'm1', seq: first.seq });
+      expect(await b.publish({ ...message, id: 'm3' })).toMatchObject({ id: 'm3', seq: first.seq + 1 });
+      await new Promise((resolve) => setTimeout(resolve, 350));
+      expect(await b.publish({ ...message, id: 'm4' }, cid)).toMatchObject({ id: 'm4', seq: first.seq + 2 });
     });
 
     it('goes on when a node dies mid-stream, and stops counting its users as online', async () => {
