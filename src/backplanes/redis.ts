@@ -332,6 +332,13 @@ interface RedisKeys {
   cid(key: string): string;
 }
 
+/** A `track` call whose count did not reach Redis, waiting for a later write to answer it. */
+interface UnsettledTrack {
+  readonly delta: 1 | -1;
+  readonly since: number;
+  readonly resolve: (crossed: boolean) => void;
+}
+
 /** The longest a cid is kept in Redis: an infinite `dedupeWindowMs` is held this long (24.8 days). */
 const MAX_CID_MS = 2 ** 31 - 1;
 
@@ -390,6 +397,14 @@ export class RedisBackplane implements Backplane {
   private timer: ReturnType<typeof setInterval> | undefined;
   /** The hash in Redis may be wrong (a write failed, Redis restarted): rewrite it on the next beat. */
   private dirty = true;
+  /**
+   * Counts that did not reach Redis, by user, with the `track` calls still waiting to
+   * learn whether they made the user online or offline in the cluster: written again,
+   * with the user's current count, before the next heartbeat's rewrite would lose the
+   * count Redis had before.
+   */
+  private readonly unsettled = new Map<string, UnsettledTrack[]>();
+  private settling = false;
   /** Whether the epoch was read since the subscriber last reconnected. */
   private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
@@ -514,6 +529,8 @@ export class RedisBackplane implements Backplane {
     if (this.closed) return;
     this.closed = true;
     clearInterval(this.timer);
+    for (const waiting of this.unsettled.values()) for (const call of waiting) call.resolve(false);
+    this.unsettled.clear();
     this.handlers = undefined;
     const sub = this.subscriber;
     sub.removeListener('message', this.listeners.message);
@@ -575,6 +592,7 @@ export class RedisBackplane implements Backplane {
   }
 
   private async beat(rewrite = this.dirty): Promise<void> {
+    await this.settle();
     const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0'];
     if (rewrite) for (const [user, count] of this.counts) args.push(user, count);
     if (rewrite) this.dirty = false;
@@ -593,12 +611,48 @@ export class RedisBackplane implements Backplane {
     else this.counts.delete(user);
     if (this.closed) return false;
     try {
-      const args = [user, Math.max(next, 0), this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
-      return (await this.run(TRACK, [this.ownPresence, this.keys.nodes], args)) === 1;
+      return await this.writeCount(user);
     } catch (error) {
+      // Answered by a later write (see `settle`): a last close during a blip of Redis
+      // still says offline once Redis is back, instead of the rewrite dropping the user
+      // without a word.
       this.dirty = true;
       this.handlers?.error(asError(error), 'presence');
-      return false;
+      return new Promise<boolean>((resolve) => {
+        const waiting = this.unsettled.get(user) ?? [];
+        waiting.push({ delta, since: Date.now(), resolve });
+        this.unsettled.set(user, waiting);
+      });
+    }
+  }
+
+  /** Writes this node's count of `user`; true when that made the user online or offline in the cluster. */
+  private async writeCount(user: string): Promise<boolean> {
+    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
+    return (await this.run(TRACK, [this.ownPresence, this.keys.nodes], args)) === 1;
+  }
+
+  /**
+   * Writes the counts that failed, each user's current one, and answers their `track`
+   * calls: a crossing goes to the latest call in its direction (one `offline` for two
+   * closes), every other call gets false. Calls older than `nodeTimeoutMs` get false
+   * unwritten: by then the other processes may have dropped this one's counts.
+   */
+  private async settle(): Promise<void> {
+    // One at a time: two heartbeats' writes of one user would each see half a crossing.
+    if (this.settling) return;
+    this.settling = true;
+    try {
+      for (const [user, waiting] of [...this.unsettled]) {
+        const fresh = waiting.filter((call) => Date.now() - call.since < this.nodeTimeoutMs);
+        const crossed = fresh.length > 0 && (await this.writeCount(user));
+        this.unsettled.delete(user);
+        const online = this.counts.has(user);
+        const answered = crossed ? fresh.findLast((call) => (call.delta === 1) === online) : undefined;
+        for (const call of waiting) call.resolve(call === answered);
+      }
+    } finally {
+      this.settling = false;
     }
   }
 

@@ -232,6 +232,61 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
   });
 
+  describe('presence counts written while Redis is unreachable', () => {
+    const owned: Redis[] = [];
+    let prefix = '';
+    afterEach(async () => {
+      await closeClients();
+      await closeAll();
+      const adminRedis = admin(SHARED_PORT);
+      await deleteKeys(adminRedis, prefix);
+      adminRedis.disconnect();
+      for (const connection of owned.splice(0)) connection.disconnect();
+    });
+
+    it('says offline for a last close made during the outage once Redis is back, and nothing for a close and reopen', async () => {
+      prefix = `${FILE_PREFIX}:${++testCount}`;
+      const connections = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)] as const;
+      owned.push(...connections);
+      const [commands1, subscriber1, commands2, subscriber2] = connections;
+      let down = false;
+      // Node 1's presence counts fail while `down`, as while its Redis is unreachable.
+      const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        if (down && keys === 2 && String(args[0]).includes(':presence:')) return Promise.reject(new Error('Connection is closed.'));
+        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+      });
+      const options = { prefix, heartbeatMs: 100, nodeTimeoutMs: 15_000, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
+      const backplane2 = new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options });
+      const n2 = await startServer({ membership: table, presence: true, backplane: backplane2 });
+      const alice = await TestClient.connect(n2.url, await tokenFor('alice'));
+      const bobEvents = (): unknown[] => alice.of('presence').filter((f) => f.user === 'bob').map((f) => f.event);
+
+      const bob = await TestClient.connect(n1.url, await tokenFor('bob'));
+      await alice.until(() => bobEvents().length === 1);
+      down = true;
+      await bob.close();
+      await alice.quiet(400);
+      expect(bobEvents()).toEqual(['online']);
+      down = false;
+      await alice.until(() => bobEvents().length === 2, 3_000, 'the offline');
+      expect(bobEvents()).toEqual(['online', 'offline']);
+
+      const back = await TestClient.connect(n1.url, await tokenFor('bob'));
+      await alice.until(() => bobEvents().length === 3);
+      down = true;
+      await back.close();
+      await TestClient.connect(n1.url, await tokenFor('bob'));
+      await alice.quiet(300);
+      down = false;
+      // Several heartbeats: the counts are written again, and bob never went offline for them.
+      await alice.quiet(600);
+      expect(bobEvents()).toEqual(['online', 'offline', 'online']);
+      expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
+    });
+  });
+
   describe('a subscribe that fails', () => {
     const owned: Redis[] = [];
     afterEach(() => {
