@@ -236,8 +236,12 @@ function byteLength(data: string | Uint8Array): number {
 }
 
 /** The UTF-8 bytes of parsed client data encoded as JSON again. */
+/**
+ * The UTF-8 bytes of `data` as JSON.
+ * @throws {RoomwireError} `bad_request` when JSON cannot encode it (nesting too deep).
+ */
 function jsonBytes(data: unknown): number {
-  return Buffer.byteLength(JSON.stringify(data) ?? '');
+  return Buffer.byteLength(encodeData(data));
 }
 
 /**
@@ -814,8 +818,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     // Data is measured as JSON, re-encoded: only a frame too large to rule it out is.
     const limit = this.options.maxMessageBytes;
-    if (frameBytes > this.smallFrameBytes && jsonBytes(frame.data) > limit) {
-      this.sendError(conn, 'too_large', `message data is over ${limit} bytes`, { ref, room });
+    try {
+      if (frameBytes > this.smallFrameBytes && jsonBytes(frame.data) > limit) {
+        this.sendError(conn, 'too_large', `message data is over ${limit} bytes`, { ref, room });
+        return;
+      }
+    } catch (error) {
+      this.refusePublish(conn, error, ref, room);
       return;
     }
     const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);

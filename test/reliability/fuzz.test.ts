@@ -438,6 +438,9 @@ describe('bad inputs the fuzzer leaves to dedicated tests', () => {
     alice.send(`{"type":"publish","room":"a","ref":"deep","data":${deep(5000)}}`);
     const refusal = await alice.replyTo('deep');
     expect(refusal).toMatchObject({ type: 'error', code: 'bad_request', room: 'a' });
+    // 60 KiB, under maxMessageBytes but big enough to have its size measured as JSON.
+    alice.send(`{"type":"publish","room":"a","ref":"deeper","data":${deep(30_000)}}`);
+    expect(await alice.replyTo('deeper')).toMatchObject({ type: 'error', code: 'bad_request', room: 'a' });
     expect(await alice.request({ type: 'publish', room: 'a', data: 3 })).toMatchObject({ type: 'ack', seq: 2 });
     await waitFor(() => bob.of('message').length === 2, 5_000, "bob's two messages");
     expect(bob.of('message').map((m) => m.seq)).toEqual([1, 2]);
