@@ -541,8 +541,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if ((conn.state as ConnState['state']) === 'closed') return;
     const joined: string[] = [];
     for (const room of wanted) {
-      if (conn.rooms.has(room) || removed?.has(room)) continue;
-      this.addToRoom(conn, room, 'member', 'auto');
+      if (removed?.has(room)) {
+        // welcome.seqs speaks of the rooms welcome lists only.
+        delete seqs[room];
+        continue;
+      }
+      if (!conn.rooms.has(room)) this.addToRoom(conn, room, 'member', 'auto');
       joined.push(room);
     }
     conn.state = 'open';

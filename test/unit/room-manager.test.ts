@@ -352,6 +352,8 @@ describe('RoomManager core (in-memory connections)', () => {
     release();
     const bob = await opening;
     expect(bob.frames[0]).toMatchObject({ type: 'welcome', rooms: ['y'] });
+    // Where each listed room stands, and no word of the room it was removed from.
+    expect(Object.keys(bob.frames[0]!.seqs as object)).toEqual(['y']);
     bob.receive({ type: 'publish', room: 'x', data: 'sneaky', ref: 'p' });
     bob.receive({ type: 'resume', rooms: { x: 0 }, ref: 'r' });
     await settle();
