@@ -415,8 +415,12 @@ export function connect(options: ClientOptions): RoomwireClient {
           return;
         }
         break;
-      default:
+      case 'resumed':
+      case 'pong':
         break;
+      default:
+        // A frame type this client does not know (a newer server's) answers no request of its own.
+        return;
     }
     if (frame.ref === undefined) return;
     const pending = requests.get(frame.ref);
@@ -586,9 +590,11 @@ export function connect(options: ClientOptions): RoomwireClient {
       }).finally(done);
     },
     publish: (room, data, { cid = nextCid(), timeoutMs: wait = timeoutMs } = {}) => {
-      if (typeof cid !== 'string' || cid.length < 1 || cid.length > MAX_CID_LENGTH) {
-        return Promise.reject(new ClientError('bad_request', `cid must be a string of 1 to ${MAX_CID_LENGTH} characters`, { room }));
+      if (typeof cid !== 'string' || cid.length > MAX_CID_LENGTH) {
+        return Promise.reject(new ClientError('bad_request', `cid must be a string of at most ${MAX_CID_LENGTH} characters`, { room }));
       }
+      // JSON has no undefined: the frame would go without data, which the server refuses.
+      if (data === undefined) return Promise.reject(new ClientError('bad_request', 'data is required (use null for none)', { room }));
       return call({ type: 'publish', room, data, cid }, wait, (reply) => {
         const { id, seq } = reply as AckFrame;
         return { room, id, seq };

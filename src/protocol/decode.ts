@@ -51,7 +51,7 @@ function hasOwn(object: object, key: string): boolean {
 function checkPublish(object: Record<string, unknown>, ref: string | undefined): PublishFrame | undefined {
   const { room, data, cid } = object;
   if (!isRoomName(room) || data === undefined) return undefined;
-  if (cid !== undefined && (typeof cid !== 'string' || cid.length < 1 || cid.length > MAX_CID_LENGTH)) return undefined;
+  if (cid !== undefined && (typeof cid !== 'string' || cid.length > MAX_CID_LENGTH)) return undefined;
   const frame: PublishFrame = { type: 'publish', room, data };
   if (cid !== undefined) frame.cid = cid;
   if (ref !== undefined) frame.ref = ref;

@@ -48,7 +48,7 @@ export const clientFrameSchemas = {
     room: roomSchema,
     // Present but possibly null: `data` is any JSON, and a missing one is a bad request.
     data: z.custom<unknown>((value) => value !== undefined, { message: 'data is required' }),
-    cid: jsString(1, MAX_CID_LENGTH, 'cid').optional(),
+    cid: jsString(0, MAX_CID_LENGTH, 'cid').optional(),
     ref: refSchema.optional(),
   }),
   /** The schema of {@link ResumeFrame}. */

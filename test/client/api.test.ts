@@ -124,7 +124,27 @@ describe('roomwire/client API', () => {
     await expect(alice.client.join('x'.repeat(257))).rejects.toMatchObject({ code: 'bad_request' });
     await expect(alice.client.publish('chat', 1n)).rejects.toMatchObject({ code: 'bad_request' });
     await expect(alice.client.publish('chat', 1, { cid: 'c'.repeat(65) })).rejects.toMatchObject({ code: 'bad_request' });
+    await expect(alice.client.publish('chat', undefined)).rejects.toMatchObject({ code: 'bad_request', message: /data is required/ });
     await expect(alice.client.publish('chat', 'fine')).resolves.toMatchObject({ seq: 1 });
+    // At most 64 characters, as the protocol says: none is a cid too.
+    await expect(alice.client.publish('chat', 'empty cid', { cid: '' })).resolves.toMatchObject({ seq: 2 });
+    await expect(alice.client.publish('chat', 'empty cid', { cid: '' })).resolves.toMatchObject({ seq: 2 });
+  });
+
+  it('takes only an answer frame as the answer to a request, not a frame of a type it does not know', async () => {
+    const server = await rawServer((socket) => {
+      socket.send(JSON.stringify({ type: 'welcome', protocol: 1, connectionId: 'c1', user: { id: 'alice' }, rooms: ['chat'], seqs: { chat: 0 }, heartbeatMs: 25_000 }));
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; ref?: string; room?: string };
+        if (frame.type !== 'publish') return;
+        // A newer server's progress report with the request's ref, then the real answer.
+        socket.send(JSON.stringify({ type: 'progress', ref: frame.ref }));
+        setTimeout(() => socket.send(JSON.stringify({ type: 'ack', room: frame.room, id: 'm1', seq: 1, ref: frame.ref })), 50);
+      });
+    });
+    const alice = client({ url: server.url, token: 'unused' });
+    await opened(alice);
+    await expect(alice.client.publish('chat', 'hi')).resolves.toEqual({ room: 'chat', id: 'm1', seq: 1 });
   });
 });
 

@@ -220,12 +220,13 @@ describe('decodeClientFrame: fields', () => {
     expect(decode({ type: 'publish', room: 'a', data: 1, cid: '😀'.repeat(32) }).ok).toBe(true);
   });
 
-  it('publish: accepts a cid of 64 characters, refuses 65', () => {
-    const cid = 'c'.repeat(64);
-    expect(decode({ type: 'publish', room: 'a', data: 1, cid })).toEqual({
-      ok: true,
-      frame: { type: 'publish', room: 'a', data: 1, cid },
-    });
+  it('publish: accepts a cid of 0 to 64 characters, refuses 65', () => {
+    for (const cid of ['c'.repeat(64), '']) {
+      expect(decode({ type: 'publish', room: 'a', data: 1, cid })).toEqual({
+        ok: true,
+        frame: { type: 'publish', room: 'a', data: 1, cid },
+      });
+    }
     expectBadRequest(decode({ type: 'publish', room: 'a', data: 1, cid: 'c'.repeat(65), ref: 'c1' }), 'c1');
   });
 
