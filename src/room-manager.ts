@@ -88,6 +88,11 @@ interface UserState {
   readonly conns: SmallSet<ConnState>;
   /** Connections past `welcome` and not closed. */
   open: number;
+  /**
+   * With presence on: rooms of this user's connections that closed while another stayed
+   * open, so the `offline` at the last close reaches them too. Usually undefined.
+   */
+  offlineRooms: Set<string> | undefined;
 }
 
 interface ConnState {
@@ -450,7 +455,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     let user = this.users.get(principal.id);
     if (!user) {
-      user = { id: principal.id, idJson: JSON.stringify(principal.id), principal, conns: new SmallSet(), open: 0 };
+      user = { id: principal.id, idJson: JSON.stringify(principal.id), principal, conns: new SmallSet(), open: 0, offlineRooms: undefined };
       this.users.set(user.id, user);
     }
     user.principal = principal;
@@ -661,7 +666,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (wasOpen) {
       user.open--;
       const crossed = this.backplane?.presence.track(user.id, -1);
-      if (this.options.presence) this.afterPresenceChange(user.id, 'offline', conn.rooms.keyList(), crossed ?? user.open === 0);
+      if (this.options.presence) this.afterPresenceChange(user.id, 'offline', this.offlineRoomsOf(conn), crossed ?? user.open === 0);
     }
     for (const room of conn.rooms.keyList()) this.removeFromRoom(conn, room, false, 'server');
     user.conns.delete(conn);
@@ -809,7 +814,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private handleLeave(conn: ConnState, frame: LeaveFrame): void {
     const { room, ref } = frame;
-    if (conn.rooms.has(room)) this.removeFromRoom(conn, room, false, 'leave');
+    if (conn.rooms.has(room)) this.leaveRoom(conn, room, false, 'leave');
     markLeft(conn, room, this.options.maxRoomsPerConnection);
     this.send(conn, ref === undefined ? { type: 'left', room } : { type: 'left', room, ref });
   }
@@ -1682,6 +1687,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason });
   }
 
+  /**
+   * A leave the user is still a participant through (`leave` frame, server-side
+   * `leave()`): the room's members saw the user's `online`, so the `offline` goes there too.
+   */
+  private leaveRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
+    this.removeFromRoom(conn, room, notify, reason);
+    if (this.options.presence) (conn.user.offlineRooms ??= new Set()).add(room);
+  }
+
   private removeFromRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
     const membership = conn.rooms.get(room);
     if (!membership) return;
@@ -1948,7 +1962,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   leave(connectionId: string, room: string): boolean {
     const conn = this.conns.get(connectionId);
     if (!conn || !conn.rooms.has(room)) return false;
-    this.removeFromRoom(conn, room, true, 'server');
+    this.leaveRoom(conn, room, true, 'server');
     markLeft(conn, room, this.options.maxRoomsPerConnection);
     return true;
   }
@@ -2055,6 +2069,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * process; with a backplane once the cluster's record says this was the crossing, here
    * and (announced) on every other process.
    */
+  /**
+   * Where a closing connection's `offline` goes: the rooms it is in, and the rooms the
+   * user's connections left or were in when they closed before it (their members saw the
+   * user's `online` too). While the user has another open connection here, the rooms are
+   * kept for the last one instead.
+   */
+  private offlineRoomsOf(conn: ConnState): string[] {
+    const user = conn.user;
+    if (user.offlineRooms === undefined && user.open === 0) return conn.rooms.keyList();
+    const rooms = user.offlineRooms ?? new Set<string>();
+    for (const room of conn.rooms.keyList()) rooms.add(room);
+    if (user.open > 0) {
+      user.offlineRooms = rooms;
+      return [];
+    }
+    user.offlineRooms = undefined;
+    return [...rooms];
+  }
+
   private afterPresenceChange(user: string, event: 'online' | 'offline', rooms: string[], crossed: boolean | Promise<boolean>): void {
     if (crossed === false) return;
     if (crossed === true) {

@@ -510,6 +510,27 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
   });
 
+  it('sends offline to every room that saw the user online: rooms left, and rooms of connections closed before', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'], b: ['alice', 'bob'], c: ['alice', 'bob'] });
+    const rooms = manager(table, { presence: true });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const bob2 = await openFake(rooms, 'bob');
+    const online = (room: string) => ({ type: 'presence', room, user: 'bob', event: 'online' });
+    const offline = (room: string) => ({ type: 'presence', room, user: 'bob', event: 'offline' });
+    expect(alice.of('presence')).toEqual(['a', 'b', 'c'].map(online));
+    // One connection leaves b and closes; the other leaves c and closes last.
+    bob.receive({ type: 'leave', room: 'b' });
+    bob.handlers.closed(1000, '');
+    bob2.receive({ type: 'leave', room: 'c' });
+    // A leave of a room bob has no part in is no reason to tell its members anything.
+    bob2.receive({ type: 'leave', room: 'elsewhere' });
+    await settle();
+    expect(alice.of('presence')).toHaveLength(3);
+    bob2.handlers.closed(1000, '');
+    expect(alice.of('presence').slice(3).sort((x, y) => String(x.room).localeCompare(String(y.room)))).toEqual(['a', 'b', 'c'].map(offline));
+  });
+
   it('closes every connection with 1001 on close() and refuses new ones', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }));
     const alice = await openFake(rooms, 'alice');
