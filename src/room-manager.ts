@@ -95,6 +95,20 @@ interface UserState {
   offlineRooms: Set<string> | undefined;
 }
 
+/**
+ * Frames received before `welcome`, answered after it in order: kept whole up to
+ * {@link MAX_INFLIGHT_FRAMES} frames and `maxFrameBytes` bytes, then as the `ref` of a
+ * refusal (`rate_limited`) up to as many again; past that the connection is closed 4008.
+ */
+interface EarlyFrames {
+  readonly frames: ([data: string | Uint8Array, isBinary: boolean] | { readonly refused: string | undefined })[];
+  bytes: number;
+  /** Refusals among `frames`. */
+  refused: number;
+  /** Closed with 4008 for sending too many. */
+  closing: boolean;
+}
+
 interface ConnState {
   readonly id: string;
   readonly user: UserState;
@@ -108,11 +122,8 @@ interface ConnState {
    */
   left: ReadonlySet<string>;
   state: 'opening' | 'open' | 'closed';
-  /**
-   * Frames received before `welcome` was sent (state `opening`), handled right after it,
-   * and their bytes (at most `maxFrameBytes` in all: no rate limit applies yet).
-   */
-  early: { frames: [data: string | Uint8Array, isBinary: boolean][]; bytes: number } | undefined;
+  /** Frames received before `welcome` was sent (state `opening`), handled right after it. */
+  early: EarlyFrames | undefined;
   /** The tail of this connection's frame handling; frames are handled in arrival order. */
   queue: Promise<void> | undefined;
   inflight: number;
@@ -576,7 +587,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.armExpiry(conn);
     const early = conn.early;
     conn.early = undefined;
-    if (early) for (const [data, isBinary] of early.frames) this.receive(conn, data, isBinary);
+    if (early) {
+      for (const entry of early.frames) {
+        if (Array.isArray(entry)) this.receive(conn, entry[0], entry[1]);
+        else if (conn.queue === undefined) this.sendError(conn, 'rate_limited', 'too many frames before welcome', { ref: entry.refused });
+        else this.inFrameOrder(conn, () => void this.sendError(conn, 'rate_limited', 'too many frames before welcome', { ref: entry.refused }));
+      }
+    }
   }
 
   /**
@@ -690,9 +707,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     if (conn.state === 'opening') {
-      const early = (conn.early ??= { frames: [], bytes: 0 });
-      if (early.frames.length >= MAX_INFLIGHT_FRAMES || early.bytes + size > this.options.maxFrameBytes) {
-        this.sendError(conn, 'rate_limited', 'too many frames before welcome');
+      const early = (conn.early ??= { frames: [], bytes: 0, refused: 0, closing: false });
+      if (early.frames.length - early.refused >= MAX_INFLIGHT_FRAMES || early.bytes + size > this.options.maxFrameBytes) {
+        // Answered after welcome, which is always the first frame a connection gets.
+        if (early.refused >= MAX_INFLIGHT_FRAMES) {
+          if (!early.closing) safeClose(conn.socket, CloseCode.TooSlow, 'too many frames before welcome');
+          early.closing = true;
+          return;
+        }
+        early.refused++;
+        const decoded = decodeClientFrame(data, isBinary);
+        early.frames.push({ refused: decoded.ok ? decoded.frame.ref : decoded.error.ref });
         return;
       }
       early.frames.push([data, isBinary]);
@@ -734,8 +759,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           this.sendError(conn, 'internal', 'internal error', { ref: frame.ref });
         },
       );
-    conn.queue = conn.queue ? conn.queue.then(run) : run();
-    const tail = conn.queue;
+    this.inFrameOrder(conn, run);
+  }
+
+  /** Runs `task` after the connection's earlier frames are handled (now, if none is pending). */
+  private inFrameOrder(conn: ConnState, task: () => Promise<void> | void): void {
+    const tail = conn.queue ? conn.queue.then(task) : Promise.resolve(task());
+    conn.queue = tail;
     void tail.then(() => {
       if (conn.queue === tail) conn.queue = undefined;
     });

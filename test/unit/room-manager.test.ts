@@ -479,11 +479,12 @@ describe('RoomManager core (in-memory connections)', () => {
     release();
     await alice.handlers.ready;
     await settle();
-    expect(alice.frames.map((f) => [f.type, f.ref ?? f.code])).toEqual([
-      ['error', 'rate_limited'],
-      ['welcome', undefined],
-      ['ack', 'a'],
-      ['ack', 'b'],
+    // Welcome first, always; the frame past the limit is refused in its place, by ref.
+    expect(alice.frames.map((f) => [f.type, f.ref, f.code])).toEqual([
+      ['welcome', undefined, undefined],
+      ['ack', 'a', undefined],
+      ['ack', 'b', undefined],
+      ['error', 'c', 'rate_limited'],
     ]);
   });
 
@@ -529,6 +530,31 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(alice.of('presence')).toHaveLength(3);
     bob2.handlers.closed(1000, '');
     expect(alice.of('presence').slice(3).sort((x, y) => String(x.room).localeCompare(String(y.room)))).toEqual(['a', 'b', 'c'].map(offline));
+  });
+
+  it('answers frames sent before welcome after it, refusing those past the limit by ref, and closes 4008 past twice the limit', async () => {
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const table = new MembershipTable({ a: ['alice'] });
+    const rooms = manager(table, {
+      membership: { roomsOf: async (user) => (await gate, table.roomsOf(user)), membersOf: (room) => table.membersOf(room) },
+    });
+    const eager = new FakeConnection();
+    eager.handlers = rooms.open(eager, { id: 'alice' });
+    const flood = new FakeConnection();
+    flood.handlers = rooms.open(flood, { id: 'alice' });
+    for (let i = 0; i < 300; i++) eager.receive({ type: 'ping', ref: `p${i}` });
+    for (let i = 0; i < 600; i++) flood.receive({ type: 'ping', ref: `p${i}` });
+    expect(eager.sent).toEqual([]);
+    expect(flood.closedWith).toEqual({ code: 4008, reason: 'too many frames before welcome' });
+    release();
+    await eager.handlers.ready;
+    const frames = eager.frames;
+    expect(frames[0]).toMatchObject({ type: 'welcome' });
+    expect(frames.slice(1).map((f) => `${f.type}:${String(f.ref)}`)).toEqual(
+      Array.from({ length: 300 }, (_, i) => `${i < 256 ? 'pong' : 'error'}:p${i}`),
+    );
+    expect(frames.at(-1)).toMatchObject({ code: 'rate_limited', message: 'too many frames before welcome' });
   });
 
   it('closes every connection with 1001 on close() and refuses new ones', async () => {
