@@ -91,7 +91,11 @@ export interface WelcomeFrame {
   seqs?: Record<string, number>;
   /** The rooms the connection was auto-joined to before this frame was sent. */
   rooms: string[];
-  /** How often the server pings, in ms; a client may use it to detect a dead link. */
+  /**
+   * How often the server checks each connection, in ms: the `ws` adapter pings one it has
+   * not heard from since its last check, and drops one that left a ping unanswered for two
+   * checks. A client may use it to detect a dead link.
+   */
   heartbeatMs: number;
 }
 
