@@ -48,7 +48,8 @@ export interface ResumeFrame {
   rooms: Record<string, number>;
   /**
    * The `epoch` of the `welcome` those seqs were seen under. When the server's differs,
-   * its seqs restarted (in-memory history after a restart) and every room gets `history_gap`.
+   * its seqs restarted (in-memory history after a restart), and every room resumed from a
+   * seq above 0 gets `history_gap`; a room resumed from 0 is replayed as usual.
    */
   epoch?: string;
   /** Any string of at most 64 characters; every reply to this frame echoes it. */
