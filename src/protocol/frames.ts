@@ -7,7 +7,7 @@ export type JsonValue = null | boolean | number | string | JsonValue[] | { [key:
 export interface JoinFrame {
   /** The frame's kind. */
   type: 'join';
-  /** The room to join: 1 to 256 characters. */
+  /** The room to join: 1 to 256 characters, with no unpaired UTF-16 surrogate. */
   room: string;
   /** Any string of at most 64 characters; every reply to this frame echoes it. */
   ref?: string;
