@@ -119,11 +119,26 @@ export interface PublishCid {
 /** What {@link ClusterCids.claim} found. */
 export type CidClaim =
   /** Nobody has published this cid or is publishing it: this process now is. */
-  | { readonly state: 'claimed' }
+  | {
+      /** This process now holds the cid. */
+      readonly state: 'claimed';
+    }
   /** A process published it within the window: answer with this message's ack. */
-  | { readonly state: 'published'; readonly id: string; readonly seq: number }
+  | {
+      /** Published within the window. */
+      readonly state: 'published';
+      /** The published message's id. */
+      readonly id: string;
+      /** The published message's seq. */
+      readonly seq: number;
+    }
   /** Another process is publishing it right now; ask again within `retryMs`. */
-  | { readonly state: 'busy'; readonly retryMs: number };
+  | {
+      /** Another process holds the cid. */
+      readonly state: 'busy';
+      /** How long the other process's claim has left, in ms. */
+      readonly retryMs: number;
+    };
 
 /**
  * The cluster's memory of publishes in progress, so a retry on another process does not
