@@ -9,6 +9,9 @@ import type { ClientOptions } from './options.js';
 import { RoomCursors } from './room-cursors.js';
 import type { WebSocketConstructor, WebSocketLike } from './websocket.js';
 
+/** RFC 6455's code for a connection that ended without a close frame. */
+const ABNORMAL_CLOSURE = 1006;
+
 /** Options of one {@link RoomwireClient.publish}. */
 export interface PublishOptions {
   /**
@@ -461,6 +464,7 @@ export function connect(options: ClientOptions): RoomwireClient {
   };
 
   const lost = (code: number): void => {
+    const welcomed = open;
     stopSocket(false);
     for (const [ref, pending] of requests) if (!pending.keep) requests.delete(ref);
     cursors.dropHolds();
@@ -471,6 +475,18 @@ export function connect(options: ClientOptions): RoomwireClient {
         return;
       }
       refusedToken = usedToken;
+    }
+    if (!welcomed && code !== CloseCode.PolicyViolation) {
+      // A browser does not say why a handshake failed: a server that is down and one that
+      // answered 401 or 403 look the same. Say that it failed, so the app can tell.
+      events.emit(
+        'error',
+        new ClientError(
+          'unreachable',
+          `could not connect (close code ${code}): the server is unreachable, or refused the connection (401 or 403: credentials or origin it does not accept); retrying`,
+        ),
+      );
+      if ((state as ClientState) === 'closed') return;
     }
     if (code === CloseCode.GoingAway) {
       // The server is shutting down on purpose: another process can take us now.
@@ -533,7 +549,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     ws.onclose = (event) => {
       if (ws === socket) lost(event.code);
     };
-    ws.onerror = noop;
+    // Browsers follow an error with a close. Node's built-in WebSocket may not, for a
+    // connection that was never established: take the error as the close then.
+    ws.onerror = () => {
+      if (ws === socket && !open) lost(ABNORMAL_CLOSURE);
+    };
   };
 
   const fail = (error: ClientError): void => {

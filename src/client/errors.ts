@@ -8,9 +8,12 @@ import type { ErrorFrame } from '../protocol/frames.js';
  * - `closed`: {@link RoomwireClient.close} was called before the answer came;
  * - `queue_full`: too many requests were already waiting for a connection;
  * - `unauthorized`: the credentials were refused for good (close code 1008 with a token
- *   that cannot be refreshed), or the token function failed.
+ *   that cannot be refreshed), or the token function failed;
+ * - `unreachable` (the `error` event only): a connection attempt ended before the
+ *   server's `welcome`: the server is down or unreachable, or refused the upgrade (401
+ *   or 403), which a browser cannot tell apart. The client keeps retrying with backoff.
  */
-export type ClientErrorCode = ErrorFrame['code'] | 'timeout' | 'closed' | 'queue_full' | 'unauthorized';
+export type ClientErrorCode = ErrorFrame['code'] | 'timeout' | 'closed' | 'queue_full' | 'unauthorized' | 'unreachable';
 
 /**
  * The error of every rejected client promise and of the `error` event. Branch on `code`;

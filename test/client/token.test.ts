@@ -23,6 +23,39 @@ describe('roomwire/client credentials', () => {
     expect(upgrades).toEqual([`roomwire.v1, bearer.${expired}`, `roomwire.v1, bearer.${fresh}`]);
     expect(alice.states).toEqual(['open']); // a refused first attempt is still "connecting"
     expect(alice.client.rooms).toEqual(new Set(['chat']));
+    // The refused attempt was said: a browser cannot tell a 401 from a server that is down.
+    expect(alice.errors.map((e) => e.code)).toEqual(['unreachable']);
+  });
+
+  it('says every refused attempt of a fixed token, and keeps retrying', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['alice'] }) });
+    const expired = await tokenFor('alice', { expiresIn: Math.floor(Date.now() / 1000) - 60 });
+    const alice = client({ url: s.url, token: expired });
+    await until(() => alice.errors.length >= 3, 'three refused attempts');
+    expect(new Set(alice.errors.map((e) => e.code))).toEqual(new Set(['unreachable']));
+    expect(alice.errors[0]!.message).toMatch(/401 or 403/);
+    expect(alice.client.state).toBe('connecting');
+  });
+
+  it('retries when a WebSocket reports an error and never a close (Node 20’s built-in one, refused)', async () => {
+    let made = 0;
+    /** A WebSocket whose connection fails with an error event only. */
+    class ErrorOnly {
+      readyState = 0;
+      onopen: (() => void) | null = null;
+      onmessage: ((event: { data: unknown }) => void) | null = null;
+      onclose: ((event: { code: number; reason: string }) => void) | null = null;
+      onerror: ((event: unknown) => void) | null = null;
+      constructor() {
+        made++;
+        setTimeout(() => this.onerror?.({}), 5);
+      }
+      send(): void {}
+      close(): void {}
+    }
+    const alice = client({ url: 'ws://127.0.0.1:9/ws', WebSocket: ErrorOnly as never });
+    await until(() => made >= 3, 'three attempts');
+    expect(alice.errors.length).toBeGreaterThanOrEqual(2);
   });
 
   it('after close 1008 does not offer the refused token again; reconnects once the function returns a new one', async () => {
