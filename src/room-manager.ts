@@ -394,7 +394,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   get limits(): {
     /** Largest frame a client may send, in bytes; a transport closes the connection with 1009 on a larger one. */
     maxFrameBytes: number;
-    /** How often a transport pings each connection, in ms; one that missed the last ping is dropped. */
+    /**
+     * How often a transport checks each connection, in ms (announced in `welcome`): the
+     * `ws` adapter pings one it has not heard from since its last check, and terminates
+     * one that left a ping unanswered for two checks.
+     */
     heartbeatMs: number;
   } {
     return { maxFrameBytes: this.options.maxFrameBytes, heartbeatMs: this.options.heartbeatMs };
@@ -1075,7 +1079,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * missed. Use it from HTTP routes that save a message and then push it.
    *
    * @returns the {@link DeliveryReport}.
-   * @throws {RoomwireError} `bad_request` for an invalid room name.
+   * @throws {RoomwireError} `bad_request` for an invalid room name, or for data JSON
+   * cannot encode (a `BigInt`, a cycle, nesting too deep), before any seq is taken;
+   * with a backplane, `internal` ("publish not confirmed: …") when the backplane did not
+   * confirm the publish (the message may still be delivered).
    */
   async broadcast(room: string, data: unknown, options: BroadcastOptions = {}): Promise<DeliveryReport> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
