@@ -59,9 +59,13 @@ export function isMain(moduleUrl: string): boolean {
   return script !== undefined && pathToFileURL(resolve(script)).href === moduleUrl;
 }
 
+/** A signal within this long of the first is the same Ctrl-C, relayed. */
+const SECOND_SIGNAL_AFTER_MS = 1_000;
+
 /**
  * Runs a chat server as a process: port from `PORT` (default 10000), database from
- * `DATABASE_PATH`, and a graceful stop on SIGTERM and SIGINT (a second signal exits at once).
+ * `DATABASE_PATH`, and a graceful stop on SIGTERM and SIGINT (a second signal, a second or more later,
+ * exits at once).
  */
 export async function runFromCommandLine(framework: string, start: (options: StartOptions) => Promise<RunningChatServer>): Promise<void> {
   const port = process.env.PORT === undefined || process.env.PORT === '' ? DEFAULT_PORT : Number(process.env.PORT);
@@ -72,13 +76,17 @@ export async function runFromCommandLine(framework: string, start: (options: Sta
   const server = await start({ port, host: process.env.HOST || undefined });
   const { logger } = server.chat;
   logger.info({ url: server.url, framework, database: server.chat.db.path }, `chat on ${framework} listening on ${server.url}`);
-  let stopping = false;
+  let stoppingSince: number | undefined;
   const stop = (signal: NodeJS.Signals): void => {
-    if (stopping) {
+    if (stoppingSince !== undefined) {
+      // Ctrl-C under `npm start` reaches this process twice at once: from the terminal
+      // (to the whole process group) and relayed by npm's and tsx's processes. Only a
+      // signal a person sent later is the second one.
+      if (Date.now() - stoppingSince < SECOND_SIGNAL_AFTER_MS) return;
       logger.warn({ signal }, 'second signal: exiting now');
       process.exit(1);
     }
-    stopping = true;
+    stoppingSince = Date.now();
     logger.info({ signal }, 'shutting down: closing WebSockets, then the HTTP server');
     server.close().then(
       () => process.exit(0),
