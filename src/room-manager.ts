@@ -146,6 +146,8 @@ interface RoomState {
   tail: Promise<void> | undefined;
   /** What the last reconciliation found; reused while nothing it depends on changed. */
   survey: RoomSurvey | undefined;
+  /** The seq of the last broadcast sent to the room's connections (0: none yet). */
+  lastSent: number;
 }
 
 /** The room's participants as seen by the last reconciliation. */
@@ -228,6 +230,8 @@ function lateCopyOf(error: unknown): Promise<StoredMessage> | undefined {
 const CID_CLAIM_MS = 30_000;
 /** The longest wait between two looks at a cid another process is publishing. */
 const CID_POLL_MAX_MS = 1_000;
+/** Earlier stays of one connection in one room a resume keeps apart; older ones are forgotten. */
+const MAX_STAYS_PER_ROOM = 16;
 /** Attempts of `roomsOf` for one connection in backplane mode, and the first backoff. */
 const ROOMS_OF_ATTEMPTS = 6;
 const ROOMS_OF_BACKOFF_MS = 500;
@@ -337,6 +341,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart.
    */
   private readonly sentOutsideRoom = new WeakMap<ConnState, Map<string, number>>();
+  /**
+   * The seqs each connection was sent live in its earlier stays in a room it left (or was
+   * removed from) and is perhaps in again: a resume does not send them a second time.
+   * Rare (a leave after messages came), so kept apart, and bounded.
+   */
+  private readonly pastStays = new WeakMap<ConnState, Map<string, [first: number, last: number][]>>();
   /**
    * Per room, the participants this process last told the cluster about and the cache
    * stamp they came from: a broadcast announces only participants new since then.
@@ -1056,11 +1066,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           const feed = this.feeds.get(room);
           if (feed?.active && (until === undefined || feed.sent < until)) until = feed.sent;
         }
-        const messages = otherEpoch && afterSeq > 0 ? null : await this.history.since(room, afterSeq, until);
+        let messages = otherEpoch && afterSeq > 0 ? null : await this.history.since(room, afterSeq, until);
         if (messages === null) {
           this.sendError(conn, 'history_gap', 'history no longer reaches back that far; refetch this room', { ref, room });
           return;
         }
+        const stays = this.pastStays.get(conn)?.get(room);
+        if (stays) messages = messages.filter(({ seq }) => !stays.some(([first, last]) => seq >= first && seq <= last));
         for (const m of messages) {
           this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts, ...withRef });
         }
@@ -1518,6 +1530,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (membership.socket.bufferedAmount > maxBuffered) (tooSlow ??= []).push(membership.conn);
       else recipients.push(membership);
     }
+    if (seq > state.lastSent) state.lastSent = seq;
     for (const membership of recipients) {
       if (this.write(membership.conn, membership.socket, text, message)) {
         delivered++;
@@ -1708,7 +1721,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private roomState(room: string): RoomState {
     let state = this.rooms.get(room);
     if (!state) {
-      state = { name: room, nameJson: JSON.stringify(room), members: new Set(), tail: undefined, survey: undefined };
+      state = { name: room, nameJson: JSON.stringify(room), members: new Set(), tail: undefined, survey: undefined, lastSent: 0 };
       this.rooms.set(room, state);
     }
     return state;
@@ -1739,12 +1752,28 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     conn.rooms.delete(room);
     this.topology++;
     const state = this.rooms.get(room);
+    if (state && membership.firstSeq > 0 && conn.state !== 'closed') this.rememberStay(conn, room, membership.firstSeq, state.lastSent);
     if (state) {
       state.members.delete(membership);
       if (state.members.size === 0 && !state.tail) this.rooms.delete(room);
     }
     if (notify) this.send(conn, { type: 'left', room });
     this.notify('leave', { connectionId: conn.id, user: conn.user.id, room, reason });
+  }
+
+  /** Records that `conn` was sent seqs `first` to `last` of `room` live (see {@link pastStays}). */
+  private rememberStay(conn: ConnState, room: string, first: number, last: number): void {
+    let rooms = this.pastStays.get(conn);
+    if (!rooms) this.pastStays.set(conn, (rooms = new Map()));
+    let stays = rooms.get(room);
+    if (!stays) {
+      // Past the bound the oldest is forgotten: a resume may then send a message twice
+      // (the same id), never leave one out.
+      if (rooms.size >= this.options.maxRoomsPerConnection) rooms.delete(rooms.keys().next().value as string);
+      rooms.set(room, (stays = []));
+    }
+    if (stays.length >= MAX_STAYS_PER_ROOM) stays.shift();
+    stays.push([first, last]);
   }
 
   private async isParticipant(room: string, user: string): Promise<boolean> {

@@ -379,6 +379,31 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.find((f) => f.type === 'resumed')).toMatchObject({ rooms: { b: { replayed: 0 } }, ref: 'r' });
   });
 
+  it('does not replay on resume what a connection got live before it left the room and came back', async () => {
+    const table = new MembershipTable({ a: ['alice', 'bob'] });
+    const rooms = manager(table);
+    const bob = await openFake(rooms, 'bob');
+    await rooms.broadcast('a', 1); // live
+    bob.receive({ type: 'leave', room: 'a' });
+    await rooms.broadcast('a', 2); // missed
+    bob.receive({ type: 'join', room: 'a', ref: 'j' });
+    await settle();
+    await rooms.broadcast('a', 3); // live
+    // Removed and added back by the application: the same holds.
+    table.remove('a', 'bob');
+    await rooms.removeMember('a', 'bob');
+    await rooms.broadcast('a', 4); // missed
+    table.add('a', 'bob');
+    await rooms.addMember('a', 'bob');
+    await rooms.broadcast('a', 5); // live
+    expect(bob.of('message').map((m) => m.data)).toEqual([1, 3, 5]);
+    bob.receive({ type: 'resume', rooms: { a: 0 }, ref: 'r' });
+    await settle();
+    const replayed = bob.frames.filter((f) => f.type === 'message' && f.ref === 'r').map((m) => m.data);
+    expect(replayed).toEqual([2, 4]);
+    expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { a: { replayed: 2 } }, ref: 'r' }]);
+  });
+
   it('reports a listener that throws and finishes what it was doing: closes, broadcasts, acks', async () => {
     const phases: string[] = [];
     const bug = () => {
