@@ -721,21 +721,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     if (conn.state === 'opening') {
-      const early = (conn.early ??= { frames: [], bytes: 0, refused: 0, closing: false });
-      if (early.frames.length - early.refused >= MAX_INFLIGHT_FRAMES || early.bytes + size > this.options.maxFrameBytes) {
-        // Answered after welcome, which is always the first frame a connection gets.
-        if (early.refused >= MAX_INFLIGHT_FRAMES) {
-          if (!early.closing) safeClose(conn.socket, CloseCode.TooSlow, 'too many frames before welcome');
-          early.closing = true;
-          return;
-        }
-        early.refused++;
-        const decoded = decodeClientFrame(data, isBinary);
-        early.frames.push({ refused: decoded.ok ? decoded.frame.ref : decoded.error.ref });
-        return;
-      }
-      early.frames.push([data, isBinary]);
-      early.bytes += size;
+      this.keepEarly(conn, data, isBinary, size);
       return;
     }
     const decoded = decodeClientFrame(data, isBinary);
@@ -774,6 +760,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         },
       );
     this.inFrameOrder(conn, run);
+  }
+
+  /** Keeps a frame that arrived before `welcome` for after it (see {@link EarlyFrames}). */
+  private keepEarly(conn: ConnState, data: string | Uint8Array, isBinary: boolean, size: number): void {
+    const early = (conn.early ??= { frames: [], bytes: 0, refused: 0, closing: false });
+    if (early.frames.length - early.refused < MAX_INFLIGHT_FRAMES && early.bytes + size <= this.options.maxFrameBytes) {
+      early.frames.push([data, isBinary]);
+      early.bytes += size;
+      return;
+    }
+    // Answered after welcome, which is always the first frame a connection gets.
+    if (early.refused >= MAX_INFLIGHT_FRAMES) {
+      if (!early.closing) safeClose(conn.socket, CloseCode.TooSlow, 'too many frames before welcome');
+      early.closing = true;
+      return;
+    }
+    early.refused++;
+    const decoded = decodeClientFrame(data, isBinary);
+    early.frames.push({ refused: decoded.ok ? decoded.frame.ref : decoded.error.ref });
   }
 
   /** Runs `task` after the connection's earlier frames are handled (now, if none is pending). */

@@ -230,25 +230,9 @@ describe.skipIf(!up)('RedisBackplane', () => {
       await alice.until(() => bobEvents().length === 2);
       expect(bobEvents()).toEqual(['online', 'offline']);
     });
-  });
 
-  describe('presence counts written while Redis is unreachable', () => {
-    const owned: Redis[] = [];
-    let prefix = '';
-    afterEach(async () => {
-      await closeClients();
-      await closeAll();
-      const adminRedis = admin(SHARED_PORT);
-      await deleteKeys(adminRedis, prefix);
-      adminRedis.disconnect();
-      for (const connection of owned.splice(0)) connection.disconnect();
-    });
-
-    it('says offline for a last close made during the outage once Redis is back, and nothing for a close and reopen', async () => {
-      prefix = `${FILE_PREFIX}:${++testCount}`;
-      const connections = [client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT), client(SHARED_PORT)] as const;
-      owned.push(...connections);
-      const [commands1, subscriber1, commands2, subscriber2] = connections;
+    it('says offline for a last close made while Redis was unreachable once it is back, and nothing for a close and reopen', async () => {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       let down = false;
       // Node 1's presence counts fail while `down`, as while its Redis is unreachable.
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
