@@ -20,7 +20,7 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
     bodyLimit: BODY_LIMIT_BYTES,
     // User ids are token subjects of any length; Fastify's default answers a path segment
     // over 100 characters with its own 414, before the token check.
-    maxParamLength: 1_024,
+    routerOptions: { maxParamLength: 1_024 },
     // A malformed URL (`%zz`) gets the API's error body, as in Express, not Fastify's own.
     frameworkErrors: (error, _req, reply) => send(reply, chat.errorResponse(error)),
   });
