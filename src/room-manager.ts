@@ -1748,7 +1748,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private leaveRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
     this.removeFromRoom(conn, room, notify, reason);
-    if (this.options.presence) (conn.user.offlineRooms ??= new Set()).add(room);
+    if (this.options.presence) this.keepOfflineRoom(conn.user, room);
+  }
+
+  /** Bounded as a connection's left rooms are: past that, the oldest is forgotten. */
+  private keepOfflineRoom(user: UserState, room: string): void {
+    const rooms = (user.offlineRooms ??= new Set());
+    rooms.delete(room);
+    if (rooms.size >= this.options.maxRoomsPerConnection) rooms.delete(rooms.values().next().value as string);
+    rooms.add(room);
   }
 
   private removeFromRoom(conn: ConnState, room: string, notify: boolean, reason: LeaveReason): void {
@@ -2003,6 +2011,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         this.addToRoom(conn, room, 'member', 'ensure');
         this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
         if (missed) for (const m of missed) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+        // Sent live: a resume must not send them again (nor one after a leave).
+        const membership = conn.rooms.get(room);
+        if (missed && missed.length > 0 && membership && membership.firstSeq === 0) {
+          membership.firstSeq = missed[0]!.seq;
+          const state = this.rooms.get(room);
+          if (state && missed.at(-1)!.seq > state.lastSent) state.lastSent = missed.at(-1)!.seq;
+        }
       }
     });
   }
@@ -2149,12 +2164,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private offlineRoomsOf(conn: ConnState): string[] {
     const user = conn.user;
     if (user.offlineRooms === undefined && user.open === 0) return conn.rooms.keyList();
-    const rooms = user.offlineRooms ?? new Set<string>();
-    for (const room of conn.rooms.keyList()) rooms.add(room);
     if (user.open > 0) {
-      user.offlineRooms = rooms;
+      for (const room of conn.rooms.keyList()) this.keepOfflineRoom(user, room);
       return [];
     }
+    const rooms = user.offlineRooms ?? new Set<string>();
+    for (const room of conn.rooms.keyList()) rooms.add(room);
     user.offlineRooms = undefined;
     return [...rooms];
   }

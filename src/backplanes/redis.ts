@@ -404,7 +404,7 @@ export class RedisBackplane implements Backplane {
    * count Redis had before.
    */
   private readonly unsettled = new Map<string, UnsettledTrack[]>();
-  private settling = false;
+  private settling: Promise<void> | undefined;
   /** Whether the epoch was read since the subscriber last reconnected. */
   private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
@@ -593,6 +593,8 @@ export class RedisBackplane implements Backplane {
 
   private async beat(rewrite = this.dirty): Promise<void> {
     await this.settle();
+    // A count that failed meanwhile is settled first: the rewrite would lose its crossing.
+    if (this.unsettled.size > 0) rewrite = false;
     const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0'];
     if (rewrite) for (const [user, count] of this.counts) args.push(user, count);
     if (rewrite) this.dirty = false;
@@ -629,7 +631,8 @@ export class RedisBackplane implements Backplane {
   /** Writes this node's count of `user`; true when that made the user online or offline in the cluster. */
   private async writeCount(user: string): Promise<boolean> {
     const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
-    return (await this.run(TRACK, [this.ownPresence, this.keys.nodes], args)) === 1;
+    // Bounded: a heartbeat waits for settle's writes, so one that hung would stop the beats.
+    return (await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence')) === 1;
   }
 
   /**
@@ -638,21 +641,30 @@ export class RedisBackplane implements Backplane {
    * closes), every other call gets false. Calls older than `nodeTimeoutMs` get false
    * unwritten: by then the other processes may have dropped this one's counts.
    */
-  private async settle(): Promise<void> {
-    // One at a time: two heartbeats' writes of one user would each see half a crossing.
-    if (this.settling) return;
-    this.settling = true;
-    try {
-      for (const [user, waiting] of [...this.unsettled]) {
-        const fresh = waiting.filter((call) => Date.now() - call.since < this.nodeTimeoutMs);
-        const crossed = fresh.length > 0 && (await this.writeCount(user));
-        this.unsettled.delete(user);
-        const online = this.counts.has(user);
-        const answered = crossed ? fresh.findLast((call) => (call.delta === 1) === online) : undefined;
-        for (const call of waiting) call.resolve(call === answered);
+  private settle(): Promise<void> {
+    // One at a time, and a heartbeat waits for the one under way: its rewrite would drop
+    // the counts settle has yet to write (their crossings would be lost).
+    return (this.settling ??= this.settleNow().finally(() => {
+      this.settling = undefined;
+    }));
+  }
+
+  private async settleNow(): Promise<void> {
+    for (const [user, waiting] of [...this.unsettled]) {
+      const fresh = waiting.filter((call) => Date.now() - call.since < this.nodeTimeoutMs);
+      // The direction of the count written now, not of one a later track() sets meanwhile.
+      const online = this.counts.has(user);
+      // Taken out first: a track() that fails meanwhile starts a new entry, for the next settle.
+      this.unsettled.delete(user);
+      let crossed = false;
+      try {
+        crossed = fresh.length > 0 && (await this.writeCount(user));
+      } catch (error) {
+        this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
+        throw error;
       }
-    } finally {
-      this.settling = false;
+      const answered = crossed ? fresh.findLast((call) => (call.delta === 1) === online) : undefined;
+      for (const call of waiting) call.resolve(call === answered);
     }
   }
 

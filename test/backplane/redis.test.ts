@@ -231,43 +231,116 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(bobEvents()).toEqual(['online', 'offline']);
     });
 
-    it('says offline for a last close made while Redis was unreachable once it is back, and nothing for a close and reopen', async () => {
+    /**
+     * Two nodes with presence on; node 1's presence counts fail while `outage.down`, and
+     * with `outage.slowNext` the next one runs in Redis at once but its reply comes 400 ms
+     * later (`outage.slowSent` once it went). Replies keep their order, as on one link.
+     */
+    async function presenceOutage(users: string[]) {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
-      let down = false;
-      // Node 1's presence counts fail while `down`, as while its Redis is unreachable.
+      const outage = { down: false, slowNext: false, slowSent: false };
+      let replies: Promise<unknown> = Promise.resolve();
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
-        if (down && keys === 2 && String(args[0]).includes(':presence:')) return Promise.reject(new Error('Connection is closed.'));
-        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+        const count = keys === 2 && String(args[0]).includes(':presence:');
+        if (count && outage.down) return Promise.reject(new Error('Connection is closed.'));
+        const sent = (evalsha as Redis['evalsha'])(sha, keys, ...args);
+        const slow = count && outage.slowNext;
+        if (slow) [outage.slowNext, outage.slowSent] = [false, true];
+        const reply = replies.then(() => sent).then(async (value) => (slow ? (await new Promise((r) => setTimeout(r, 400)), value) : value));
+        replies = reply.catch(() => undefined);
+        return reply;
       });
       const options = { prefix, heartbeatMs: 100, nodeTimeoutMs: 15_000, commandTimeoutMs: 1_000 };
-      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const table = new MembershipTable({ team: ['alice', ...users] });
       const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
       const backplane2 = new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options });
       const n2 = await startServer({ membership: table, presence: true, backplane: backplane2 });
       const alice = await TestClient.connect(n2.url, await tokenFor('alice'));
-      const bobEvents = (): unknown[] => alice.of('presence').filter((f) => f.user === 'bob').map((f) => f.event);
+      const events = (user?: string): string[] =>
+        alice.of('presence').filter((f) => user === undefined || f.user === user).map((f) => (user === undefined ? `${String(f.user)}:${String(f.event)}` : String(f.event)));
+      const connectTo1 = async (user: string): Promise<TestClient> => TestClient.connect(n1.url, await tokenFor(user));
+      /** Waits until a slowed count's write has reached Redis (its reply still on the way). */
+      const slowWriteSent = async (): Promise<void> => {
+        for (let i = 0; i < 200 && !outage.slowSent; i++) await new Promise((r) => setTimeout(r, 5));
+        expect(outage.slowSent).toBe(true);
+      };
+      return { outage, alice, events, connectTo1, slowWriteSent, backplane2 };
+    }
 
-      const bob = await TestClient.connect(n1.url, await tokenFor('bob'));
-      await alice.until(() => bobEvents().length === 1);
-      down = true;
+    it('says offline for a last close made while Redis was unreachable once it is back, and nothing for a close and reopen', async () => {
+      const { outage, alice, events, connectTo1, backplane2 } = await presenceOutage(['bob']);
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
       await bob.close();
       await alice.quiet(400);
-      expect(bobEvents()).toEqual(['online']);
-      down = false;
-      await alice.until(() => bobEvents().length === 2, 3_000, 'the offline');
-      expect(bobEvents()).toEqual(['online', 'offline']);
+      expect(events('bob')).toEqual(['online']);
+      outage.down = false;
+      await alice.until(() => events('bob').length === 2, 3_000, 'the offline');
+      expect(events('bob')).toEqual(['online', 'offline']);
 
-      const back = await TestClient.connect(n1.url, await tokenFor('bob'));
-      await alice.until(() => bobEvents().length === 3);
-      down = true;
+      const back = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 3);
+      outage.down = true;
       await back.close();
-      await TestClient.connect(n1.url, await tokenFor('bob'));
+      await connectTo1('bob');
       await alice.quiet(300);
-      down = false;
+      outage.down = false;
       // Several heartbeats: the counts are written again, and bob never went offline for them.
       await alice.quiet(600);
-      expect(bobEvents()).toEqual(['online', 'offline', 'online']);
+      expect(events('bob')).toEqual(['online', 'offline', 'online']);
       expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
+    });
+
+    it('writes every failed count before a heartbeat rewrites them, however slow the writes', async () => {
+      const { outage, alice, events, connectTo1 } = await presenceOutage(['bob', 'carol']);
+      const bob = await connectTo1('bob');
+      const carol = await connectTo1('carol');
+      await alice.until(() => events().length === 2);
+      outage.down = true;
+      await bob.close();
+      await carol.close();
+      await alice.quiet(400);
+      // Slower than a heartbeat: the next beat must wait for carol's count, not rewrite it away.
+      outage.slowNext = true;
+      outage.down = false;
+      await alice.until(() => events().length === 4, 3_000, 'both offlines');
+      expect(events().sort()).toEqual(['bob:offline', 'bob:online', 'carol:offline', 'carol:online']);
+    });
+
+    it('takes the crossing from the count it wrote, not from one a reconnect changed while the write was on its way', async () => {
+      const { outage, alice, events, connectTo1, slowWriteSent } = await presenceOutage(['bob']);
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      await bob.close();
+      await alice.quiet(300);
+      outage.slowNext = true;
+      outage.down = false;
+      await slowWriteSent();
+      await connectTo1('bob');
+      await alice.quiet(1_000);
+      // Redis decided offline, then online: never two onlines in a row.
+      expect(events('bob')).toEqual(['online', 'offline', 'online']);
+    });
+
+    it('writes a count that failed while the same user\'s earlier one was being written, at a later heartbeat', async () => {
+      const { outage, alice, events, connectTo1, slowWriteSent } = await presenceOutage(['bob']);
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      await bob.close();
+      await alice.quiet(300);
+      outage.slowNext = true;
+      outage.down = false;
+      await slowWriteSent();
+      // Redis blips again for bob's next count, while the write of his 0 is on its way.
+      outage.down = true;
+      await connectTo1('bob');
+      outage.down = false;
+      await alice.quiet(1_500);
+      // bob is connected: the cluster, and alice, end with him online.
+      expect(events('bob')).toEqual(['online', 'offline', 'online']);
     });
   });
 

@@ -404,6 +404,41 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { a: { replayed: 2 } }, ref: 'r' }]);
   });
 
+  it('does not replay what a node sent live to a participant it found for another node’s broadcast', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, { backplane: bus.node() });
+    await openFake(n1, 'alice');
+    const bob = await openFake(n2, 'bob');
+    table.add('r', 'bob'); // and no addMember: node 1's broadcast finds bob, node 2 brings him in
+    await n1.broadcast('r', 'one');
+    for (let i = 0; i < 100 && bob.of('message').length === 0; i++) await settle(10);
+    expect(bob.of('message').map((m) => m.data)).toEqual(['one']);
+    bob.receive({ type: 'resume', rooms: { r: 0 }, ref: 'x' });
+    for (let i = 0; i < 100 && bob.of('resumed').length === 0; i++) await settle(10);
+    expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { r: { replayed: 0 } }, ref: 'x' }]);
+    expect(bob.of('message')).toHaveLength(1);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('keeps the rooms an always-connected user left, for their offline, bounded like the connection’s left rooms', async () => {
+    const table = new MembershipTable({ home: ['alice', 'bob'] });
+    const rooms = manager(table, { presence: true, maxRoomsPerConnection: 10, joinRate: false });
+    const bob = await openFake(rooms, 'bob');
+    for (let i = 0; i < 200; i++) {
+      table.add(`r${i}`, 'bob');
+      bob.receive({ type: 'join', room: `r${i}` });
+      await settle();
+      bob.receive({ type: 'leave', room: `r${i}` });
+    }
+    await settle();
+    expect(bob.of('left')).toHaveLength(200);
+    const user = (rooms as unknown as { users: Map<string, { offlineRooms?: Set<string> }> }).users.get('bob')!;
+    expect(user.offlineRooms?.size).toBe(10);
+  });
+
   it('reports a listener that throws and finishes what it was doing: closes, broadcasts, acks', async () => {
     const phases: string[] = [];
     const bug = () => {
