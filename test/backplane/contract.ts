@@ -289,6 +289,25 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(calls).toBe(2);
     });
 
+    it('recognises a cid whatever it holds, under an endless window, and not at all with the window off', async () => {
+      const table = new MembershipTable({ 'r:1\n': ['alice'] });
+      const onPublish: RoomManagerOptions['onPublish'] = ({ data }) => data;
+      const [n1, n2] = await cluster(table, 2, { onPublish, dedupeWindowMs: Number.POSITIVE_INFINITY });
+      const [a1, a2] = [await connect(n1!, 'alice'), await connect(n2!, 'alice')];
+      const cid = 'm:1:x\n"]';
+      const first = await a1.request({ type: 'publish', room: 'r:1\n', data: 1, cid });
+      expect(await a2.request({ type: 'publish', room: 'r:1\n', data: 1, cid })).toMatchObject({ type: 'ack', id: first.id, seq: 1 });
+      expect(await a2.request({ type: 'publish', room: 'r:1\n', data: 2, cid: '' })).toMatchObject({ type: 'ack', seq: 2 });
+      expect(await a1.request({ type: 'publish', room: 'r:1\n', data: 2, cid: '' })).toMatchObject({ type: 'ack', seq: 2 });
+      await closeClients();
+      await closeAll();
+      await fixture?.cleanup();
+
+      const [m1, m2] = await cluster(new MembershipTable({ r: ['alice'] }), 2, { dedupeWindowMs: 0 });
+      expect(await (await connect(m1!, 'alice')).request({ type: 'publish', room: 'r', data: 1, cid: 'c' })).toMatchObject({ seq: 1 });
+      expect(await (await connect(m2!, 'alice')).request({ type: 'publish', room: 'r', data: 1, cid: 'c' })).toMatchObject({ seq: 2 });
+    });
+
     it('holds a cid for one node at a time: claimed, lapsed, released, published', async () => {
       const [n1, n2] = await cluster(new MembershipTable({}), 2);
       // A connection's welcome waits for its node's backplane to have started.
