@@ -89,8 +89,9 @@ interface UserState {
   /** Connections past `welcome` and not closed. */
   open: number;
   /**
-   * With presence on: rooms of this user's connections that closed while another stayed
-   * open, so the `offline` at the last close reaches them too. Usually undefined.
+   * With presence on: rooms the user's connections left, and rooms of its connections
+   * that closed while another stayed open, so the `offline` at the last close reaches
+   * them too (bounded like a connection's left rooms). Usually undefined.
    */
   offlineRooms: Set<string> | undefined;
 }
@@ -255,9 +256,8 @@ function byteLength(data: string | Uint8Array): number {
   return typeof data === 'string' ? Buffer.byteLength(data) : data.byteLength;
 }
 
-/** The UTF-8 bytes of parsed client data encoded as JSON again. */
 /**
- * The UTF-8 bytes of `data` as JSON.
+ * The UTF-8 bytes of parsed client data encoded as JSON again.
  * @throws {RoomwireError} `bad_request` when JSON cannot encode it (nesting too deep).
  */
 function jsonBytes(data: unknown): number {
