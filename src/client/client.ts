@@ -87,16 +87,27 @@ interface Request {
 }
 
 /**
- * Joins that learn where auto-joined rooms stand: a first burst, then one per interval.
- * Servers limit join frames (by default 50 at once, then 10 a second, and a connection
- * that keeps exceeding that is closed with 4008), so this stays well inside, with room
- * left for the app's own joins.
+ * How the client paces the join, leave and resume frames it sends on its own after a
+ * (re)connect: a first burst, then one per interval. Servers limit these frames (by
+ * default 50 at once, then 10 a second, and each refusal is a strike: a connection that
+ * collects too many is closed with 4008), so this stays inside, with room left for the
+ * app's own joins. Each `rate_limited` answer doubles the interval, up to the longest.
  */
-const BASELINE_BURST = 20;
-const BASELINE_INTERVAL_MS = 200;
-/** How long a rejoin, re-leave or resume refused with `rate_limited` waits before it is sent again. */
-const RATE_RETRY_MS = 250;
+const PACE_BURST = 20;
+const PACE_INTERVAL_MS = 125;
+const PACE_LONGEST_MS = 2_000;
 const noop = (): void => {};
+
+/** A frame the client sends on its own, in turn (see {@link PACE_BURST}). */
+interface Paced {
+  readonly frame: ClientFrame;
+  /** Gets the answer, unless it is `rate_limited` (then the frame is sent again, later). */
+  settle(reply: ServerFrame | ClientError): boolean | void;
+  /** Checked when its turn comes: true drops it unsent. */
+  skip?(): boolean;
+  /** Sent only once every paced frame before it is answered (the resume: the rooms it names are joined by then). */
+  readonly last?: boolean;
+}
 
 /**
  * Connects to a roomwire server and stays connected: reconnects with backoff, resumes
@@ -128,7 +139,10 @@ export function connect(options: ClientOptions): RoomwireClient {
   const queueLimit = options.queueLimit ?? 100;
 
   const events = new Emitter<ClientEvents>();
-  const cursors = new RoomCursors((message) => events.emit('message', message));
+  // Held messages are released later: not into a room the app left meanwhile, nor after close().
+  const cursors = new RoomCursors((message) => {
+    if (state !== 'closed' && !unwanted(message.room)) events.emit('message', message);
+  });
   const nextCid = createCidGenerator();
   const requests = new Map<string, Request>();
   // A new connection is auto-joined to the user's rooms only; these make the app's own
@@ -160,9 +174,14 @@ export function connect(options: ClientOptions): RoomwireClient {
   let retryTimer: ReturnType<typeof setTimeout> | undefined;
   let deadTimer: ReturnType<typeof setTimeout> | undefined;
   let pingTimer: ReturnType<typeof setInterval> | undefined;
-  let baselines: string[] = [];
-  let baselineBudget = 0;
-  let baselineTimer: ReturnType<typeof setTimeout> | undefined;
+  let pacedQueue: Paced[] = [];
+  let paceBudget = 0;
+  let paceIntervalMs = PACE_INTERVAL_MS;
+  let paceTimer: ReturnType<typeof setTimeout> | undefined;
+  /** Paced frames sent on this connection and not answered yet. */
+  let pacedInFlight = 0;
+  /** When the pace last slowed down. */
+  let slowedAt = 0;
   /** The server's seq numbering (welcome.epoch); null before the first welcome. */
   let epoch: string | undefined | null = null;
 
@@ -225,61 +244,124 @@ export function connect(options: ClientOptions): RoomwireClient {
     events.emit('left', { room });
   };
 
-  /**
-   * For a server whose `welcome` has no `seqs`, the client asks with a `join` (a no-op on the
-   * server for a room the connection is in, answered with the room's latest seq), paced
-   * by {@link BASELINE_BURST} and {@link BASELINE_INTERVAL_MS}. Without it, a resume would
-   * have to start from 0 and replay history the app already has.
-   */
-  const pumpBaselines = (): void => {
-    while (open && baselineBudget > 0 && baselines.length > 0) {
-      const room = baselines.shift() as string;
-      if (!rooms.has(room) || cursors.seq(room) !== undefined) continue;
-      baselineBudget--;
-      request({ type: 'join', room }, false, (reply) => {
-        if (reply instanceof ClientError || reply.type !== 'error') return;
-        if (reply.code === 'rate_limited') {
-          baselines.push(room);
-          pumpBaselines();
-        } else if (rooms.has(room)) {
-          // Refused (the user no longer participates): the connection is not in the room.
-          lose(room);
+  /** Sends paced frames while the budget lasts, in order (see {@link PACE_BURST}). */
+  const pump = (): void => {
+    while (open && paceBudget > 0 && pacedQueue.length > 0) {
+      const item = pacedQueue[0] as Paced;
+      if (item.skip?.()) {
+        pacedQueue.shift();
+        continue;
+      }
+      if (item.last && pacedInFlight > 0) return;
+      pacedQueue.shift();
+      paceBudget--;
+      pacedInFlight++;
+      const connection = connections;
+      request(item.frame, false, (reply) => {
+        if (connection !== connections) return;
+        const refused = !(reply instanceof ClientError) && reply.type === 'error' && reply.code === 'rate_limited';
+        // A resume's rate_limited for one room is that room's answer (its replay did not happen).
+        if (refused && !(reply.room !== undefined && item.frame.type === 'resume')) {
+          // Over the server's budget: sent again first, and the pace slows down.
+          pacedInFlight--;
+          pacedQueue.unshift(item);
+          paceBudget = 0;
+          // Once per interval: the refusals of one burst are one sign, not many.
+          if (Date.now() - slowedAt >= paceIntervalMs) {
+            paceIntervalMs = Math.min(paceIntervalMs * 2, PACE_LONGEST_MS);
+            slowedAt = Date.now();
+          }
+          pump();
+          return;
         }
+        const done = item.settle(reply);
+        // false: more answers to come (a resume's per-room errors before its `resumed`).
+        if (done !== false) {
+          pacedInFlight--;
+          pump();
+        }
+        return done;
       });
     }
-    if (open && baselines.length > 0 && !baselineTimer) {
-      baselineTimer = setTimeout(() => {
-        baselineTimer = undefined;
-        baselineBudget = 1;
-        pumpBaselines();
-      }, BASELINE_INTERVAL_MS);
+    if (open && pacedQueue.length > 0 && !paceTimer && paceBudget === 0) {
+      paceTimer = setTimeout(() => {
+        paceTimer = undefined;
+        paceBudget = 1;
+        pump();
+      }, paceIntervalMs);
     }
   };
 
-  const ping = (): void => send('{"type":"ping"}');
+  const paced = (item: Paced): void => {
+    pacedQueue.push(item);
+    pump();
+  };
+
+  /**
+   * Asks for what `resume` (room to last seq) missed, and releases each room's held live
+   * messages once its replay is done. `last`: after every paced frame before it is answered.
+   */
+  const resumeRooms = (resume: Record<string, number>, last: boolean): void => {
+    const names = Object.keys(resume);
+    if (names.length === 0) return;
+    paced({
+      frame: { type: 'resume', rooms: resume, ...(epoch == null ? {} : { epoch }) },
+      last,
+      settle: (reply) => {
+        if (reply instanceof ClientError) return;
+        if (reply.type === 'error' && reply.room !== undefined) {
+          const room = reply.room;
+          if (reply.code === 'forbidden') {
+            if (rooms.has(room)) lose(room);
+          } else {
+            // history_gap, or the room could not be replayed now (rate_limited): either
+            // way its missed messages will not come, and the app must refetch it.
+            events.emit('gap', { room });
+            cursors.release(room, true);
+            if (cursors.seq(room) === undefined) askBaseline(room);
+          }
+          return false;
+        }
+        for (const room of names) cursors.release(room);
+        if (reply.type === 'error') events.emit('error', fromErrorFrame(reply));
+      },
+    });
+  };
+
+  /**
+   * For a server whose `welcome` has no `seqs`, the client asks with a `join` (a no-op on
+   * the server for a room the connection is in, answered with the room's latest seq).
+   * Without it, a resume would have to start from 0 and replay history the app already has.
+   */
+  const askBaseline = (room: string): void =>
+    paced({
+      frame: { type: 'join', room },
+      skip: () => !rooms.has(room) || cursors.seq(room) !== undefined,
+      settle: (reply) => {
+        // Refused (the user no longer participates): the connection is not in the room.
+        if (!(reply instanceof ClientError) && reply.type === 'error' && rooms.has(room)) lose(room);
+      },
+    });
+
+  let pingSentAt = 0;
+  const ping = (): void => {
+    // The first ping no frame has answered yet: silence is measured from it.
+    if (pingSentAt <= lastFrameAt) pingSentAt = Date.now();
+    send('{"type":"ping"}');
+  };
 
   /** Drops the connection when no frame came for two heartbeats. */
   const watch = (): void => {
     clearTimeout(deadTimer);
-    const left = lastFrameAt + 2 * heartbeatMs - Date.now();
-    if (left > 0) deadTimer = setTimeout(watch, left);
-    else lost(1006);
-  };
-
-  /**
-   * Sends `frame` again after {@link RATE_RETRY_MS} if the server answers `rate_limited`
-   * (a reconnect sends every rejoin, re-leave and the resume at once, and they share the
-   * server's join budget); `settle` gets any other answer. Stops with its connection.
-   */
-  const paced = (frame: ClientFrame, settle: (reply: ServerFrame | ClientError) => boolean | void): void => {
-    const connection = connections;
-    request(frame, false, (reply) => {
-      if (reply instanceof ClientError || reply.type !== 'error' || reply.code !== 'rate_limited') return settle(reply);
-      if (reply.room !== undefined && frame.type === 'resume') return settle(reply);
-      setTimeout(() => {
-        if (open && connection === connections && state !== 'closed') paced(frame, settle);
-      }, RATE_RETRY_MS);
-    });
+    const now = Date.now();
+    const left = lastFrameAt + 2 * heartbeatMs - now;
+    // Timers may have been throttled (a hidden tab): silence counts only once a ping went
+    // out and stayed unanswered for a heartbeat.
+    const unanswered = pingSentAt > lastFrameAt ? pingSentAt + heartbeatMs - now : heartbeatMs;
+    if (left > 0 || unanswered > 0) {
+      if (left <= 0 && pingSentAt <= lastFrameAt) ping();
+      deadTimer = setTimeout(watch, Math.max(left, unanswered, 1));
+    } else lost(1006);
   };
 
   const welcome = (frame: WelcomeFrame): void => {
@@ -300,37 +382,38 @@ export function connect(options: ClientOptions): RoomwireClient {
     // case the last connection dropped before its resume was answered.
     if (epoch !== null && frame.epoch !== epoch) for (const room of previous) cursors.forget(room);
     epoch = frame.epoch;
-    for (const room of leftByApp) if (rooms.delete(room)) paced({ type: 'leave', room }, noop);
-    for (const room of joinedByApp) {
-      if (rooms.has(room)) continue;
-      rooms.add(room);
-      paced({ type: 'join', room }, (reply) => {
-        if (reply instanceof ClientError || reply.type !== 'error') return;
-        if (rooms.has(room)) lose(room);
-        events.emit('error', fromErrorFrame(reply));
-      });
-    }
+    pacedQueue = [];
+    pacedInFlight = 0;
+    paceBudget = PACE_BURST;
+    paceIntervalMs = PACE_INTERVAL_MS;
+    // The rooms the server joined this connection to, before the app's are added back.
+    const autoJoined = new Set(rooms);
+    const releaves = [...leftByApp].filter((room) => rooms.delete(room));
+    const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && !leaving.has(room));
+    for (const room of rejoins) rooms.add(room);
     // The app's requests (queued, or in flight when the last connection dropped) go again
     // with the same ref and cid, before the resume: their acks mark the app's own messages
     // as seen, so the replay does not hand them back.
     for (const pending of requests.values()) if (pending.keep) send(pending.text);
 
-    const resume: Record<string, number> = {};
-    let resuming = false;
+    // Auto-joined rooms are resumed at once; the others once they are joined again.
+    const resumeNow = Object.create(null) as Record<string, number>;
+    const resumeLater = Object.create(null) as Record<string, number>;
     for (const room of previous) {
       if (state === 'closed') return;
       if (unwanted(room)) {
-        rooms.delete(room);
+        // A leave still waiting for its answer: the room stays listed until it comes, as online.
+        if (leaving.has(room)) rooms.add(room);
+        else rooms.delete(room);
         continue;
       }
       const seq = cursors.seq(room);
       if (seq !== undefined) {
-        resume[room] = seq;
+        (autoJoined.has(room) ? resumeNow : resumeLater)[room] = seq;
         rooms.add(room);
         // Messages published since this connection opened arrive live before the replay;
         // they wait until the replay is complete.
         cursors.hold(room);
-        resuming = true;
       } else if (rooms.has(room)) {
         // Where the room stood is unknown (the last connection dropped before the client
         // learned it, or the seqs restarted), so what was missed cannot be asked for.
@@ -341,29 +424,19 @@ export function connect(options: ClientOptions): RoomwireClient {
       }
     }
     if (state === 'closed') return;
-    if (resuming) {
-      paced({ type: 'resume', rooms: resume, ...(epoch === undefined ? {} : { epoch }) }, (reply) => {
-        if (reply instanceof ClientError) return;
-        if (reply.type === 'error' && reply.room !== undefined) {
-          const room = reply.room;
-          if (reply.code === 'forbidden') {
-            if (rooms.has(room)) lose(room);
-          } else {
-            // history_gap, or the room could not be replayed now (rate_limited): either
-            // way its missed messages will not come, and the app must refetch it.
-            events.emit('gap', { room });
-            cursors.release(room, true);
-            if (cursors.seq(room) === undefined) {
-              baselines.push(room);
-              pumpBaselines();
-            }
-          }
-          return false;
-        }
-        cursors.releaseAll();
-        if (reply.type === 'error') events.emit('error', fromErrorFrame(reply));
+    resumeRooms(resumeNow, false);
+    for (const room of releaves) paced({ frame: { type: 'leave', room }, settle: noop });
+    for (const room of rejoins) {
+      paced({
+        frame: { type: 'join', room },
+        settle: (reply) => {
+          if (reply instanceof ClientError || reply.type !== 'error') return;
+          if (rooms.has(room)) lose(room);
+          events.emit('error', fromErrorFrame(reply));
+        },
       });
     }
+    resumeRooms(resumeLater, true);
     // The server tells where each auto-joined room stands; older servers do not, and then
     // the client asks with one join per room.
     if (frame.seqs) {
@@ -372,9 +445,7 @@ export function connect(options: ClientOptions): RoomwireClient {
         if (typeof seq === 'number' && cursors.seq(room) === undefined) cursors.advance(room, seq);
       }
     }
-    baselines = [...rooms].filter((room) => cursors.seq(room) === undefined);
-    baselineBudget = BASELINE_BURST;
-    pumpBaselines();
+    for (const room of rooms) if (cursors.seq(room) === undefined) askBaseline(room);
     // A listener above (`gap`, `left`) may have closed the client.
     if ((state as ClientState) === 'closed') return;
     setState('open');
@@ -434,9 +505,10 @@ export function connect(options: ClientOptions): RoomwireClient {
   const stopSocket = (graceful: boolean): void => {
     clearTimeout(deadTimer);
     clearInterval(pingTimer);
-    clearTimeout(baselineTimer);
-    baselineTimer = undefined;
-    baselines = [];
+    clearTimeout(paceTimer);
+    paceTimer = undefined;
+    pacedQueue = [];
+    pacedInFlight = 0;
     const ws = socket;
     socket = undefined;
     open = false;
@@ -466,6 +538,15 @@ export function connect(options: ClientOptions): RoomwireClient {
   const lost = (code: number): void => {
     const welcomed = open;
     stopSocket(false);
+    if (code === CloseCode.MessageTooBig) {
+      // The server refused a frame over its limit: sending it again would only repeat this.
+      let largest: [string, Request] | undefined;
+      for (const entry of requests) if (entry[1].keep && (!largest || entry[1].text.length > largest[1].text.length)) largest = entry;
+      if (largest) {
+        requests.delete(largest[0]);
+        largest[1].settle(new ClientError('too_large', 'the frame was over the server\'s frame limit (1009)'));
+      }
+    }
     for (const [ref, pending] of requests) if (!pending.keep) requests.delete(ref);
     cursors.dropHolds();
     if (state === 'closed') return;

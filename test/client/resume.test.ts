@@ -158,32 +158,42 @@ describe('roomwire/client resume', () => {
     expect(seqs(bob.messages)).toEqual([1, 2, 3, 4, 5, 6]);
     expect(bob.client.lastSeq('r')).toBe(6);
   });
-  it('resumes and rejoins past the server\'s join budget, pacing what it refuses', async () => {
-    // 60 rooms the app joined: their rejoins and the resume after a reconnect are more than
-    // the server's join budget (50 at once) allows.
+  it('rejoins more rooms than the server\'s join budget, paced inside it, and resumes its own rooms at once', async () => {
+    // 80 rooms the app joined: their rejoins after a reconnect are more than the server's
+    // join budget (50 at once, then 10 a second) allows, and each refusal is a strike.
     const table = new MembershipTable({ chat: ['bob'] });
-    const lobbies = Array.from({ length: 60 }, (_, i) => `lobby${i}`);
+    const lobbies = Array.from({ length: 80 }, (_, i) => `lobby${i}`);
     for (const lobby of lobbies) table.canJoinRooms.add(lobby);
     const s = await serve({ membership: table });
+    const closes: number[] = [];
+    s.manager.on('disconnect', ({ code }) => closes.push(code));
     const { bob, gate } = await gatedBob(s, { publishTimeoutMs: 10_000 });
-    await Promise.all(lobbies.slice(0, 40).map((lobby) => bob.client.join(lobby)));
-    await new Promise((resolve) => setTimeout(resolve, 2_000));
-    await Promise.all(lobbies.slice(40).map((lobby) => bob.client.join(lobby)));
+    for (const [start, end] of [[0, 40], [40, 60], [60, 80]] as const) {
+      await Promise.all(lobbies.slice(start, end).map((lobby) => bob.client.join(lobby)));
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+    }
     await s.manager.broadcast('chat', 'm1');
     await until(() => bob.messages.length === 1, 'm1');
 
     await goOffline(s, bob, gate);
     await s.manager.broadcast('chat', 'm2');
     await s.manager.broadcast('chat', 'm3');
+    const leaving = bob.client.leave('lobby0');
     gate.open();
     await opened(bob, 2);
-    await until(() => bob.messages.length === 3, 'the missed messages', 8_000);
-    await until(() => s.manager.connectionsOf('bob')[0]?.rooms.length === 61, 'every rejoin', 8_000);
+    // The auto-joined room is resumed without waiting for the rejoins.
+    await until(() => bob.messages.length === 3, 'the missed messages', 1_500);
+    expect(s.manager.connectionsOf('bob')[0]!.rooms.length).toBeLessThan(80);
+    await leaving;
+    await until(() => s.manager.connectionsOf('bob')[0]?.rooms.length === 80, 'every rejoin', 15_000);
     expect(bob.messages.map((m) => m.data)).toEqual(['m1', 'm2', 'm3']);
-    expect(bob.client.rooms.size).toBe(61);
+    expect(bob.client.rooms.size).toBe(80);
+    expect(bob.client.rooms.has('lobby0')).toBe(false);
     expect(bob.gaps).toEqual([]);
-    expect(bob.left).toEqual([]);
-  }, 20_000);
+    expect(bob.left).toEqual(['lobby0']);
+    expect(bob.errors).toEqual([]);
+    expect(closes).toEqual([1006]); // the cut alone: no 4008 for the rejoins
+  }, 40_000);
 
   it('drops a room the user was removed from while offline, even when its resume was rate-limited', async () => {
     // A join budget of 2: after the reconnect, the rejoin of 'lobby' and the resume frame
@@ -230,6 +240,81 @@ describe('roomwire/client resume', () => {
     await new Promise((resolve) => setTimeout(resolve, 300));
     expect(bob.messages.map((m) => m.data)).toEqual(['o1']);
     expect([...bob.client.rooms]).toEqual(['chat']);
+  });
+
+  it('tells `left` once for a room left while offline, and joins no room it is leaving', async () => {
+    const table = new MembershipTable({ own: ['bob'] });
+    table.canJoinRooms.add('other');
+    const s = await serve({ membership: table });
+    const { bob, gate } = await gatedBob(s);
+    await bob.client.join('other');
+    await goOffline(s, bob, gate);
+    const leaves = Promise.all([bob.client.leave('own'), bob.client.leave('other')]);
+    gate.open();
+    await leaves;
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    expect([...bob.client.rooms]).toEqual([]);
+    expect(bob.joined).toEqual([{ room: 'other', seq: 0 }]);
+    expect([...bob.left].sort()).toEqual(['other', 'own']);
+  });
+
+  it('delivers nothing of a room after leave() or close(), also what was held for its resume', async () => {
+    for (const stop of ['leave', 'close'] as const) {
+      // A slow hook holds up the frames after the resent publish: the resume is answered late.
+      const s = await serve({
+        membership: new MembershipTable({ r: ['bob'], s: ['bob'] }),
+        onPublish: async () => void (await new Promise((resolve) => setTimeout(resolve, 800))),
+      });
+      const { bob, gate } = await gatedBob(s);
+      await goOffline(s, bob, gate);
+      void bob.client.publish('s', 'slow').catch(() => undefined);
+      // Live messages of 'r' reach the new connection before its resume is answered: held.
+      s.manager.once('connect', () => setTimeout(() => void Promise.all([0, 1, 2].map((i) => s.manager.broadcast('r', `live${i}`))), 50));
+      let atStop = -1;
+      const stopped = new Promise<void>((resolve) =>
+        bob.client.on('welcome', () =>
+          setTimeout(() => {
+            atStop = bob.messages.length;
+            if (stop === 'leave') void bob.client.leave('r');
+            else bob.client.close();
+            resolve();
+          }, 300),
+        ),
+      );
+      gate.open();
+      await stopped;
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      expect(atStop).toBe(0);
+      expect(bob.messages).toEqual([]);
+      await teardown();
+    }
+  });
+
+  it('resumes a room named __proto__ like any other', async () => {
+    const table = new MembershipTable({ plain: ['bob'] });
+    table.add('__proto__', 'bob');
+    const s = await serve({ membership: table });
+    const { bob, gate } = await gatedBob(s);
+    await s.manager.broadcast('__proto__', 0);
+    await until(() => bob.messages.length === 1, 'the first message');
+    await goOffline(s, bob, gate);
+    for (const i of [1, 2, 3]) await s.manager.broadcast('__proto__', i);
+    gate.open();
+    await opened(bob, 2);
+    await until(() => bob.messages.length === 4, 'the missed messages');
+    expect(bob.messages.map((m) => m.data)).toEqual([0, 1, 2, 3]);
+    expect(bob.gaps).toEqual([]);
+  });
+
+  it('rejects a publish over the frame limit with too_large, and does not send it again with every reconnect', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }), maxFrameBytes: 10_000 });
+    const bob = client({ url: s.url, token: await tokenFor('bob') });
+    await opened(bob);
+    await expect(bob.client.publish('chat', 'x'.repeat(20_000))).rejects.toMatchObject({ code: 'too_large' });
+    await opened(bob, 2);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(bob.states).toEqual(['open', 'reconnecting', 'open']);
+    await expect(bob.client.publish('chat', 'small')).resolves.toMatchObject({ seq: 1 });
   });
 
   it('stays closed when a listener closes it while a welcome is handled', async () => {
