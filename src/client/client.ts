@@ -91,7 +91,8 @@ interface Request {
  * (re)connect: a first burst, then one per interval. Servers limit these frames (by
  * default 50 at once, then 10 a second, and each refusal is a strike: a connection that
  * collects too many is closed with 4008), so this stays inside, with room left for the
- * app's own joins. Each `rate_limited` answer doubles the interval, up to the longest.
+ * app's own joins. A `rate_limited` answer doubles the interval (at most once an
+ * interval: one burst's refusals are one sign), up to the longest.
  */
 const PACE_BURST = 20;
 const PACE_INTERVAL_MS = 125;
