@@ -12,6 +12,21 @@ import type { WebSocketConstructor, WebSocketLike } from './websocket.js';
 /** RFC 6455's code for a connection that ended without a close frame. */
 const ABNORMAL_CLOSURE = 1006;
 
+/** The UTF-8 bytes of `text`, as a server counts a frame (no TextEncoder: older React Native lacks it). */
+function utf8Length(text: string): number {
+  let bytes = 0;
+  for (let i = 0; i < text.length; i++) {
+    const unit = text.charCodeAt(i);
+    if (unit < 0x80) bytes += 1;
+    else if (unit < 0x800) bytes += 2;
+    else if (unit >= 0xd800 && unit < 0xdc00 && i + 1 < text.length && (text.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      bytes += 4;
+      i++;
+    } else bytes += 3;
+  }
+  return bytes;
+}
+
 /** Options of one {@link RoomwireClient.publish}. */
 export interface PublishOptions {
   /**
@@ -82,6 +97,10 @@ interface Request {
   readonly text: string;
   /** The app's requests survive reconnects; the client's own belong to one connection. */
   readonly keep: boolean;
+  /** The room of an app publish: it waits while that room's rejoin is unanswered. */
+  readonly publishRoom?: string | undefined;
+  /** True while held back for a rejoin: not on the wire. */
+  waiting?: boolean;
   /** Handles an answer (or the client's own error); false keeps the request waiting for more. */
   settle(reply: ServerFrame | ClientError): boolean | void;
 }
@@ -152,6 +171,10 @@ export function connect(options: ClientOptions): RoomwireClient {
   const leftByApp = new Set<string>();
   /** Rooms with an app `leave` not answered yet, and how many. */
   const leaving = new Map<string, number>();
+  /** Rooms with an app `join` not answered yet, and how many. */
+  const joining = new Map<string, number>();
+  /** Rooms whose paced rejoin is not answered yet on this connection. */
+  let rejoining = new Set<string>();
   /** Rooms the app left or is leaving: nothing of theirs is delivered or resumed. */
   const unwanted = (room: string): boolean => leftByApp.has(room) || leaving.has(room);
   /** Counts connections, so a timer set for one does nothing on the next. */
@@ -200,12 +223,25 @@ export function connect(options: ClientOptions): RoomwireClient {
     }
   };
 
+  /** Sends a request, unless it is a publish into a room whose rejoin is still unanswered. */
+  const transmit = (pending: Request): void => {
+    pending.waiting = pending.publishRoom !== undefined && rejoining.has(pending.publishRoom);
+    if (!pending.waiting) send(pending.text);
+  };
+
   const request = (frame: ClientFrame, keep: boolean, settle: Request['settle']): string => {
     const ref = (++refs).toString(36);
     const text = JSON.stringify({ ...frame, ref });
-    requests.set(ref, { text, keep, settle });
-    if (open) send(text);
+    const pending: Request = { text, keep, settle, publishRoom: keep && frame.type === 'publish' ? frame.room : undefined };
+    requests.set(ref, pending);
+    if (open) transmit(pending);
     return ref;
+  };
+
+  /** The rejoin of `room` is answered (or dropped): the publishes waiting for it go. */
+  const rejoinDone = (room: string): void => {
+    if (!rejoining.delete(room)) return;
+    for (const pending of requests.values()) if (pending.waiting && pending.publishRoom === room) transmit(pending);
   };
 
   /** Sends one of the app's requests and settles its promise with the answer. */
@@ -308,8 +344,22 @@ export function connect(options: ClientOptions): RoomwireClient {
     paced({
       frame: { type: 'resume', rooms: resume, ...(epoch == null ? {} : { epoch }) },
       last,
+      // Rooms lost or left since the welcome are not asked for.
+      skip: () => {
+        for (const room of names) {
+          if (room in resume && (!rooms.has(room) || unwanted(room))) {
+            delete resume[room];
+            cursors.release(room);
+          }
+        }
+        return Object.keys(resume).length === 0;
+      },
       settle: (reply) => {
-        if (reply instanceof ClientError) return;
+        if (reply instanceof ClientError) {
+          // The resume itself was over the frame limit: give up replaying its rooms (gap on the next welcome).
+          if (reply.code === 'too_large') for (const room of names) cursors.forget(room);
+          return;
+        }
         if (reply.type === 'error' && reply.room !== undefined) {
           const room = reply.room;
           if (reply.code === 'forbidden') {
@@ -323,8 +373,18 @@ export function connect(options: ClientOptions): RoomwireClient {
           }
           return false;
         }
+        if (reply.type === 'error') {
+          // Nothing more is replayed: every room still waiting has a gap.
+          for (const room of Object.keys(resume)) {
+            if (!cursors.isHeld(room)) continue;
+            events.emit('gap', { room });
+            cursors.release(room, true);
+            if (cursors.seq(room) === undefined) askBaseline(room);
+          }
+          events.emit('error', fromErrorFrame(reply));
+          return;
+        }
         for (const room of names) cursors.release(room);
-        if (reply.type === 'error') events.emit('error', fromErrorFrame(reply));
       },
     });
   };
@@ -337,7 +397,7 @@ export function connect(options: ClientOptions): RoomwireClient {
   const askBaseline = (room: string): void =>
     paced({
       frame: { type: 'join', room },
-      skip: () => !rooms.has(room) || cursors.seq(room) !== undefined,
+      skip: () => !rooms.has(room) || unwanted(room) || cursors.seq(room) !== undefined,
       settle: (reply) => {
         // Refused (the user no longer participates): the connection is not in the room.
         if (!(reply instanceof ClientError) && reply.type === 'error' && rooms.has(room)) lose(room);
@@ -356,6 +416,12 @@ export function connect(options: ClientOptions): RoomwireClient {
     clearTimeout(deadTimer);
     const now = Date.now();
     const left = lastFrameAt + 2 * heartbeatMs - now;
+    // Before welcome no ping can be answered: the handshake is bound by 2 heartbeats.
+    if (!open) {
+      if (left > 0) deadTimer = setTimeout(watch, left);
+      else lost(1006);
+      return;
+    }
     // Timers may have been throttled (a hidden tab): silence counts only once a ping went
     // out and stayed unanswered for a heartbeat.
     const unanswered = pingSentAt > lastFrameAt ? pingSentAt + heartbeatMs - now : heartbeatMs;
@@ -392,10 +458,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     const releaves = [...leftByApp].filter((room) => rooms.delete(room));
     const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && !leaving.has(room));
     for (const room of rejoins) rooms.add(room);
+    rejoining = new Set(rejoins);
     // The app's requests (queued, or in flight when the last connection dropped) go again
     // with the same ref and cid, before the resume: their acks mark the app's own messages
     // as seen, so the replay does not hand them back.
-    for (const pending of requests.values()) if (pending.keep) send(pending.text);
+    for (const pending of requests.values()) if (pending.keep) transmit(pending);
 
     // Auto-joined rooms are resumed at once; the others once they are joined again.
     const resumeNow = Object.create(null) as Record<string, number>;
@@ -426,11 +493,19 @@ export function connect(options: ClientOptions): RoomwireClient {
     }
     if (state === 'closed') return;
     resumeRooms(resumeNow, false);
-    for (const room of releaves) paced({ frame: { type: 'leave', room }, settle: noop });
+    // A re-leave, unless the app joined the room again meanwhile.
+    for (const room of releaves) paced({ frame: { type: 'leave', room }, skip: () => !leftByApp.has(room) || joining.has(room), settle: noop });
     for (const room of rejoins) {
       paced({
         frame: { type: 'join', room },
+        // Not when the app is leaving it (or left it) meanwhile.
+        skip: () => {
+          if (!unwanted(room)) return false;
+          rejoinDone(room);
+          return true;
+        },
         settle: (reply) => {
+          rejoinDone(room);
           if (reply instanceof ClientError || reply.type !== 'error') return;
           if (rooms.has(room)) lose(room);
           events.emit('error', fromErrorFrame(reply));
@@ -539,10 +614,15 @@ export function connect(options: ClientOptions): RoomwireClient {
   const lost = (code: number): void => {
     const welcomed = open;
     stopSocket(false);
-    if (code === CloseCode.MessageTooBig) {
+    if (code === CloseCode.MessageTooBig && welcomed) {
       // The server refused a frame over its limit: sending it again would only repeat this.
-      let largest: [string, Request] | undefined;
-      for (const entry of requests) if (entry[1].keep && (!largest || entry[1].text.length > largest[1].text.length)) largest = entry;
+      // Any request on the wire, kept or not, measured in UTF-8 bytes as the server does.
+      let largest: [string, Request, number] | undefined;
+      for (const [ref, pending] of requests) {
+        if (pending.waiting) continue;
+        const size = utf8Length(pending.text);
+        if (!largest || size > largest[2]) largest = [ref, pending, size];
+      }
       if (largest) {
         requests.delete(largest[0]);
         largest[1].settle(new ClientError('too_large', 'the frame was over the server\'s frame limit (1009)'));
@@ -672,12 +752,19 @@ export function connect(options: ClientOptions): RoomwireClient {
     },
     lastSeq: (room) => cursors.seq(room) ?? 0,
     on: (event, listener) => events.on(event, listener),
-    join: (room) =>
-      call({ type: 'join', room }, timeoutMs, (reply) => {
+    join: (room) => {
+      joining.set(room, (joining.get(room) ?? 0) + 1);
+      const done = (): void => {
+        const count = (joining.get(room) ?? 1) - 1;
+        if (count > 0) joining.set(room, count);
+        else joining.delete(room);
+      };
+      return call({ type: 'join', room }, timeoutMs, (reply) => {
         joinedByApp.add(room);
         leftByApp.delete(room);
         return { room, seq: (reply as JoinedFrame).seq };
-      }),
+      }).finally(done);
+    },
     leave: (room) => {
       // From the call on, the app wants none of the room: its messages are dropped, and a
       // reconnect does not resume it.

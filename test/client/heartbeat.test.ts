@@ -1,3 +1,5 @@
+import { createServer as createTcpServer, type Socket } from 'node:net';
+import type { AddressInfo } from 'node:net';
 import WebSocket from 'ws';
 import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { client, once, rawServer, teardown, trackedWebSocket } from './helpers.js';
@@ -42,6 +44,27 @@ describe('roomwire/client heartbeat', () => {
     expect(tracked.sockets).toHaveLength(2);
     await once(tracked.sockets[1]!, 'open');
     expect(frozen.sockets).toHaveLength(2);
+  });
+
+  it('drops an attempt whose WebSocket handshake never completes within 2 × heartbeatMs', async () => {
+    // Accepts TCP, never answers the HTTP upgrade: no ping can be answered before welcome.
+    const held: Socket[] = [];
+    const tcp = createTcpServer((socket) => void held.push(socket));
+    try {
+      await new Promise<void>((resolve) => tcp.listen(0, '127.0.0.1', resolve));
+      const tracked = trackedWebSocket();
+      client({ url: `ws://127.0.0.1:${(tcp.address() as AddressInfo).port}/ws`, WebSocket: tracked.WebSocket, heartbeatMs: 1_000, reconnect: { minDelayMs: 100, maxDelayMs: 100 } });
+      await flushIo(1);
+      expect(tracked.sockets).toHaveLength(1);
+      await flushIo(20);
+      vi.advanceTimersByTime(1_999);
+      expect(tracked.sockets[0]!.readyState).toBe(WebSocket.CONNECTING);
+      vi.advanceTimersByTime(1);
+      expect(tracked.sockets[0]!.readyState).not.toBe(WebSocket.CONNECTING);
+    } finally {
+      for (const socket of held) socket.destroy();
+      await new Promise<void>((resolve) => tcp.close(() => resolve()));
+    }
   });
 
   it("uses the welcome's heartbeatMs and drops a connection that goes silent after welcome", async () => {

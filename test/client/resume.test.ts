@@ -317,6 +317,121 @@ describe('roomwire/client resume', () => {
     await expect(bob.client.publish('chat', 'small')).resolves.toMatchObject({ seq: 1 });
   });
 
+  it('sends a publish queued offline into a room it joins again once that rejoin is answered', async () => {
+    const table = new MembershipTable({ chat: ['bob'] });
+    table.canJoinRooms.add('lobby');
+    const s = await serve({ membership: table });
+    const { bob, gate } = await gatedBob(s);
+    await bob.client.join('lobby');
+    await goOffline(s, bob, gate);
+    const sent = bob.client.publish('lobby', 'hi', { timeoutMs: 3_000 });
+    gate.open();
+    await expect(sent).resolves.toMatchObject({ room: 'lobby', seq: 1 });
+  });
+
+  it('blames a resume over the frame limit, not a queued publish, and does not resume its rooms again', async () => {
+    // 20 auto-joined rooms with long names: the resume frame is over the server's frame limit.
+    const names = Array.from({ length: 20 }, (_, i) => `room-${i}-${'x'.repeat(60)}`);
+    const table = new MembershipTable(Object.fromEntries(names.map((n) => [n, ['bob']])));
+    const s = await serve({ membership: table, maxFrameBytes: 1_000 });
+    const { bob, gate } = await gatedBob(s);
+    await goOffline(s, bob, gate);
+    const sent = bob.client.publish(names[0]!, 'small', { timeoutMs: 3_000 });
+    gate.open();
+    const outcome = await sent.then(() => 'ok', (e: { code: string }) => e.code);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect(outcome).toBe('ok');
+    expect(bob.client.state).toBe('open');
+  });
+
+  it('takes the frame over the limit in UTF-8 bytes for the one refused with 1009, not the longest string', async () => {
+    const s = await serve({ membership: new MembershipTable({ chat: ['bob'] }), maxFrameBytes: 10_000 });
+    const bob = client({ url: s.url, token: await tokenFor('bob') });
+    await opened(bob);
+    // 12 000 bytes in 4 000 units (over), then 9 000 bytes in 9 000 units (under).
+    const big = bob.client.publish('chat', '€'.repeat(4_000)).then(() => 'ok', (e: { code: string }) => e.code);
+    const fits = bob.client.publish('chat', 'x'.repeat(9_000)).then(() => 'ok', (e: { code: string }) => e.code);
+    expect(await fits).toBe('ok');
+    expect(await big).toBe('too_large');
+  });
+
+  it('asks no resume, and tells no gap, for a rejoined room refused before its resume went out', async () => {
+    const table = new MembershipTable({ chat: ['bob'] });
+    table.canJoinRooms.add('lobby');
+    const s = await serve({ membership: table, joinRate: { burst: 2, perSecond: 1 } });
+    const { bob, gate } = await gatedBob(s);
+    await bob.client.join('lobby');
+    await goOffline(s, bob, gate);
+    table.canJoinRooms.delete('lobby');
+    gate.open();
+    await opened(bob, 2);
+    await until(() => bob.left.includes('lobby'), 'lobby refused');
+    await new Promise((resolve) => setTimeout(resolve, 3_000));
+    expect(bob.errors.map((e) => e.code)).toEqual(['forbidden']);
+    expect(bob.gaps).toEqual([]); // the app lost lobby; a gap tells it to refetch a room it is not in
+  }, 10_000);
+
+  it('emits gap for the rooms of a resume answered with an error for the whole frame', async () => {
+    const welcome = (n: number, seq: number) => JSON.stringify({ type: 'welcome', protocol: 1, connectionId: `c${n}`, user: { id: 'bob' }, rooms: ['r'], seqs: { r: seq }, heartbeatMs: 25_000 });
+    const message = (seq: number) => JSON.stringify({ type: 'message', room: 'r', id: `id${seq}`, seq, from: 'alice', data: seq, ts: 0 });
+    const server = await rawServer((socket, index) => {
+      socket.send(welcome(index, index === 0 ? 0 : 5));
+      if (index === 0) {
+        socket.send(message(1));
+        setTimeout(() => socket.terminate(), 20);
+        return;
+      }
+      socket.send(message(6)); // live, held for the resume
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; ref: string };
+        if (frame.type === 'resume') socket.send(JSON.stringify({ type: 'error', code: 'internal', message: 'internal error', ref: frame.ref }));
+      });
+    });
+    const bob = client({ url: server.url });
+    await until(() => bob.messages.length === 2, 'two messages');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    expect(bob.messages.map((m) => m.seq)).toEqual([1, 6]); // 2..5 never replayed
+    expect(bob.gaps).toEqual(['r']);
+  });
+
+  it('does not undo a leave() made while its rejoins are paced', async () => {
+    const table = new MembershipTable({ chat: ['bob'] });
+    const lobbies = Array.from({ length: 40 }, (_, i) => `lobby${i}`);
+    for (const l of lobbies) table.canJoinRooms.add(l);
+    const s = await serve({ membership: table });
+    const { bob, gate } = await gatedBob(s);
+    await Promise.all(lobbies.map((l) => bob.client.join(l)));
+    await goOffline(s, bob, gate);
+    let left: Promise<void> | undefined;
+    bob.client.on('welcome', () => void (left ??= bob.client.leave('lobby39')));
+    gate.open();
+    await opened(bob, 2);
+    await left;
+    await until(() => s.manager.connectionsOf('bob')[0]?.rooms.length === 40, 'the rejoins', 10_000).catch(() => undefined);
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    expect(s.manager.connectionsOf('bob')[0]!.rooms).not.toContain('lobby39');
+    expect(bob.client.rooms.has('lobby39')).toBe(false);
+    expect(bob.joined.filter((j) => j.room === 'lobby39')).toHaveLength(1); // the first join only
+  }, 20_000);
+
+  it('does not undo a join() made while its re-leaves are paced', async () => {
+    const own = Array.from({ length: 30 }, (_, i) => `own${i}`);
+    const table = new MembershipTable(Object.fromEntries([...own, 'chat'].map((r) => [r, ['bob']])));
+    const s = await serve({ membership: table });
+    const { bob, gate } = await gatedBob(s);
+    await Promise.all(own.map((r) => bob.client.leave(r)));
+    await goOffline(s, bob, gate);
+    let joined: Promise<unknown> | undefined;
+    bob.client.on('welcome', () => void (joined ??= bob.client.join('own29')));
+    gate.open();
+    await opened(bob, 2);
+    await joined;
+    await new Promise((resolve) => setTimeout(resolve, 2_500)); // every paced re-leave has gone out
+    expect(s.manager.connectionsOf('bob')[0]!.rooms).toContain('own29');
+    expect(bob.client.rooms.has('own29')).toBe(true);
+    expect(bob.left.filter((r) => r === 'own29')).toHaveLength(1); // the first leave only
+  }, 20_000);
+
   it('stays closed when a listener closes it while a welcome is handled', async () => {
     const table = new MembershipTable({ chat: ['bob'] });
     const first = await serve({ membership: table });
