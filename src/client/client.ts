@@ -9,6 +9,16 @@ import type { ClientOptions } from './options.js';
 import { RoomCursors } from './room-cursors.js';
 import type { WebSocketConstructor, WebSocketLike } from './websocket.js';
 
+/** Counts one more call in flight for `room`; returns what counts it done. */
+function pending(calls: Map<string, number>, room: string): () => void {
+  calls.set(room, (calls.get(room) ?? 0) + 1);
+  return () => {
+    const count = (calls.get(room) ?? 1) - 1;
+    if (count > 0) calls.set(room, count);
+    else calls.delete(room);
+  };
+}
+
 /** RFC 6455's code for a connection that ended without a close frame. */
 const ABNORMAL_CLOSURE = 1006;
 
@@ -753,12 +763,7 @@ export function connect(options: ClientOptions): RoomwireClient {
     lastSeq: (room) => cursors.seq(room) ?? 0,
     on: (event, listener) => events.on(event, listener),
     join: (room) => {
-      joining.set(room, (joining.get(room) ?? 0) + 1);
-      const done = (): void => {
-        const count = (joining.get(room) ?? 1) - 1;
-        if (count > 0) joining.set(room, count);
-        else joining.delete(room);
-      };
+      const done = pending(joining, room);
       return call({ type: 'join', room }, timeoutMs, (reply) => {
         joinedByApp.add(room);
         leftByApp.delete(room);
@@ -768,12 +773,7 @@ export function connect(options: ClientOptions): RoomwireClient {
     leave: (room) => {
       // From the call on, the app wants none of the room: its messages are dropped, and a
       // reconnect does not resume it.
-      leaving.set(room, (leaving.get(room) ?? 0) + 1);
-      const done = (): void => {
-        const count = (leaving.get(room) ?? 1) - 1;
-        if (count > 0) leaving.set(room, count);
-        else leaving.delete(room);
-      };
+      const done = pending(leaving, room);
       return call({ type: 'leave', room }, timeoutMs, () => {
         leftByApp.add(room);
       }).finally(done);

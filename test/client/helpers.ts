@@ -156,3 +156,38 @@ export async function teardown(): Promise<void> {
   clients.clear();
   await Promise.all([...servers].map((s) => s.close()));
 }
+
+/**
+ * A WebSocket with no network: `script` runs when one is made and `answer` on each frame
+ * the client sends. Returns the class for the client's `WebSocket` option, and the sockets made.
+ */
+export function scriptedWebSocket(script: (socket: ScriptedSocket) => void, answer: (socket: ScriptedSocket, text: string) => void = () => {}) {
+  const made: ScriptedSocket[] = [];
+  class Scripted implements ScriptedSocket {
+    readyState = 0;
+    onopen: (() => void) | null = null;
+    onmessage: ((event: { data: string }) => void) | null = null;
+    onclose: ((event: { code: number; reason: string }) => void) | null = null;
+    onerror: ((event: unknown) => void) | null = null;
+    constructor() {
+      made.push(this);
+      script(this);
+    }
+    send(text: string): void {
+      answer(this, text);
+    }
+    close(): void {
+      this.readyState = 3;
+    }
+  }
+  return { WebSocket: Scripted as unknown as WebSocketConstructor, made };
+}
+
+/** One socket of {@link scriptedWebSocket}. */
+export interface ScriptedSocket {
+  readyState: number;
+  onopen: (() => void) | null;
+  onmessage: ((event: { data: string }) => void) | null;
+  onclose: ((event: { code: number; reason: string }) => void) | null;
+  onerror: ((event: unknown) => void) | null;
+}

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { client, teardown } from './helpers.js';
+import { client, scriptedWebSocket, teardown } from './helpers.js';
 
 const real = { setTimeout, clearTimeout, setInterval, clearInterval };
 
@@ -38,37 +38,24 @@ function throttleTimers(wakeUpMs: number): void {
   });
 }
 
-/** A server that welcomes and answers every ping at once, over a socket with no timers of its own. */
-function healthySockets(made: unknown[]) {
-  const welcome = { type: 'welcome', protocol: 1, connectionId: 'c1', user: { id: 'alice' }, rooms: [], seqs: {}, heartbeatMs: 200 };
-  return class HealthySocket {
-    readyState = 0;
-    onopen: (() => void) | null = null;
-    onmessage: ((event: { data: string }) => void) | null = null;
-    onclose: ((event: { code: number; reason: string }) => void) | null = null;
-    onerror: ((event: unknown) => void) | null = null;
-    constructor() {
-      made.push(this);
-      queueMicrotask(() => {
-        this.readyState = 1;
-        this.onopen?.();
-        this.onmessage?.({ data: JSON.stringify(welcome) });
-      });
-    }
-    send(text: string): void {
-      if (text.includes('"ping"')) queueMicrotask(() => this.onmessage?.({ data: '{"type":"pong"}' }));
-    }
-    close(): void {
-      this.readyState = 3;
-    }
-  };
-}
+const welcome = { type: 'welcome', protocol: 1, connectionId: 'c1', user: { id: 'alice' }, rooms: [], seqs: {}, heartbeatMs: 200 };
 
 describe('roomwire/client heartbeat with throttled timers', () => {
   it('keeps a healthy connection whose timers only wake every 2.5 heartbeats', async () => {
-    const made: unknown[] = [];
+    // A server that welcomes and answers every ping at once, over a socket with no timers of its own.
+    const { WebSocket, made } = scriptedWebSocket(
+      (socket) =>
+        queueMicrotask(() => {
+          socket.readyState = 1;
+          socket.onopen?.();
+          socket.onmessage?.({ data: JSON.stringify(welcome) });
+        }),
+      (socket, text) => {
+        if (text.includes('"ping"')) queueMicrotask(() => socket.onmessage?.({ data: '{"type":"pong"}' }));
+      },
+    );
     throttleTimers(500);
-    const alice = client({ url: 'ws://127.0.0.1:9/ws', WebSocket: healthySockets(made) as never });
+    const alice = client({ url: 'ws://127.0.0.1:9/ws', WebSocket });
     await new Promise((resolve) => real.setTimeout(resolve, 3_000));
     // The ping and the watchdog run in the same wake-up: silence counts from the ping.
     expect(alice.states).toEqual(['open']);

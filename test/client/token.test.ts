@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import type { Authenticator } from '../../src/index.js';
 import { jwtAuthenticator } from '../../src/auth/jwt.js';
 import { MembershipTable, TEST_SECRET, tokenFor } from '../helpers/server.js';
-import { client, opened, serve, teardown, until } from './helpers.js';
+import { client, opened, scriptedWebSocket, serve, teardown, until } from './helpers.js';
 
 afterEach(teardown);
 
@@ -38,23 +38,10 @@ describe('roomwire/client credentials', () => {
   });
 
   it('retries when a WebSocket reports an error and never a close (Node 20’s built-in one, refused)', async () => {
-    let made = 0;
-    /** A WebSocket whose connection fails with an error event only. */
-    class ErrorOnly {
-      readyState = 0;
-      onopen: (() => void) | null = null;
-      onmessage: ((event: { data: unknown }) => void) | null = null;
-      onclose: ((event: { code: number; reason: string }) => void) | null = null;
-      onerror: ((event: unknown) => void) | null = null;
-      constructor() {
-        made++;
-        setTimeout(() => this.onerror?.({}), 5);
-      }
-      send(): void {}
-      close(): void {}
-    }
-    const alice = client({ url: 'ws://127.0.0.1:9/ws', WebSocket: ErrorOnly as never });
-    await until(() => made >= 3, 'three attempts');
+    // A WebSocket whose connection fails with an error event only.
+    const { WebSocket, made } = scriptedWebSocket((socket) => setTimeout(() => socket.onerror?.({}), 5));
+    const alice = client({ url: 'ws://127.0.0.1:9/ws', WebSocket });
+    await until(() => made.length >= 3, 'three attempts');
     expect(alice.errors.length).toBeGreaterThanOrEqual(2);
   });
 
