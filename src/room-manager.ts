@@ -604,6 +604,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (early) {
       for (const entry of early.frames) {
         if (Array.isArray(entry)) this.receive(conn, entry[0], entry[1]);
+        // At once when nothing is pending, as a pong is: queued, it would fall behind later frames answered at once.
         else if (conn.queue === undefined) this.sendError(conn, 'rate_limited', 'too many frames before welcome', { ref: entry.refused });
         else this.inFrameOrder(conn, () => void this.sendError(conn, 'rate_limited', 'too many frames before welcome', { ref: entry.refused }));
       }
