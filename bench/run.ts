@@ -27,7 +27,7 @@ import { closeProbeClient, countPrefix, DEFAULT_REDIS_URL, deletePrefix, describ
 import { summarizeProfile } from './lib/cpuprofile.js';
 import { ChildHandle, killAllChildren, ROOT } from './lib/ipc.js';
 import { readProcessCpu } from './lib/proc.js';
-import { CALLGRIND_CATEGORIES, CALLGRIND_SCALE, callgrindCommand, callgrindScale, callgrindUnavailable, latestDump, readDump, type CallgrindCategory } from './lib/callgrind.js';
+import { CALLGRIND_CATEGORIES, CALLGRIND_NODE_FLAGS, CALLGRIND_SCALE, callgrindCommand, callgrindScale, callgrindUnavailable, latestDump, readDump, type CallgrindCategory } from './lib/callgrind.js';
 import { categorizeRecording, PERF_CATEGORIES, PERF_FREQUENCY, SPLIT_FREQUENCY, perfUnavailable, removePerfFiles, removeRecording, v8LogPattern, type CategorizedSamples, type PerfCategory } from './lib/perf.js';
 import { baseComparison, chartSvg, clusterMarkdown, headline, profileMarkdown, replaceSection, resultsMarkdown, setupLabel, targets } from './lib/report.js';
 import {
@@ -203,7 +203,12 @@ const RUN_LIMIT_MS = (callgrindMode ? 60 : profileMode ? 5 : quick ? 4 : 14) * 6
 /** `--server-flags=a,b`: extra node flags for the servers (say `--trace-gc`), for investigations. */
 const serverFlags = option('server-flags')?.split(',').filter(Boolean) ?? [];
 /** Node flags the runner adds for a mode: perf needs the JIT's symbol map (and V8 then writes a log, kept out of the repository). */
-const modeFlags = perfMode ? ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${v8LogPattern()}`] : [];
+/**
+ * Under --callgrind the young generation is fixed at the size it grows to within seconds of
+ * a plain run (`CALLGRIND_NODE_FLAGS`), since V8 sizes it by allocations per millisecond of
+ * wall-clock time, which Valgrind's slowness makes about 60 times fewer.
+ */
+const modeFlags = perfMode ? ['--perf-basic-prof', '--no-logfile-per-isolate', `--logfile=${v8LogPattern()}`] : callgrindMode ? [...CALLGRIND_NODE_FLAGS] : [];
 /** `--tsx`: run the children from their TypeScript under tsx instead of esbuild bundles (see lib/build.ts). */
 const useTsx = flag('tsx');
 if (useTsx && baseDir !== undefined) {
