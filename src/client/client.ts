@@ -107,8 +107,13 @@ interface Request {
   readonly text: string;
   /** The app's requests survive reconnects; the client's own belong to one connection. */
   readonly keep: boolean;
-  /** The room of an app publish: it waits while that room's rejoin is unanswered. */
-  readonly publishRoom?: string | undefined;
+  /**
+   * The room of an app publish or leave: it waits while that room's rejoin is unanswered,
+   * so a leave does not overtake the publishes called before it.
+   */
+  readonly holdRoom?: string | undefined;
+  /** True for an app publish. */
+  readonly isPublish?: boolean;
   /** True while held back for a rejoin: not on the wire. */
   waiting?: boolean;
   /** Handles an answer (or the client's own error); false keeps the request waiting for more. */
@@ -233,16 +238,17 @@ export function connect(options: ClientOptions): RoomwireClient {
     }
   };
 
-  /** Sends a request, unless it is a publish into a room whose rejoin is still unanswered. */
+  /** Sends a request, unless it is a publish into (or a leave of) a room whose rejoin is still unanswered. */
   const transmit = (pending: Request): void => {
-    pending.waiting = pending.publishRoom !== undefined && rejoining.has(pending.publishRoom);
+    pending.waiting = pending.holdRoom !== undefined && rejoining.has(pending.holdRoom);
     if (!pending.waiting) send(pending.text);
   };
 
   const request = (frame: ClientFrame, keep: boolean, settle: Request['settle']): string => {
     const ref = (++refs).toString(36);
     const text = JSON.stringify({ ...frame, ref });
-    const pending: Request = { text, keep, settle, publishRoom: keep && frame.type === 'publish' ? frame.room : undefined };
+    const holds = keep && (frame.type === 'publish' || frame.type === 'leave');
+    const pending: Request = { text, keep, settle, holdRoom: holds ? frame.room : undefined, isPublish: frame.type === 'publish' };
     requests.set(ref, pending);
     if (open) transmit(pending);
     return ref;
@@ -251,7 +257,7 @@ export function connect(options: ClientOptions): RoomwireClient {
   /** The rejoin of `room` is answered (or dropped): the publishes waiting for it go. */
   const rejoinDone = (room: string): void => {
     if (!rejoining.delete(room)) return;
-    for (const pending of requests.values()) if (pending.waiting && pending.publishRoom === room) transmit(pending);
+    for (const pending of requests.values()) if (pending.waiting && pending.holdRoom === room) transmit(pending);
   };
 
   /** Sends one of the app's requests and settles its promise with the answer. */
@@ -466,7 +472,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     // The rooms the server joined this connection to, before the app's are added back.
     const autoJoined = new Set(rooms);
     const releaves = [...leftByApp].filter((room) => rooms.delete(room));
-    const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && !leaving.has(room));
+    // A room the app is leaving is joined again too while a publish it called before the
+    // leave waits: the publish goes first, then the leave (both wait for the rejoin).
+    const publishing = new Set<string>();
+    for (const pending of requests.values()) if (pending.keep && pending.isPublish && pending.holdRoom !== undefined) publishing.add(pending.holdRoom);
+    const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && (!leaving.has(room) || publishing.has(room)));
     for (const room of rejoins) rooms.add(room);
     rejoining = new Set(rejoins);
     // The app's requests (queued, or in flight when the last connection dropped) go again
@@ -508,9 +518,11 @@ export function connect(options: ClientOptions): RoomwireClient {
     for (const room of rejoins) {
       paced({
         frame: { type: 'join', room },
-        // Not when the app is leaving it (or left it) meanwhile.
+        // Not when the app is leaving it (or left it) meanwhile, unless a publish the app
+        // called before that waits for it: the publish goes first, then the leave.
         skip: () => {
           if (!unwanted(room)) return false;
+          for (const pending of requests.values()) if (pending.waiting && pending.isPublish && pending.holdRoom === room) return false;
           rejoinDone(room);
           return true;
         },
