@@ -108,8 +108,9 @@ interface Request {
   /** The app's requests survive reconnects; the client's own belong to one connection. */
   readonly keep: boolean;
   /**
-   * The room of an app publish or leave: it waits while that room's rejoin is unanswered,
-   * so a leave does not overtake the publishes called before it.
+   * The room of an app publish, join or leave: it waits while that room's rejoin is
+   * unanswered, and they then go in the order the app called them (so a leave does not
+   * overtake the publishes called before it).
    */
   readonly holdRoom?: string | undefined;
   /** True for an app publish. */
@@ -238,7 +239,7 @@ export function connect(options: ClientOptions): RoomwireClient {
     }
   };
 
-  /** Sends a request, unless it is a publish into (or a leave of) a room whose rejoin is still unanswered. */
+  /** Sends a request, unless it is the app's publish, join or leave of a room whose rejoin is still unanswered. */
   const transmit = (pending: Request): void => {
     pending.waiting = pending.holdRoom !== undefined && rejoining.has(pending.holdRoom);
     if (!pending.waiting) send(pending.text);
@@ -247,7 +248,7 @@ export function connect(options: ClientOptions): RoomwireClient {
   const request = (frame: ClientFrame, keep: boolean, settle: Request['settle']): string => {
     const ref = (++refs).toString(36);
     const text = JSON.stringify({ ...frame, ref });
-    const holds = keep && (frame.type === 'publish' || frame.type === 'leave');
+    const holds = keep && (frame.type === 'publish' || frame.type === 'leave' || frame.type === 'join');
     const pending: Request = { text, keep, settle, holdRoom: holds ? frame.room : undefined, isPublish: frame.type === 'publish' };
     requests.set(ref, pending);
     if (open) transmit(pending);

@@ -24,6 +24,14 @@ export interface ChaosConfig {
   /** Client option heartbeatMs (undefined: take the server's). */
   clientHeartbeatMs?: number;
   log?: (line: string) => void;
+  /** Join/leave without waiting for the previous call on the room; publish right after a join. */
+  racy?: boolean;
+  /** Client publishTimeoutMs; on timeout the app retries with the same cid. */
+  publishTimeoutMs?: number;
+  /** Single-server history size. */
+  history?: number;
+  /** Probability of a large (multi-chunk) payload. */
+  big?: number;
 }
 
 interface Srv {
@@ -34,12 +42,12 @@ interface Srv {
   close(): Promise<void>;
 }
 
-async function startSrv(membership: MembershipTable, heartbeatMs: number, backplane?: Backplane): Promise<Srv> {
+async function startSrv(membership: MembershipTable, heartbeatMs: number, backplane?: Backplane, history = 100_000): Promise<Srv> {
   const manager = new RoomManager({
     authenticate: jwtAuthenticator({ secret: TEST_SECRET }),
     membership,
     heartbeatMs,
-    ...(backplane ? {} : { history: 100_000 }),
+    ...(backplane ? {} : { history }),
     backplane,
     publishRate: { burst: 200, perSecond: 100 },
   });
@@ -70,6 +78,7 @@ interface Pub {
   settledAt?: number;
   ack?: { id: string; seq: number };
   error?: string;
+  retries?: number;
 }
 
 interface Interest {
@@ -91,6 +100,7 @@ interface C {
   want: Set<string>;
   interest: Map<string, Interest>;
   busy: Set<string>;
+  pendingOps: number;
   uncertain: Set<string>;
   events: string[];
 }
@@ -137,7 +147,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       await Promise.all([redis, subscriber].map((r) => new Promise<void>((resolve) => (r.status === 'ready' ? resolve() : r.once('ready', () => resolve())))));
       backplane = new RedisBackplane({ redis, subscriber, prefix, closeClients: false, historyLimit: 100_000 });
     }
-    const s = await startSrv(membership, cfg.heartbeatMs, backplane);
+    const s = await startSrv(membership, cfg.heartbeatMs, backplane, cfg.history);
     s.manager.on('error', (e: Error, ctx: unknown) => serverErrors.push(`server${i} error event: ${e.message} ${JSON.stringify(ctx)}`));
     srvs.push(s);
   }
@@ -160,7 +170,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       token: () => token,
       WebSocket: WebSocket as never,
       reconnect: { minDelayMs: 20, maxDelayMs: 400 },
-      publishTimeoutMs: 120_000,
+      publishTimeoutMs: cfg.publishTimeoutMs ?? 120_000,
       queueLimit: 1000,
       ...(cfg.clientHeartbeatMs ? { heartbeatMs: cfg.clientHeartbeatMs } : {}),
     });
@@ -178,6 +188,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       want: new Set(own),
       interest: new Map(own.map((room) => [room, { since: 0, from: 0 }])),
       busy: new Set(),
+      pendingOps: 0,
       uncertain: new Set(),
       events: [],
     };
@@ -216,26 +227,46 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
     const p: Pub = { client: c.index, room, cid, n, calledAt: Date.now() };
     c.events.push(`${t()} publish ${cid} ${room}`);
     pubs.push(p);
-    c.client
-      .publish(room, { cid, from: c.index }, { cid })
-      .then(
-        (ack) => {
-          p.ack = { id: ack.id, seq: ack.seq };
-          if (ack.room !== room) violate(`ack room mismatch ${ack.room} != ${room}`);
-        },
-        (e: ClientError) => {
-          p.error = `${e.code}: ${e.message}`;
-          c.events.push(`${t()} publish ${cid} ${room} failed ${p.error}`);
-          if (e.code !== 'timeout') violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
-        },
-      )
-      .finally(() => (p.settledAt = Date.now()));
+    const pad = cfg.big && opRand() < cfg.big ? 'x'.repeat(20_000 + Math.floor(opRand() * 40_000)) : undefined;
+    const attempt = (tries: number): void => {
+      c.client
+        .publish(room, { cid, from: c.index, ...(pad ? { pad } : {}) }, { cid })
+        .then(
+          (ack) => {
+            p.ack = { id: ack.id, seq: ack.seq };
+            if (ack.room !== room) violate(`ack room mismatch ${ack.room} != ${room}`);
+            p.settledAt = Date.now();
+          },
+          (e: ClientError) => {
+            p.error = `${e.code}: ${e.message}`;
+            c.events.push(`${t()} publish ${cid} ${room} failed ${p.error} (try ${tries})`);
+            if (e.code === 'timeout' && tries < 20) {
+              p.retries = tries;
+              attempt(tries + 1);
+              return;
+            }
+            if (e.code !== 'timeout') violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
+            p.settledAt = Date.now();
+          },
+        );
+    };
+    attempt(1);
   };
+  const lastOp = new Map<string, number>();
+  let opCount = 0;
   const churnOp = (c: C): void => {
-    const candidates = [...PUBLIC_ROOMS, 'r3'].filter((room) => !c.busy.has(room) && !c.uncertain.has(room) && (room !== 'r3' || OWN_ROOMS.r3!.includes(c.user)));
+    const candidates = [...PUBLIC_ROOMS, 'r3'].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room) && (room !== 'r3' || OWN_ROOMS.r3!.includes(c.user)));
     if (candidates.length === 0) return;
     const room = candidates[Math.floor(opRand() * candidates.length)]!;
+    const key = `${c.index}/${room}`;
+    const op = ++opCount;
+    lastOp.set(key, op);
     c.busy.add(room);
+    c.pendingOps++;
+    const done = (): void => {
+      c.pendingOps--;
+      if (lastOp.get(key) === op) c.busy.delete(room);
+    };
     if (c.want.has(room)) {
       // Leave: interest ends now.
       c.want.delete(room);
@@ -249,13 +280,15 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
           c.uncertain.add(room);
           c.events.push(`${t()} app leave failed ${room} ${e.code}`);
         },
-      ).finally(() => c.busy.delete(room));
+      ).finally(done);
     } else {
       const from = Date.now();
       c.events.push(`${t()} app join ${room}`);
+      if (cfg.racy) c.want.add(room);
       c.client.join(room).then(
         ({ seq }) => {
           c.events.push(`${t()} app joined ${room} ${seq}`);
+          if (lastOp.get(key) !== op) return;
           c.want.add(room);
           c.interest.set(room, { since: seq, from });
         },
@@ -263,7 +296,8 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
           c.uncertain.add(room);
           c.events.push(`${t()} app join failed ${room} ${e.code}`);
         },
-      ).finally(() => c.busy.delete(room));
+      ).finally(done);
+      if (cfg.racy && opRand() < 0.5) publish(c, room);
     }
   };
   const clientLoops = cs.map(async (c) => {
@@ -272,7 +306,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       if (!ops) break;
       if (opRand() < cfg.churn) churnOp(c);
       else {
-        const rooms = [...c.want].filter((room) => !c.busy.has(room) && !c.uncertain.has(room));
+        const rooms = [...c.want].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room));
         if (rooms.length) publish(c, rooms[Math.floor(opRand() * rooms.length)]!);
       }
     }
@@ -303,11 +337,11 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
 
   // Settle: every publish settles, every client is open, bounded.
   const settleBound = 30_000;
-  while (Date.now() - faultsEndedAt < settleBound && (pubs.some((p) => p.settledAt === undefined) || cs.some((c) => c.client.state !== 'open' || c.busy.size > 0))) await sleep(20);
+  while (Date.now() - faultsEndedAt < settleBound && (pubs.some((p) => p.settledAt === undefined) || cs.some((c) => c.client.state !== 'open' || c.pendingOps > 0))) await sleep(20);
   const hanging = pubs.filter((p) => p.settledAt === undefined);
   for (const p of hanging) violate(`publish hangs ${settleBound} ms after faults stopped: client ${p.client} room ${p.room} cid ${p.cid} called at ${p.calledAt - start}`);
   for (const c of cs) if (c.client.state !== 'open') violate(`client ${c.index} (${c.user}) not open ${settleBound} ms after faults: ${c.client.state}`);
-  for (const c of cs) if (c.busy.size > 0) violate(`client ${c.index} join/leave still pending: ${[...c.busy].join(',')}`);
+  for (const c of cs) if (c.pendingOps > 0) violate(`client ${c.index} join/leave still pending: ${[...c.busy].join(',')}`);
 
   // Flush: each client publishes a marker into each room it wants; wait until delivered everywhere.
   const markers: Pub[] = [];
@@ -417,6 +451,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
     messages: cs.reduce((a, c) => a + c.messages.length, 0),
     faults: proxy.counts,
     serverSendErrors: sendErrors,
+    retried: pubs.filter((p) => p.retries).length,
     uncertain: cs.reduce((a, c) => a + c.uncertain.size, 0),
   };
   log(`chaos ${JSON.stringify(stats)}`);
