@@ -261,32 +261,54 @@ export function connect(options: ClientOptions): RoomwireClient {
     for (const pending of requests.values()) if (pending.waiting && pending.holdRoom === room) transmit(pending);
   };
 
-  /** Sends one of the app's requests and settles its promise with the answer. */
-  const call = <T>(frame: JoinFrame | LeaveFrame | PublishFrame, wait: number, answer: (reply: ServerFrame) => T): Promise<T> =>
+  /**
+   * Sends one of the app's requests and settles its promise with the answer. `settled` runs
+   * at once when it settles, not a microtask later: the next frame of the same chunk (a
+   * `message` right after the `joined`) must already see the room's new state.
+   */
+  const call = <T>(frame: JoinFrame | LeaveFrame | PublishFrame, wait: number, answer: (reply: ServerFrame) => T, settled: () => void = noop): Promise<T> =>
     new Promise<T>((resolve, reject) => {
       const { room } = frame;
-      if (state === 'closed') return reject(new ClientError('closed', 'the client is closed', { room }));
+      let finished = false;
+      const finish = (): void => {
+        if (finished) return;
+        finished = true;
+        settled();
+      };
+      const refuse = (error: ClientError): void => {
+        finish();
+        reject(error);
+      };
+      if (state === 'closed') return refuse(new ClientError('closed', 'the client is closed', { room }));
       if (!isRoomName(room)) {
-        return reject(new ClientError('bad_request', ROOM_NAME_RULE));
+        return refuse(new ClientError('bad_request', ROOM_NAME_RULE));
       }
       if (!open && requests.size >= queueLimit) {
-        return reject(new ClientError('queue_full', `${queueLimit} requests are already waiting for a connection`, { room }));
+        return refuse(new ClientError('queue_full', `${queueLimit} requests are already waiting for a connection`, { room }));
       }
       let ref = '';
       const timer = setTimeout(() => {
         requests.delete(ref);
-        reject(new ClientError('timeout', `no answer from the server within ${wait} ms`, { room }));
+        refuse(new ClientError('timeout', `no answer from the server within ${wait} ms`, { room }));
       }, wait);
       try {
         ref = request(frame, true, (reply) => {
           clearTimeout(timer);
-          if (reply instanceof ClientError) reject(reply);
-          else if (reply.type === 'error') reject(fromErrorFrame(reply));
-          else resolve(answer(reply));
+          if (reply instanceof ClientError) refuse(reply);
+          else if (reply.type === 'error') refuse(fromErrorFrame(reply));
+          else {
+            let value: T;
+            try {
+              value = answer(reply);
+            } finally {
+              finish();
+            }
+            resolve(value);
+          }
         });
       } catch (error) {
         clearTimeout(timer);
-        reject(new ClientError('bad_request', 'data is not JSON-serializable', { room, cause: error }));
+        refuse(new ClientError('bad_request', 'data is not JSON-serializable', { room, cause: error }));
       }
     });
 
@@ -777,19 +799,29 @@ export function connect(options: ClientOptions): RoomwireClient {
     on: (event, listener) => events.on(event, listener),
     join: (room) => {
       const done = pending(joining, room);
-      return call({ type: 'join', room }, timeoutMs, (reply) => {
-        joinedByApp.add(room);
-        leftByApp.delete(room);
-        return { room, seq: (reply as JoinedFrame).seq };
-      }).finally(done);
+      return call(
+        { type: 'join', room },
+        timeoutMs,
+        (reply) => {
+          joinedByApp.add(room);
+          leftByApp.delete(room);
+          return { room, seq: (reply as JoinedFrame).seq };
+        },
+        done,
+      );
     },
     leave: (room) => {
       // From the call on, the app wants none of the room: its messages are dropped, and a
       // reconnect does not resume it.
       const done = pending(leaving, room);
-      return call({ type: 'leave', room }, timeoutMs, () => {
-        leftByApp.add(room);
-      }).finally(done);
+      return call(
+        { type: 'leave', room },
+        timeoutMs,
+        () => {
+          leftByApp.add(room);
+        },
+        done,
+      );
     },
     publish: (room, data, { cid = nextCid(), timeoutMs: wait = timeoutMs } = {}) => {
       if (typeof cid !== 'string' || cid.length > MAX_CID_LENGTH) {
