@@ -20,18 +20,18 @@ export interface ChaosConfig {
   /** Probability per op of a join/leave (the rest publishes). */
   churn: number;
   faultEveryMs: [number, number];
-  redisPort?: number;
+  redisPort?: number | undefined;
   /** Client option heartbeatMs (undefined: take the server's). */
-  clientHeartbeatMs?: number;
+  clientHeartbeatMs?: number | undefined;
   log?: (line: string) => void;
   /** Join/leave without waiting for the previous call on the room; publish right after a join. */
-  racy?: boolean;
+  racy?: boolean | undefined;
   /** Client publishTimeoutMs; on timeout the app retries with the same cid. */
-  publishTimeoutMs?: number;
+  publishTimeoutMs?: number | undefined;
   /** Single-server history size. */
-  history?: number;
+  history?: number | undefined;
   /** Probability of a large (multi-chunk) payload. */
-  big?: number;
+  big?: number | undefined;
 }
 
 interface Srv {
@@ -194,6 +194,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
     };
     client.on('message', (m) => {
       c.messages.push(m);
+      c.events.push(`${t()} msg ${m.room} ${m.seq} ${(m.data as { cid: string }).cid}`);
     });
     client.on('gap', ({ room }) => {
       c.gaps.push({ room, t: Date.now() });
@@ -240,12 +241,13 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
           (e: ClientError) => {
             p.error = `${e.code}: ${e.message}`;
             c.events.push(`${t()} publish ${cid} ${room} failed ${p.error} (try ${tries})`);
-            if (e.code === 'timeout' && tries < 20) {
+            if (e.code === 'timeout' && tries < 20 && c.want.has(room) && !c.busy.has(room)) {
               p.retries = tries;
               attempt(tries + 1);
               return;
             }
-            if (e.code !== 'timeout') violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
+            if (e.code === 'timeout') c.events.push(`${t()} publish ${cid} gave up`);
+            else violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
             p.settledAt = Date.now();
           },
         );
