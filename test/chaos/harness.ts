@@ -247,7 +247,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
               return;
             }
             if (e.code === 'timeout') c.events.push(`${t()} publish ${cid} gave up`);
-            else violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
+            else if (!(e.code === 'forbidden' && c.uncertain.has(room))) violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
             p.settledAt = Date.now();
           },
         );
@@ -413,9 +413,10 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       }
     }
   }
-  // Rejected publishes that others received anyway.
+  // Rejected publishes that others received anyway (not those of a room whose join/leave timed out).
+  const c0 = (p: Pub): boolean => cs[p.client]!.uncertain.has(p.room);
   for (const p of pubs) {
-    if (p.ack || !p.error) continue;
+    if (p.ack || !p.error || p.error.startsWith('timeout') || c0(p)) continue;
     const got = cs.filter((c) => c.messages.some((m) => (m.data as { cid: string }).cid === p.cid)).map((c) => c.index);
     if (got.length) violate(`publish ${p.cid} into ${p.room} rejected (${p.error}) but delivered to clients ${got.join(',')}`);
   }

@@ -17,7 +17,10 @@ class Pipe {
     private readonly onCut: () => void,
   ) {}
 
+  private dead = false;
+
   push(chunk: Buffer): void {
+    if (this.dead) return;
     const now = Date.now();
     const delay = now < this.delayUntil ? Math.floor(this.rand() * this.delayMaxMs) : 0;
     const at = Math.max(this.lastAt, now + delay);
@@ -27,7 +30,7 @@ class Pipe {
   }
 
   pump(): void {
-    if (this.timer) return;
+    if (this.timer || this.dead) return;
     while (this.queue.length > 0) {
       if (this.to.destroyed) {
         this.queue = [];
@@ -46,6 +49,8 @@ class Pipe {
       this.queue.shift();
       if (this.cutNext) {
         this.cutNext = false;
+        // Nothing more may follow the partial chunk: a TCP stream never skips bytes.
+        this.dead = true;
         if (head.chunk.length > 1) {
           const part = 1 + Math.floor(this.rand() * (head.chunk.length - 1));
           this.to.write(head.chunk.subarray(0, part));
@@ -60,6 +65,7 @@ class Pipe {
   }
 
   stop(): void {
+    this.dead = true;
     clearTimeout(this.timer);
     this.timer = undefined;
     this.queue = [];
