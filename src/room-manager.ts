@@ -871,7 +871,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private async handlePublish(conn: ConnState, frame: PublishFrame, frameBytes: number): Promise<void> {
     const { room, ref, cid } = frame;
-    if (!conn.rooms.has(room) && !(await this.ensurePublisher(conn, room))) {
+    // A repeat of a publish this user already made into the room (its ack was lost) gets
+    // that ack, even if the connection is no longer in the room: it was delivered.
+    const repeated = cid === undefined ? undefined : this.dedupe.get(dedupeKey(conn.user.id, room, cid));
+    if (!repeated && !conn.rooms.has(room) && !(await this.ensurePublisher(conn, room))) {
       this.sendError(conn, 'forbidden', 'not in this room', { ref, room });
       return;
     }
@@ -887,7 +890,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
-    let accepted = key === undefined ? undefined : this.dedupe.get(key);
+    // `repeated` is used as it is: a connection outside the room never starts a publish.
+    let accepted = repeated ?? (key === undefined ? undefined : this.dedupe.get(key));
     if (!accepted) {
       accepted = this.acceptPublish(conn, frame, key).then(({ id, seq }) => ({ id, seq }));
       if (key !== undefined) this.remember(key, accepted);
