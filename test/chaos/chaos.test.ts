@@ -23,7 +23,7 @@ describe('chaos', () => {
   for (const seed of seeds) {
     it(`seed ${seed} servers ${servers}`, async () => {
       console.log(`CHAOS seed=${seed} servers=${servers} ms=${durationMs} hb=${heartbeatMs} clients=${clients} racy=${racy} timeout=${publishTimeoutMs} history=${history} big=${big} clientHb=${clientHeartbeatMs}`);
-      const { violations } = await runChaos({ seed, durationMs, servers, heartbeatMs, clients, churn, faultEveryMs: [faultMin, faultMax], racy, publishTimeoutMs, history, big, clientHeartbeatMs });
+      const { violations } = await runChaos({ seed, durationMs, servers, heartbeatMs, clients, churn, faultEveryMs: [faultMin, faultMax], racy, publishTimeoutMs, history, big, clientHeartbeatMs, members: process.env.CHAOS_MEMBERS === '1' });
       for (const v of violations) console.log(`VIOLATION ${v}`);
       expect(unhandled.map(String)).toEqual([]);
       expect(violations).toEqual([]);

@@ -32,6 +32,8 @@ export interface ChaosConfig {
   history?: number | undefined;
   /** Probability of a large (multi-chunk) payload. */
   big?: number | undefined;
+  /** Server-side membership changes of room m0 (removeMember/addMember) during the run. */
+  members?: boolean | undefined;
 }
 
 interface Srv {
@@ -116,6 +118,7 @@ const OWN_ROOMS: Record<string, string[]> = {
   r1: ['u2', 'u3', 'u4', 'u5'],
   r2: ['u0', 'u1', 'u4', 'u5'],
   r3: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
+  m0: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
 };
 const PUBLIC_ROOMS = ['p0', 'p1'];
 
@@ -209,8 +212,32 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       c.welcomes++;
       c.events.push(`${t()} welcome ${w.connectionId} rooms=${[...client.rooms].join(',')}`);
     });
-    client.on('joined', (e) => c.events.push(`${t()} joined ${e.room} ${e.seq}`));
-    client.on('left', (e) => c.events.push(`${t()} left ${e.room}`));
+    client.on('joined', (e) => {
+      c.events.push(`${t()} joined ${e.room} ${e.seq}`);
+      if (e.room === 'm0' && membership.rooms.get('m0')!.has(user)) {
+        c.want.add('m0');
+        c.interest.set('m0', { since: e.seq, from: Date.now() });
+      }
+    });
+    client.on('left', (e) => {
+      c.events.push(`${t()} left ${e.room}`);
+      if (e.room === 'm0') c.interest.delete('m0');
+    });
+    let knew = client.rooms.has('m0');
+    client.on('welcome', () => {
+      const has = client.rooms.has('m0');
+      if (has && !knew && membership.rooms.get('m0')!.has(user)) {
+        c.want.add('m0');
+        c.interest.set('m0', { since: client.lastSeq('m0'), from: Date.now() });
+      }
+      knew = has;
+    });
+    client.on('left', (e) => {
+      if (e.room === 'm0') knew = false;
+    });
+    client.on('joined', (e) => {
+      if (e.room === 'm0') knew = true;
+    });
     cs.push(c);
   }
   // All open before chaos starts.
@@ -247,7 +274,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
               return;
             }
             if (e.code === 'timeout') c.events.push(`${t()} publish ${cid} gave up`);
-            else if (!(e.code === 'forbidden' && c.uncertain.has(room))) violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
+            else if (!(e.code === 'forbidden' && (c.uncertain.has(room) || room === 'm0'))) violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
             p.settledAt = Date.now();
           },
         );
@@ -308,11 +335,34 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
       if (!ops) break;
       if (opRand() < cfg.churn) churnOp(c);
       else {
-        const rooms = [...c.want].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room));
+        const rooms = [...c.want].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room) && (room !== 'm0' || membership.rooms.get('m0')!.has(c.user)));
         if (rooms.length) publish(c, rooms[Math.floor(opRand() * rooms.length)]!);
       }
     }
   });
+  const memberLoop = (async () => {
+    if (!cfg.members) return;
+    while (chaos) {
+      await sleep(300 + Math.floor(rand() * 700));
+      if (!chaos) break;
+      const user = USERS[Math.floor(rand() * USERS.length)]!;
+      const members = membership.rooms.get('m0')!;
+      const mgr = srvs[Math.floor(rand() * srvs.length)]!.manager;
+      if (members.has(user)) {
+        membership.remove('m0', user);
+        for (const c of cs) if (c.user === user) {
+          c.want.delete('m0');
+          c.interest.delete('m0');
+          c.events.push(`${t()} server removeMember m0`);
+        }
+        await mgr.removeMember('m0', user);
+      } else {
+        membership.add('m0', user);
+        for (const c of cs) if (c.user === user) c.events.push(`${t()} server addMember m0`);
+        await mgr.addMember('m0', user);
+      }
+    }
+  })();
   const faultLoop = (async () => {
     while (chaos) {
       await sleep(cfg.faultEveryMs[0] + Math.floor(rand() * (cfg.faultEveryMs[1] - cfg.faultEveryMs[0])));
@@ -325,6 +375,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
   chaos = false;
   ops = false;
   await faultLoop;
+  await memberLoop;
   await Promise.all(clientLoops);
   const faultsEndedAt = Date.now();
   // Make sure no stall/delay/refuse lingers.
@@ -425,7 +476,8 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
 
   // Final membership: client view and server view.
   for (const c of cs) {
-    const expected = [...c.want].filter((r) => !c.uncertain.has(r)).sort();
+    const wantM0 = cfg.members ? membership.rooms.get('m0')!.has(c.user) : c.want.has('m0');
+    const expected = [...c.want, ...(wantM0 ? ['m0'] : [])].filter((r) => !c.uncertain.has(r) && (r !== 'm0' || wantM0)).filter((r, i, a) => a.indexOf(r) === i).sort();
     const got = [...c.client.rooms].filter((r) => !c.uncertain.has(r)).sort();
     if (expected.join() !== got.join()) violate(`client ${c.index} (${c.user}) rooms ${got.join(',')} expected ${expected.join(',')}`);
     const id = c.client.connectionId;
