@@ -157,9 +157,9 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
   const proxy = new ChaosProxy(
     srvs.map((s) => s.port),
     rand,
+    cfg.heartbeatMs,
   );
-  await proxy.start();
-  const url = `ws://127.0.0.1:${proxy.port}/ws`;
+  const url = `ws://127.0.0.1:${await proxy.start()}/ws`;
 
   const pubs: Pub[] = [];
   const cs: C[] = [];
@@ -367,7 +367,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
     while (chaos) {
       await sleep(cfg.faultEveryMs[0] + Math.floor(rand() * (cfg.faultEveryMs[1] - cfg.faultEveryMs[0])));
       if (!chaos) break;
-      proxy.fault(cfg.heartbeatMs);
+      proxy.fault();
     }
   })();
 
@@ -378,15 +378,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
   await memberLoop;
   await Promise.all(clientLoops);
   const faultsEndedAt = Date.now();
-  // Make sure no stall/delay/refuse lingers.
-  proxy.refuseUntil = 0;
-  for (const p of proxy.pairs.values()) {
-    p.up.stalledUntil = p.down.stalledUntil = 0;
-    p.up.delayUntil = p.down.delayUntil = 0;
-    p.up.cutNext = p.down.cutNext = false;
-    p.up.pump();
-    p.down.pump();
-  }
+  proxy.calm();
 
   // Settle: every publish settles, every client is open, bounded.
   const settleBound = 30_000;
@@ -522,7 +514,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
   const { writeFileSync, mkdirSync } = await import('node:fs');
   mkdirSync('/tmp/chaos-logs/events', { recursive: true });
   for (const c of cs) writeFileSync(`/tmp/chaos-logs/events/${cfg.servers}-${cfg.seed}-c${c.index}.txt`, c.events.join('\n') + '\n');
-  writeFileSync(`/tmp/chaos-logs/events/${cfg.servers}-${cfg.seed}-faults.txt`, proxy.log.map((f) => `${f.t - start} ${f.kind} ${f.pair ?? ''} ${f.ms ?? ''}`).join('\n') + '\n');
+  writeFileSync(`/tmp/chaos-logs/events/${cfg.servers}-${cfg.seed}-faults.txt`, proxy.faults.map((f) => `${f.at - start} ${f.kind} ${f.pair ?? ''} ${f.ms ?? ''}`).join('\n') + '\n');
   for (const c of cs) c.client.close();
   await proxy.close();
   for (const s of srvs) await s.close();

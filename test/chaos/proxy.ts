@@ -1,34 +1,53 @@
-import { createServer, connect as netConnect, type Server, type Socket } from 'node:net';
-import type { AddressInfo } from 'node:net';
+import { createServer, connect as netConnect, type AddressInfo, type Server, type Socket } from 'node:net';
 
-/** One direction of a proxied connection: chunks in order, each released at its time, unless stalled. */
+/** The faults {@link ChaosProxy.fault} injects. */
+export type FaultKind = 'cut' | 'cutMidFrame' | 'stall' | 'delay' | 'refuse';
+
+/** One injected fault, for the event logs of a failed run. */
+export interface FaultRecord {
+  /** `Date.now()` when it was injected. */
+  at: number;
+  kind: FaultKind;
+  /** The proxied connection it hit (not for `refuse`, which hits new connections). */
+  pair?: number | undefined;
+  /** How long it lasts (`stall`, `delay`, `refuse`). */
+  ms?: number | undefined;
+}
+
+/**
+ * One direction of a proxied connection: chunks go out in the order they came in, each
+ * at its release time (a delay), none while the direction is stalled.
+ */
 class Pipe {
   private queue: { chunk: Buffer; at: number }[] = [];
   private timer: ReturnType<typeof setTimeout> | undefined;
+  private lastAt = 0;
+  private dead = false;
+  /** Until then nothing is forwarded; chunks wait. */
   stalledUntil = 0;
+  /** Until then each chunk is held a random 0 to `delayMaxMs` more (order kept). */
   delayUntil = 0;
   delayMaxMs = 0;
-  /** Set: the next chunk is forwarded in part, then the whole pair is destroyed. */
+  /** Set: the next chunk is forwarded in part, then the whole connection is cut. */
   cutNext = false;
-  private lastAt = 0;
+
   constructor(
     private readonly to: Socket,
     private readonly rand: () => number,
-    private readonly onCut: () => void,
+    private readonly cut: () => void,
   ) {}
-
-  private dead = false;
 
   push(chunk: Buffer): void {
     if (this.dead) return;
     const now = Date.now();
     const delay = now < this.delayUntil ? Math.floor(this.rand() * this.delayMaxMs) : 0;
-    const at = Math.max(this.lastAt, now + delay);
-    this.lastAt = at;
-    this.queue.push({ chunk, at });
+    // Never before the chunk ahead of it: a TCP stream keeps its order.
+    this.lastAt = Math.max(this.lastAt, now + delay);
+    this.queue.push({ chunk, at: this.lastAt });
     this.pump();
   }
 
+  /** Forwards every chunk that is due; arms one timer for the next one. */
   pump(): void {
     if (this.timer || this.dead) return;
     while (this.queue.length > 0) {
@@ -48,20 +67,27 @@ class Pipe {
       }
       this.queue.shift();
       if (this.cutNext) {
-        this.cutNext = false;
-        // Nothing more may follow the partial chunk: a TCP stream never skips bytes.
-        this.dead = true;
-        if (head.chunk.length > 1) {
-          const part = 1 + Math.floor(this.rand() * (head.chunk.length - 1));
-          this.to.write(head.chunk.subarray(0, part));
-        }
-        // Let the partial write reach the kernel first.
-        setTimeout(() => this.onCut(), 5);
-        this.queue = [];
+        // Nothing may follow the partial chunk: a TCP stream never skips bytes.
+        this.stop();
+        if (head.chunk.length > 1) this.to.write(head.chunk.subarray(0, 1 + Math.floor(this.rand() * (head.chunk.length - 1))));
+        // Let the partial write reach the kernel before the sockets are destroyed.
+        setTimeout(this.cut, 5);
         return;
       }
       this.to.write(head.chunk);
     }
+  }
+
+  /** Ends every fault on this direction and forwards what waited. */
+  calm(): void {
+    this.stalledUntil = 0;
+    this.delayUntil = 0;
+    this.cutNext = false;
+    this.lastAt = 0;
+    for (const entry of this.queue) entry.at = 0;
+    clearTimeout(this.timer);
+    this.timer = undefined;
+    this.pump();
   }
 
   stop(): void {
@@ -72,43 +98,58 @@ class Pipe {
   }
 }
 
-export interface Pair {
+/** A client connection and its connection to the server, with a pipe each way. */
+interface Pair {
   id: number;
-  target: number;
-  client: Socket;
-  upstream: Socket;
-  up: Pipe; // client -> server
-  down: Pipe; // server -> client
-  closed: boolean;
+  /** client → server */
+  up: Pipe;
+  /** server → client */
+  down: Pipe;
   destroy(): void;
 }
 
-export interface FaultLog {
-  t: number;
-  kind: string;
-  pair?: number;
-  ms?: number;
-}
-
-/** A TCP proxy on 127.0.0.1 that can cut, stall, delay and refuse connections. */
+/**
+ * A TCP proxy on 127.0.0.1 between WebSocket clients and one or more servers; each new
+ * connection goes to a server picked at random. {@link ChaosProxy.fault} injects one
+ * random fault:
+ *
+ * - `cut` (20 %): one connection is destroyed on both sides at once; data in flight is lost.
+ * - `cutMidFrame` (20 %): in one direction of one connection, the next chunk is forwarded
+ *   only in part (a WebSocket frame cut in the middle), then the connection is destroyed.
+ * - `stall` (20 %): one connection forwards nothing for 0.5 to 3.5 heartbeats, in one
+ *   direction or both, then all that waited at once: heartbeats time out, or nearly.
+ * - `delay` (25 %): for 0.2 to 2.2 s each chunk of one connection, both ways, is held up
+ *   to a random 0 to 300 ms more, order kept: a slow, jittery network.
+ * - `refuse` (15 %): for 0.2 to 1.7 s every new connection is accepted and destroyed at
+ *   once, so reconnect attempts fail.
+ *
+ * A close from either side is forwarded to the other (after the data before it).
+ */
 export class ChaosProxy {
-  private server: Server | undefined;
-  readonly pairs = new Map<number, Pair>();
+  private readonly server: Server = createServer((client) => this.accept(client));
+  private readonly pairs = new Map<number, Pair>();
   private nextId = 0;
-  refuseUntil = 0;
-  port = 0;
-  readonly log: FaultLog[] = [];
-  counts: Record<string, number> = {};
+  private refuseUntil = 0;
+  /** Every fault injected, in order. */
+  readonly faults: FaultRecord[] = [];
+  /** How often each fault was injected, and `refused`: connections refused. */
+  readonly counts: Record<string, number> = {};
 
+  /**
+   * @param targets ports of the servers on 127.0.0.1
+   * @param rand the run's seeded random source: which fault, which connection, how long
+   * @param heartbeatMs the servers' heartbeat, the unit of a stall
+   */
   constructor(
-    private readonly targets: number[],
+    private readonly targets: readonly number[],
     private readonly rand: () => number,
+    private readonly heartbeatMs: number,
   ) {}
 
-  async start(): Promise<void> {
-    this.server = createServer((client) => this.accept(client));
-    await new Promise<void>((resolve) => this.server!.listen(0, '127.0.0.1', resolve));
-    this.port = (this.server.address() as AddressInfo).port;
+  /** Listens on a free port of 127.0.0.1; resolves with the port. */
+  async start(): Promise<number> {
+    await new Promise<void>((resolve) => this.server.listen(0, '127.0.0.1', resolve));
+    return (this.server.address() as AddressInfo).port;
   }
 
   private count(kind: string): void {
@@ -122,89 +163,85 @@ export class ChaosProxy {
       client.destroy();
       return;
     }
-    const target = Math.floor(this.rand() * this.targets.length);
-    const upstream = netConnect(this.targets[target]!, '127.0.0.1');
+    const upstream = netConnect(this.targets[Math.floor(this.rand() * this.targets.length)]!, '127.0.0.1');
     upstream.on('error', () => {});
     client.setNoDelay(true);
     upstream.setNoDelay(true);
     const id = ++this.nextId;
-    const pair: Pair = {
-      id,
-      target,
-      client,
-      upstream,
-      closed: false,
-      up: undefined as unknown as Pipe,
-      down: undefined as unknown as Pipe,
-      destroy: () => {
-        if (pair.closed) return;
-        pair.closed = true;
-        pair.up.stop();
-        pair.down.stop();
-        client.destroy();
-        upstream.destroy();
-        this.pairs.delete(id);
-      },
+    let closed = false;
+    const destroy = (): void => {
+      if (closed) return;
+      closed = true;
+      pair.up.stop();
+      pair.down.stop();
+      client.destroy();
+      upstream.destroy();
+      this.pairs.delete(id);
     };
-    pair.up = new Pipe(upstream, this.rand, () => pair.destroy());
-    pair.down = new Pipe(client, this.rand, () => pair.destroy());
+    const pair: Pair = { id, up: new Pipe(upstream, this.rand, destroy), down: new Pipe(client, this.rand, destroy), destroy };
     this.pairs.set(id, pair);
     client.on('data', (chunk: Buffer) => pair.up.push(chunk));
     upstream.on('data', (chunk: Buffer) => pair.down.push(chunk));
-    // A close from either side ends both (after pending data: a graceful end is forwarded).
     client.on('end', () => upstream.end());
     upstream.on('end', () => client.end());
-    client.on('close', () => pair.destroy());
-    upstream.on('close', () => pair.destroy());
+    client.on('close', destroy);
+    upstream.on('close', destroy);
   }
 
-  /** Injects one random fault. */
-  fault(heartbeatMs: number): void {
-    const r = this.rand();
-    const live = [...this.pairs.values()];
-    const pick = (): Pair | undefined => (live.length ? live[Math.floor(this.rand() * live.length)] : undefined);
+  /** Injects one random fault (see the class comment); a connection fault needs a live connection. */
+  fault(): void {
     const now = Date.now();
+    const r = this.rand();
+    if (r >= 0.85) {
+      const ms = Math.floor(200 + this.rand() * 1500);
+      this.record({ at: now, kind: 'refuse', ms });
+      this.refuseUntil = now + ms;
+      return;
+    }
+    const live = [...this.pairs.values()];
+    if (live.length === 0) return;
+    const pair = live[Math.floor(this.rand() * live.length)]!;
     if (r < 0.2) {
-      const p = pick();
-      if (!p) return;
-      this.count('cut');
-      this.log.push({ t: now, kind: 'cut', pair: p.id });
-      p.destroy();
+      this.record({ at: now, kind: 'cut', pair: pair.id });
+      pair.destroy();
     } else if (r < 0.4) {
-      const p = pick();
-      if (!p) return;
-      this.count('cutMidFrame');
-      this.log.push({ t: now, kind: 'cutMidFrame', pair: p.id });
-      (this.rand() < 0.5 ? p.up : p.down).cutNext = true;
+      this.record({ at: now, kind: 'cutMidFrame', pair: pair.id });
+      (this.rand() < 0.5 ? pair.up : pair.down).cutNext = true;
     } else if (r < 0.6) {
-      const p = pick();
-      if (!p) return;
-      const ms = Math.floor(heartbeatMs * (0.5 + this.rand() * 3));
-      this.count('stall');
-      this.log.push({ t: now, kind: 'stall', pair: p.id, ms });
+      const ms = Math.floor(this.heartbeatMs * (0.5 + this.rand() * 3));
+      this.record({ at: now, kind: 'stall', pair: pair.id, ms });
+      // 30 % client → server only, 30 % server → client only, 40 % both.
       const which = this.rand();
-      if (which < 0.4 || which >= 0.7) p.up.stalledUntil = now + ms;
-      if (which >= 0.4) p.down.stalledUntil = now + ms;
-    } else if (r < 0.85) {
-      const p = pick();
-      if (!p) return;
+      if (which < 0.4 || which >= 0.7) pair.up.stalledUntil = now + ms;
+      if (which >= 0.4) pair.down.stalledUntil = now + ms;
+    } else {
       const ms = Math.floor(200 + this.rand() * 2000);
-      this.count('delay');
-      this.log.push({ t: now, kind: 'delay', pair: p.id, ms });
-      for (const pipe of [p.up, p.down]) {
+      this.record({ at: now, kind: 'delay', pair: pair.id, ms });
+      for (const pipe of [pair.up, pair.down]) {
         pipe.delayUntil = now + ms;
         pipe.delayMaxMs = Math.floor(this.rand() * 300);
       }
-    } else {
-      const ms = Math.floor(200 + this.rand() * 1500);
-      this.count('refuse');
-      this.log.push({ t: now, kind: 'refuse', ms });
-      this.refuseUntil = now + ms;
     }
   }
 
+  private record(fault: FaultRecord): void {
+    this.count(fault.kind);
+    this.faults.push(fault);
+  }
+
+  /** Ends every fault in progress: connections are accepted, and what waited is forwarded now. */
+  calm(): void {
+    this.refuseUntil = 0;
+    for (const pair of this.pairs.values()) {
+      pair.up.calm();
+      pair.down.calm();
+    }
+  }
+
+  /** Destroys every connection and stops listening. */
   async close(): Promise<void> {
-    for (const p of [...this.pairs.values()]) p.destroy();
-    await new Promise<void>((resolve) => this.server?.close(() => resolve()) ?? resolve());
+    for (const pair of [...this.pairs.values()]) pair.destroy();
+    if (!this.server.listening) return;
+    await new Promise<void>((resolve) => this.server.close(() => resolve()));
   }
 }
