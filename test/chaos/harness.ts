@@ -1,81 +1,112 @@
-import { createServer, type Server } from 'node:http';
-import type { AddressInfo } from 'node:net';
-import WebSocket from 'ws';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Redis } from 'ioredis';
-import { connect, type ClientError, type RoomMessage, type RoomwireClient } from 'roomwire/client';
-import { RoomManager, type Backplane } from '../../src/index.js';
-import { jwtAuthenticator } from '../../src/auth/jwt.js';
-import { attachWebSocket, type WebSocketAdapter } from '../../src/transports/ws.js';
-import { RedisBackplane } from '../../src/backplanes/redis.js';
-import { MembershipTable, TEST_SECRET, tokenFor } from '../helpers/server.js';
+import WebSocket from 'ws';
+import type { Backplane } from 'roomwire';
+import { connect, type ClientError, type RoomMessage, type RoomwireClient, type WebSocketConstructor } from 'roomwire/client';
+import { RedisBackplane } from 'roomwire/redis';
+import { MembershipTable, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 import { seededRandom, sleep } from '../reliability/support.js';
 import { ChaosProxy } from './proxy.js';
 
+/** The Redis the two-server setup shares (with other test runs: keys live under a prefix of the run's own). */
+export const REDIS = { host: '127.0.0.1', port: 6379 } as const;
+
+/** What one chaos run does. */
 export interface ChaosConfig {
+  /** Seeds every random choice of the run: faults, their targets and lengths, the clients' operations. */
   seed: number;
+  /** How long faults and client operations go on, in ms. */
   durationMs: number;
+  /** 1: one server with in-memory history. 2: two servers sharing a Redis backplane; the proxy sends each connection to either. */
   servers: 1 | 2;
+  /** The servers' `heartbeatMs`; a stall lasts 0.5 to 3.5 of it. */
   heartbeatMs: number;
+  /** How many clients; users u0 to u5 in turn, so several clients share a user. */
   clients: number;
-  /** Probability per op of a join/leave (the rest publishes). */
+  /** Probability that a client's next operation is a join or leave (else a publish). */
   churn: number;
-  faultEveryMs: [number, number];
-  redisPort?: number | undefined;
-  /** Client option heartbeatMs (undefined: take the server's). */
+  /** Wait between two faults, a random value in this range, in ms. */
+  faultEveryMs: readonly [number, number];
+  /** The clients' `heartbeatMs` option (default: what the server's welcome says). */
   clientHeartbeatMs?: number | undefined;
-  log?: (line: string) => void;
-  /** Join/leave without waiting for the previous call on the room; publish right after a join. */
+  /** Join and leave without waiting for the previous call on the room to settle; publish right after a join. */
   racy?: boolean | undefined;
-  /** Client publishTimeoutMs; on timeout the app retries with the same cid. */
+  /** The clients' `publishTimeoutMs` (default 120 s); a publish that times out is retried with the same `cid` while the client is still in the room. */
   publishTimeoutMs?: number | undefined;
-  /** Single-server history size. */
+  /** History kept per room by the single server (default 100,000: no gaps). */
   history?: number | undefined;
-  /** Probability of a large (multi-chunk) payload. */
+  /** Probability that a publish carries 20 to 60 KB of padding, so its frame spans many TCP chunks. */
   big?: number | undefined;
-  /** Server-side membership changes of room m0 (removeMember/addMember) during the run. */
+  /** The servers remove and re-add users of room `m0` (`removeMember`/`addMember`) every 0.3 to 1 s. */
   members?: boolean | undefined;
+  /** Write the event logs here even when the run passes (by default only a failed run writes them, into a fresh directory under the OS temp dir). */
+  logDir?: string | undefined;
 }
 
-interface Srv {
-  manager: RoomManager;
-  server: Server;
-  adapter: WebSocketAdapter;
-  port: number;
-  close(): Promise<void>;
+/** Counts of one run, printed as one `chaos {…}` line. */
+export interface ChaosStats {
+  seed: number;
+  servers: 1 | 2;
+  publishes: number;
+  acked: number;
+  /** Rejected publishes by error code. */
+  publishErrors: Record<string, number>;
+  /** `error` events of the clients by code (`unreachable` counts failed connection attempts). */
+  clientErrors: Record<string, number>;
+  gaps: number;
+  welcomes: number;
+  messages: number;
+  /** Faults injected by kind, and `refused`: connection attempts refused. */
+  faults: Record<string, number>;
+  /** Server `error` events of phase `send` (a write to a socket that was going away); not violations. */
+  serverSendErrors: number;
+  /** Publishes that timed out and were sent again with their `cid`. */
+  retried: number;
+  /** Rooms whose join or leave failed, so the client's membership there is unknown and not checked. */
+  uncertain: number;
 }
 
-async function startSrv(membership: MembershipTable, heartbeatMs: number, backplane?: Backplane, history = 100_000): Promise<Srv> {
-  const manager = new RoomManager({
-    authenticate: jwtAuthenticator({ secret: TEST_SECRET }),
-    membership,
-    heartbeatMs,
-    ...(backplane ? {} : { history }),
-    backplane,
-    publishRate: { burst: 200, perSecond: 100 },
-  });
-  const server = createServer((_req, res) => res.writeHead(404).end());
-  const adapter = attachWebSocket(manager, { server, path: '/ws' });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  const port = (server.address() as AddressInfo).port;
-  return {
-    manager,
-    server,
-    adapter,
-    port,
-    async close() {
-      await manager.close();
-      await adapter.close();
-      server.closeAllConnections();
-      await new Promise<void>((resolve) => server.close(() => resolve()));
-    },
-  };
+/** What a run found. */
+export interface ChaosResult {
+  /** Every invariant broken (the first 200); empty when the run passed. */
+  violations: string[];
+  stats: ChaosStats;
+  /** Where the event logs were written: set when the run failed or `logDir` was given. */
+  logDir: string | undefined;
 }
 
-interface Pub {
+/** How long {@link runChaos} may take at most for `durationMs` of faults: every wait after the faults is bounded. */
+export function chaosBoundMs(durationMs: number): number {
+  return durationMs + OPEN_MS + SETTLE_MS + FLUSH_MS + 20_000;
+}
+
+/** The clients must be open this long after they are created. */
+const OPEN_MS = 10_000;
+/** After the faults stop, every publish must settle and every client be open within this. */
+const SETTLE_MS = 30_000;
+/** The flush publishes must be acknowledged within this. */
+const FLUSH_MS = 15_000;
+
+const USERS = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
+/** Rooms the users participate in: each client is put in them at connect (auto-join). */
+const OWN_ROOMS: Record<string, string[]> = {
+  r0: ['u0', 'u1', 'u2', 'u3'],
+  r1: ['u2', 'u3', 'u4', 'u5'],
+  r2: ['u0', 'u1', 'u4', 'u5'],
+  r3: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
+  m0: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
+};
+/** Rooms anyone may join. */
+const PUBLIC_ROOMS = ['p0', 'p1'];
+/** Rooms the clients join and leave: the public ones, and r3, an own room everyone can leave and join again. */
+const CHURN_ROOMS = [...PUBLIC_ROOMS, 'r3'];
+
+interface Publish {
   client: number;
   room: string;
   cid: string;
-  n: number;
   calledAt: number;
   settledAt?: number;
   ack?: { id: string; seq: number };
@@ -84,450 +115,545 @@ interface Pub {
 }
 
 interface Interest {
-  /** Every acked message of the room with seq > since (not this client's) must arrive. */
+  /** Every acknowledged message of the room with a seq above this (not the client's own) must arrive. */
   since: number;
-  /** Time since which the client wants the room continuously. */
-  from: number;
 }
 
-interface C {
+/** One client and what the app around it believes. */
+interface Participant {
   index: number;
   user: string;
   client: RoomwireClient;
   messages: RoomMessage[];
-  gaps: { room: string; t: number }[];
+  gaps: { room: string; at: number }[];
   errors: ClientError[];
   welcomes: number;
-  /** What the app believes it is in: auto rooms, plus joined, minus left. */
+  /** The rooms the app believes it is in: its own rooms, plus those it joined, minus those it left. */
   want: Set<string>;
+  /** The rooms whose messages it must get, and since which seq. */
   interest: Map<string, Interest>;
+  /** Rooms with a join or leave in flight. */
   busy: Set<string>;
   pendingOps: number;
+  /** Rooms whose join or leave failed: the client's membership there is unknown, so not checked. */
   uncertain: Set<string>;
+  /** What happened to this client, one line each, for the logs. */
   events: string[];
 }
 
-export interface ChaosResult {
-  violations: string[];
-  stats: Record<string, unknown>;
-}
-
-const USERS = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
-const OWN_ROOMS: Record<string, string[]> = {
-  r0: ['u0', 'u1', 'u2', 'u3'],
-  r1: ['u2', 'u3', 'u4', 'u5'],
-  r2: ['u0', 'u1', 'u4', 'u5'],
-  r3: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
-  m0: ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'],
-};
-const PUBLIC_ROOMS = ['p0', 'p1'];
-
+/**
+ * Runs `clients` roomwire clients through a {@link ChaosProxy} against one server, or two
+ * servers on a Redis backplane, for `durationMs`. Meanwhile each client, every 50 to
+ * 300 ms, publishes into a room it is in (with a `cid`) or joins or leaves one of p0, p1,
+ * r3, and the proxy injects a fault every `faultEveryMs`. Then the faults stop; every
+ * publish must settle and every client be open again (within 30 s); each client publishes
+ * a marker into each of its rooms; then the invariants are checked:
+ *
+ * - every publish settles: acknowledged, or rejected, and then for a reason the harness
+ *   allows (a timeout; `forbidden` in a room whose join failed, or in m0 under `members`);
+ * - every marker is acknowledged;
+ * - no two publishes get one id, no two ids one seq of a room;
+ * - each client gets each message at most once, in increasing seq per room, under the id
+ *   and seq its publisher's ack said, and never its own acknowledged publish;
+ * - completeness: each client gets every acknowledged message of every room it is in with
+ *   a seq above the one it joined at, unless a `gap` event for the room excused it;
+ * - a rejected publish reached nobody;
+ * - each client ends in the rooms the app believes it is in, and the server agrees;
+ * - the servers emit no `error` event (except failed sends to a socket going away).
+ *
+ * Everything it opens (servers, proxy, sockets, timers, Redis connections and keys) is
+ * closed or deleted before it returns or throws. A failed run (violations, or an error)
+ * writes each client's event log and the fault log to a fresh directory under the OS temp
+ * dir, named in the result or the error; `logDir` writes them there in any case.
+ */
 export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
-  const log = cfg.log ?? ((line: string) => console.log(line));
   const rand = seededRandom(cfg.seed);
   const opRand = seededRandom(cfg.seed ^ 0x5eed);
+  const membership = new MembershipTable(OWN_ROOMS);
+  for (const room of PUBLIC_ROOMS) membership.canJoinRooms.add(room);
+  const prefix = `roomwire-chaos:${process.pid}:${cfg.seed}:${Date.now().toString(36)}`;
+  const redisConnections: Redis[] = [];
+  const servers: TestServer[] = [];
+  const serverErrors: string[] = [];
+  const participants: Participant[] = [];
+  let proxy: ChaosProxy | undefined;
+  const start = Date.now();
+  let result: ChaosResult | undefined;
+  try {
+    for (let i = 0; i < cfg.servers; i++) {
+      const backplane = cfg.servers > 1 ? await redisBackplane(prefix, redisConnections) : undefined;
+      const server = await startServer({
+        membership,
+        heartbeatMs: cfg.heartbeatMs,
+        ...(backplane ? { backplane } : { history: cfg.history ?? 100_000 }),
+        publishRate: { burst: 200, perSecond: 100 },
+      });
+      server.manager.on('error', (e: Error, context: unknown) => serverErrors.push(`server${i} error event: ${e.message} ${JSON.stringify(context)}`));
+      servers.push(server);
+    }
+    proxy = new ChaosProxy(
+      servers.map((s) => s.port),
+      rand,
+      cfg.heartbeatMs,
+    );
+    const url = `ws://127.0.0.1:${await proxy.start()}/ws`;
+    for (let i = 0; i < cfg.clients; i++) participants.push(await participant(i, url, cfg, membership, start));
+    result = await run(cfg, { rand, opRand, membership, servers, serverErrors, participants, proxy, start });
+  } catch (error) {
+    const logDir = writeLogs(cfg, participants, proxy, start, [`error: ${String(error)}`]);
+    throw new Error(`chaos run seed ${cfg.seed} servers ${cfg.servers} failed: ${String(error)}; event logs in ${logDir}`, { cause: error });
+  } finally {
+    for (const p of participants) p.client.close();
+    await proxy?.close();
+    for (const server of servers) await server.close();
+    for (const connection of redisConnections) connection.disconnect();
+    if (cfg.servers > 1) await deleteKeys(prefix);
+  }
+  if (result.violations.length > 0 || cfg.logDir !== undefined) {
+    result.logDir = writeLogs(cfg, participants, proxy, start, [...result.violations.map((v) => `violation: ${v}`), `stats: ${JSON.stringify(result.stats)}`]);
+  }
+  return result;
+}
+
+/** A Redis backplane with two fresh connections (tracked in `connections`), once both are ready. */
+async function redisBackplane(prefix: string, connections: Redis[]): Promise<Backplane> {
+  // As in production: fail fast while Redis is away (a publish fails to its publisher, not queued).
+  const open = (): Redis => {
+    const connection = new Redis({ ...REDIS, enableOfflineQueue: false, autoResendUnfulfilledCommands: false, retryStrategy: () => 100, maxRetriesPerRequest: 1 });
+    connection.on('error', () => {});
+    connections.push(connection);
+    return connection;
+  };
+  const redis = open();
+  const subscriber = open();
+  for (const connection of [redis, subscriber]) {
+    if (connection.status === 'ready') continue;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        connection.once('ready', resolve);
+        timer = setTimeout(() => reject(new Error(`Redis on ${REDIS.host}:${REDIS.port} not ready within 5 s`)), 5_000);
+      });
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+  return new RedisBackplane({ redis, subscriber, prefix, historyLimit: 100_000 });
+}
+
+/** Deletes this run's keys, and only them (the Redis is shared). */
+async function deleteKeys(prefix: string): Promise<void> {
+  const admin = new Redis({ ...REDIS, maxRetriesPerRequest: 1, connectTimeout: 2_000, retryStrategy: () => null });
+  admin.on('error', () => {});
+  try {
+    let cursor = '0';
+    // Bounded: SCAN walks the keyspace once.
+    for (let round = 0; round < 100_000; round++) {
+      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
+      if (keys.length > 0) await admin.del(...keys);
+      cursor = next;
+      if (cursor === '0') break;
+    }
+  } finally {
+    admin.disconnect();
+  }
+}
+
+/** Connects client `index` through the proxy and records what it sees. */
+async function participant(index: number, url: string, cfg: ChaosConfig, membership: MembershipTable, start: number): Promise<Participant> {
+  const user = USERS[index % USERS.length]!;
+  const token = await tokenFor(user);
+  const client = connect({
+    url,
+    token: () => token,
+    WebSocket: WebSocket as unknown as WebSocketConstructor,
+    reconnect: { minDelayMs: 20, maxDelayMs: 400 },
+    publishTimeoutMs: cfg.publishTimeoutMs ?? 120_000,
+    queueLimit: 1000,
+    ...(cfg.clientHeartbeatMs !== undefined ? { heartbeatMs: cfg.clientHeartbeatMs } : {}),
+  });
+  const own = Object.keys(OWN_ROOMS).filter((room) => OWN_ROOMS[room]!.includes(user));
+  const p: Participant = {
+    index,
+    user,
+    client,
+    messages: [],
+    gaps: [],
+    errors: [],
+    welcomes: 0,
+    want: new Set(own),
+    interest: new Map(own.map((room) => [room, { since: 0 }])),
+    busy: new Set(),
+    pendingOps: 0,
+    uncertain: new Set(),
+    events: [],
+  };
+  const event = (line: string): void => {
+    p.events.push(`${Date.now() - start} ${line}`);
+  };
+  client.on('message', (m) => {
+    p.messages.push(m);
+    event(`msg ${m.room} ${m.seq} ${(m.data as MessageData).cid}`);
+  });
+  client.on('gap', ({ room }) => {
+    p.gaps.push({ room, at: Date.now() });
+    event(`gap ${room}`);
+  });
+  client.on('error', (e) => {
+    p.errors.push(e);
+    if (e.code !== 'unreachable') event(`error ${e.code} ${e.room ?? ''} ${e.message}`);
+  });
+  client.on('state', (state) => event(`state ${state}`));
+  client.on('welcome', (w) => {
+    p.welcomes++;
+    event(`welcome ${w.connectionId} rooms=${[...client.rooms].join(',')}`);
+  });
+  client.on('joined', (e) => event(`joined ${e.room} ${e.seq}`));
+  client.on('left', (e) => event(`left ${e.room}`));
+  if (cfg.members) trackM0(p, membership);
+  return p;
+}
+
+/**
+ * Under `members` the servers put the client in m0 and take it out: it wants m0 from a
+ * `joined` (or a welcome that has m0 again) while its user is a participant, from the seq
+ * it joined at, and stops wanting it at `left`.
+ */
+function trackM0(p: Participant, membership: MembershipTable): void {
+  const isMember = (): boolean => membership.rooms.get('m0')!.has(p.user);
+  let knew = false;
+  p.client.on('joined', (e) => {
+    if (e.room !== 'm0') return;
+    knew = true;
+    if (isMember()) {
+      p.want.add('m0');
+      p.interest.set('m0', { since: e.seq });
+    }
+  });
+  p.client.on('left', (e) => {
+    if (e.room !== 'm0') return;
+    knew = false;
+    p.interest.delete('m0');
+  });
+  p.client.on('welcome', () => {
+    const has = p.client.rooms.has('m0');
+    if (has && !knew && isMember()) {
+      p.want.add('m0');
+      p.interest.set('m0', { since: p.client.lastSeq('m0') });
+    }
+    knew = has;
+  });
+}
+
+interface MessageData {
+  cid: string;
+  from: number;
+  pad?: string;
+}
+
+interface Run {
+  rand: () => number;
+  opRand: () => number;
+  membership: MembershipTable;
+  servers: TestServer[];
+  serverErrors: string[];
+  participants: Participant[];
+  proxy: ChaosProxy;
+  start: number;
+}
+
+/** The run proper: chaos for `durationMs`, settling, the flush, the checks. */
+async function run(cfg: ChaosConfig, { rand, opRand, membership, servers, serverErrors, participants: ps, proxy, start }: Run): Promise<ChaosResult> {
   const violations: string[] = [];
   const violate = (v: string): void => {
     if (violations.length < 200) violations.push(v);
   };
-  const membership = new MembershipTable(OWN_ROOMS);
-  for (const room of PUBLIC_ROOMS) membership.canJoinRooms.add(room);
-
-  const prefix = `chaos-hunt:${process.pid}:${cfg.seed}:${Date.now().toString(36)}`;
-  const redisConns: Redis[] = [];
-  const srvs: Srv[] = [];
-  const serverErrors: string[] = [];
-  for (let i = 0; i < cfg.servers; i++) {
-    let backplane: Backplane | undefined;
-    if (cfg.servers > 1) {
-      const mk = (): Redis => {
-        const r = new Redis({ host: '127.0.0.1', port: cfg.redisPort ?? 6379, enableOfflineQueue: false, autoResendUnfulfilledCommands: false, retryStrategy: () => 100, maxRetriesPerRequest: 1, lazyConnect: false });
-        redisConns.push(r);
-        return r;
-      };
-      const redis = mk();
-      const subscriber = mk();
-      await Promise.all([redis, subscriber].map((r) => new Promise<void>((resolve) => (r.status === 'ready' ? resolve() : r.once('ready', () => resolve())))));
-      backplane = new RedisBackplane({ redis, subscriber, prefix, closeClients: false, historyLimit: 100_000 });
-    }
-    const s = await startSrv(membership, cfg.heartbeatMs, backplane, cfg.history);
-    s.manager.on('error', (e: Error, ctx: unknown) => serverErrors.push(`server${i} error event: ${e.message} ${JSON.stringify(ctx)}`));
-    srvs.push(s);
-  }
-  const proxy = new ChaosProxy(
-    srvs.map((s) => s.port),
-    rand,
-    cfg.heartbeatMs,
-  );
-  const url = `ws://127.0.0.1:${await proxy.start()}/ws`;
-
-  const pubs: Pub[] = [];
-  const cs: C[] = [];
-  const start = Date.now();
   const t = (): number => Date.now() - start;
-  for (let i = 0; i < cfg.clients; i++) {
-    const user = USERS[i % USERS.length]!;
-    const token = await tokenFor(user);
-    const client = connect({
-      url,
-      token: () => token,
-      WebSocket: WebSocket as never,
-      reconnect: { minDelayMs: 20, maxDelayMs: 400 },
-      publishTimeoutMs: cfg.publishTimeoutMs ?? 120_000,
-      queueLimit: 1000,
-      ...(cfg.clientHeartbeatMs ? { heartbeatMs: cfg.clientHeartbeatMs } : {}),
-    });
-    const own = Object.entries(OWN_ROOMS)
-      .filter(([, users]) => users.includes(user))
-      .map(([room]) => room);
-    const c: C = {
-      index: i,
-      user,
-      client,
-      messages: [],
-      gaps: [],
-      errors: [],
-      welcomes: 0,
-      want: new Set(own),
-      interest: new Map(own.map((room) => [room, { since: 0, from: 0 }])),
-      busy: new Set(),
-      pendingOps: 0,
-      uncertain: new Set(),
-      events: [],
-    };
-    client.on('message', (m) => {
-      c.messages.push(m);
-      c.events.push(`${t()} msg ${m.room} ${m.seq} ${(m.data as { cid: string }).cid}`);
-    });
-    client.on('gap', ({ room }) => {
-      c.gaps.push({ room, t: Date.now() });
-      c.events.push(`${t()} gap ${room}`);
-    });
-    client.on('error', (e) => {
-      c.errors.push(e);
-      if (e.code !== 'unreachable') c.events.push(`${t()} error ${e.code} ${e.room ?? ''} ${e.message}`);
-    });
-    client.on('state', (st) => c.events.push(`${t()} state ${st}`));
-    client.on('welcome', (w) => {
-      c.welcomes++;
-      c.events.push(`${t()} welcome ${w.connectionId} rooms=${[...client.rooms].join(',')}`);
-    });
-    client.on('joined', (e) => {
-      c.events.push(`${t()} joined ${e.room} ${e.seq}`);
-      if (e.room === 'm0' && membership.rooms.get('m0')!.has(user)) {
-        c.want.add('m0');
-        c.interest.set('m0', { since: e.seq, from: Date.now() });
-      }
-    });
-    client.on('left', (e) => {
-      c.events.push(`${t()} left ${e.room}`);
-      if (e.room === 'm0') c.interest.delete('m0');
-    });
-    let knew = client.rooms.has('m0');
-    client.on('welcome', () => {
-      const has = client.rooms.has('m0');
-      if (has && !knew && membership.rooms.get('m0')!.has(user)) {
-        c.want.add('m0');
-        c.interest.set('m0', { since: client.lastSeq('m0'), from: Date.now() });
-      }
-      knew = has;
-    });
-    client.on('left', (e) => {
-      if (e.room === 'm0') knew = false;
-    });
-    client.on('joined', (e) => {
-      if (e.room === 'm0') knew = true;
-    });
-    cs.push(c);
-  }
-  // All open before chaos starts.
-  const deadline0 = Date.now() + 10_000;
-  while (cs.some((c) => c.client.state !== 'open')) {
-    if (Date.now() > deadline0) throw new Error('clients did not open');
+  const openBy = Date.now() + OPEN_MS;
+  while (ps.some((p) => p.client.state !== 'open')) {
+    if (Date.now() > openBy) throw new Error(`clients not open within ${OPEN_MS} ms before the faults began`);
     await sleep(10);
   }
 
-  let chaos = true;
-  let ops = true;
+  const pubs: Publish[] = [];
   let n = 0;
-  const publish = (c: C, room: string): void => {
-    const cid = `c${c.index}-${++n}`;
-    const p: Pub = { client: c.index, room, cid, n, calledAt: Date.now() };
-    c.events.push(`${t()} publish ${cid} ${room}`);
-    pubs.push(p);
-    const pad = cfg.big && opRand() < cfg.big ? 'x'.repeat(20_000 + Math.floor(opRand() * 40_000)) : undefined;
+  const publish = (p: Participant, room: string): Publish => {
+    const cid = `c${p.index}-${++n}`;
+    const pub: Publish = { client: p.index, room, cid, calledAt: Date.now() };
+    p.events.push(`${t()} publish ${cid} ${room}`);
+    pubs.push(pub);
+    const data: MessageData = { cid, from: p.index };
+    if (cfg.big && opRand() < cfg.big) data.pad = 'x'.repeat(20_000 + Math.floor(opRand() * 40_000));
     const attempt = (tries: number): void => {
-      c.client
-        .publish(room, { cid, from: c.index, ...(pad ? { pad } : {}) }, { cid })
-        .then(
-          (ack) => {
-            p.ack = { id: ack.id, seq: ack.seq };
-            if (ack.room !== room) violate(`ack room mismatch ${ack.room} != ${room}`);
-            p.settledAt = Date.now();
-          },
-          (e: ClientError) => {
-            p.error = `${e.code}: ${e.message}`;
-            c.events.push(`${t()} publish ${cid} ${room} failed ${p.error} (try ${tries})`);
-            if (e.code === 'timeout' && tries < 20 && c.want.has(room) && !c.busy.has(room)) {
-              p.retries = tries;
-              attempt(tries + 1);
-              return;
-            }
-            if (e.code === 'timeout') c.events.push(`${t()} publish ${cid} gave up`);
-            else if (!(e.code === 'forbidden' && (c.uncertain.has(room) || room === 'm0'))) violate(`client ${c.index} publish ${cid} into ${room} (called at ${p.calledAt - start}) rejected: ${p.error}${c.want.has(room) ? '' : ' (room left since)'}`);
-            p.settledAt = Date.now();
-          },
-        );
+      p.client.publish(room, data, { cid }).then(
+        (ack) => {
+          pub.ack = { id: ack.id, seq: ack.seq };
+          if (ack.room !== room) violate(`ack room mismatch ${ack.room} != ${room}`);
+          pub.settledAt = Date.now();
+        },
+        (e: ClientError) => {
+          pub.error = `${e.code}: ${e.message}`;
+          p.events.push(`${t()} publish ${cid} ${room} failed ${pub.error} (try ${tries})`);
+          // Bounded: at most 20 tries, each bounded by publishTimeoutMs.
+          if (e.code === 'timeout' && tries < 20 && p.want.has(room) && !p.busy.has(room)) {
+            pub.retries = tries;
+            attempt(tries + 1);
+            return;
+          }
+          if (e.code === 'timeout') p.events.push(`${t()} publish ${cid} gave up`);
+          else if (!(e.code === 'forbidden' && (p.uncertain.has(room) || room === 'm0'))) {
+            violate(`client ${p.index} publish ${cid} into ${room} (called at ${pub.calledAt - start}) rejected: ${pub.error}${p.want.has(room) ? '' : ' (room left since)'}`);
+          }
+          pub.settledAt = Date.now();
+        },
+      );
     };
     attempt(1);
+    return pub;
   };
+
   const lastOp = new Map<string, number>();
   let opCount = 0;
-  const churnOp = (c: C): void => {
-    const candidates = [...PUBLIC_ROOMS, 'r3'].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room) && (room !== 'r3' || OWN_ROOMS.r3!.includes(c.user)));
+  const churn = (p: Participant): void => {
+    const candidates = CHURN_ROOMS.filter((room) => (cfg.racy || !p.busy.has(room)) && !p.uncertain.has(room) && (room !== 'r3' || OWN_ROOMS.r3!.includes(p.user)));
     if (candidates.length === 0) return;
     const room = candidates[Math.floor(opRand() * candidates.length)]!;
-    const key = `${c.index}/${room}`;
+    const key = `${p.index}/${room}`;
     const op = ++opCount;
     lastOp.set(key, op);
-    c.busy.add(room);
-    c.pendingOps++;
+    p.busy.add(room);
+    p.pendingOps++;
     const done = (): void => {
-      c.pendingOps--;
-      if (lastOp.get(key) === op) c.busy.delete(room);
+      p.pendingOps--;
+      if (lastOp.get(key) === op) p.busy.delete(room);
     };
-    if (c.want.has(room)) {
-      // Leave: interest ends now.
-      c.want.delete(room);
-      c.interest.delete(room);
-      c.events.push(`${t()} app leave ${room}`);
-      c.client.leave(room).then(
-        () => {
-          c.events.push(`${t()} app left ${room}`);
-        },
-        (e: ClientError) => {
-          c.uncertain.add(room);
-          c.events.push(`${t()} app leave failed ${room} ${e.code}`);
-        },
-      ).finally(done);
+    const failed = (what: string) => (e: ClientError) => {
+      p.uncertain.add(room);
+      p.events.push(`${t()} app ${what} failed ${room} ${e.code}`);
+    };
+    if (p.want.has(room)) {
+      // The interest ends when the app calls leave.
+      p.want.delete(room);
+      p.interest.delete(room);
+      p.events.push(`${t()} app leave ${room}`);
+      p.client
+        .leave(room)
+        .then(() => void p.events.push(`${t()} app left ${room}`), failed('leave'))
+        .finally(done);
     } else {
-      const from = Date.now();
-      c.events.push(`${t()} app join ${room}`);
-      if (cfg.racy) c.want.add(room);
-      c.client.join(room).then(
-        ({ seq }) => {
-          c.events.push(`${t()} app joined ${room} ${seq}`);
+      p.events.push(`${t()} app join ${room}`);
+      if (cfg.racy) p.want.add(room);
+      p.client
+        .join(room)
+        .then(({ seq }) => {
+          p.events.push(`${t()} app joined ${room} ${seq}`);
           if (lastOp.get(key) !== op) return;
-          c.want.add(room);
-          c.interest.set(room, { since: seq, from });
-        },
-        (e: ClientError) => {
-          c.uncertain.add(room);
-          c.events.push(`${t()} app join failed ${room} ${e.code}`);
-        },
-      ).finally(done);
-      if (cfg.racy && opRand() < 0.5) publish(c, room);
+          p.want.add(room);
+          p.interest.set(room, { since: seq });
+        }, failed('join'))
+        .finally(done);
+      if (cfg.racy && opRand() < 0.5) publish(p, room);
     }
   };
-  const clientLoops = cs.map(async (c) => {
-    while (ops) {
+
+  // Chaos: the loops run until `running` turns false, each turn bounded by a sleep.
+  let running = true;
+  const clientLoops = ps.map(async (p) => {
+    while (running) {
       await sleep(50 + Math.floor(opRand() * 250));
-      if (!ops) break;
-      if (opRand() < cfg.churn) churnOp(c);
+      if (!running) break;
+      if (opRand() < cfg.churn) churn(p);
       else {
-        const rooms = [...c.want].filter((room) => (cfg.racy || !c.busy.has(room)) && !c.uncertain.has(room) && (room !== 'm0' || membership.rooms.get('m0')!.has(c.user)));
-        if (rooms.length) publish(c, rooms[Math.floor(opRand() * rooms.length)]!);
+        const rooms = [...p.want].filter((room) => (cfg.racy || !p.busy.has(room)) && !p.uncertain.has(room) && (room !== 'm0' || membership.rooms.get('m0')!.has(p.user)));
+        if (rooms.length > 0) publish(p, rooms[Math.floor(opRand() * rooms.length)]!);
       }
     }
   });
   const memberLoop = (async () => {
-    if (!cfg.members) return;
-    while (chaos) {
+    while (cfg.members && running) {
       await sleep(300 + Math.floor(rand() * 700));
-      if (!chaos) break;
+      if (!running) break;
       const user = USERS[Math.floor(rand() * USERS.length)]!;
-      const members = membership.rooms.get('m0')!;
-      const mgr = srvs[Math.floor(rand() * srvs.length)]!.manager;
-      if (members.has(user)) {
+      const manager = servers[Math.floor(rand() * servers.length)]!.manager;
+      const mine = ps.filter((p) => p.user === user);
+      if (membership.rooms.get('m0')!.has(user)) {
         membership.remove('m0', user);
-        for (const c of cs) if (c.user === user) {
-          c.want.delete('m0');
-          c.interest.delete('m0');
-          c.events.push(`${t()} server removeMember m0`);
+        for (const p of mine) {
+          p.want.delete('m0');
+          p.interest.delete('m0');
+          p.events.push(`${t()} server removeMember m0`);
         }
-        await mgr.removeMember('m0', user);
+        await manager.removeMember('m0', user);
       } else {
         membership.add('m0', user);
-        for (const c of cs) if (c.user === user) c.events.push(`${t()} server addMember m0`);
-        await mgr.addMember('m0', user);
+        for (const p of mine) p.events.push(`${t()} server addMember m0`);
+        await manager.addMember('m0', user);
       }
     }
   })();
   const faultLoop = (async () => {
-    while (chaos) {
-      await sleep(cfg.faultEveryMs[0] + Math.floor(rand() * (cfg.faultEveryMs[1] - cfg.faultEveryMs[0])));
-      if (!chaos) break;
+    const [min, max] = cfg.faultEveryMs;
+    while (running) {
+      await sleep(min + Math.floor(rand() * (max - min)));
+      if (!running) break;
       proxy.fault();
     }
   })();
-
   await sleep(cfg.durationMs);
-  chaos = false;
-  ops = false;
-  await faultLoop;
-  await memberLoop;
-  await Promise.all(clientLoops);
-  const faultsEndedAt = Date.now();
+  running = false;
+  await Promise.all([faultLoop, memberLoop, ...clientLoops]);
   proxy.calm();
 
-  // Settle: every publish settles, every client is open, bounded.
-  const settleBound = 30_000;
-  while (Date.now() - faultsEndedAt < settleBound && (pubs.some((p) => p.settledAt === undefined) || cs.some((c) => c.client.state !== 'open' || c.pendingOps > 0))) await sleep(20);
-  const hanging = pubs.filter((p) => p.settledAt === undefined);
-  for (const p of hanging) violate(`publish hangs ${settleBound} ms after faults stopped: client ${p.client} room ${p.room} cid ${p.cid} called at ${p.calledAt - start}`);
-  for (const c of cs) if (c.client.state !== 'open') violate(`client ${c.index} (${c.user}) not open ${settleBound} ms after faults: ${c.client.state}`);
-  for (const c of cs) if (c.pendingOps > 0) violate(`client ${c.index} join/leave still pending: ${[...c.busy].join(',')}`);
+  // Settling: every publish settles, every client is open with no join or leave in flight.
+  const settledBy = Date.now() + SETTLE_MS;
+  while (Date.now() < settledBy && (pubs.some((pub) => pub.settledAt === undefined) || ps.some((p) => p.client.state !== 'open' || p.pendingOps > 0))) await sleep(20);
+  for (const pub of pubs) if (pub.settledAt === undefined) violate(`publish hangs ${SETTLE_MS} ms after faults stopped: client ${pub.client} room ${pub.room} cid ${pub.cid} called at ${pub.calledAt - start}`);
+  for (const p of ps) if (p.client.state !== 'open') violate(`client ${p.index} (${p.user}) not open ${SETTLE_MS} ms after faults: ${p.client.state}`);
+  for (const p of ps) if (p.pendingOps > 0) violate(`client ${p.index} join/leave still pending: ${[...p.busy].join(',')}`);
 
-  // Flush: each client publishes a marker into each room it wants; wait until delivered everywhere.
-  const markers: Pub[] = [];
-  for (const c of cs) {
-    for (const room of c.want) {
-      if (c.uncertain.has(room)) continue;
-      const before = pubs.length;
-      publish(c, room);
-      markers.push(pubs[before]!);
-    }
-  }
-  const flushStart = Date.now();
-  while (Date.now() - flushStart < 15_000 && markers.some((p) => p.settledAt === undefined)) await sleep(20);
-  await sleep(1500);
-
-  // ---- checks
-  const byId = new Map<string, Pub>();
-  const byCid = new Map<string, Pub>();
-  for (const p of pubs) {
-    byCid.set(p.cid, p);
-    if (p.ack) {
-      const prior = byId.get(p.ack.id);
-      if (prior) violate(`two publishes acked with one id ${p.ack.id}: ${prior.cid} and ${p.cid}`);
-      byId.set(p.ack.id, p);
-    }
-  }
-  // Seq uniqueness per room among acks.
-  const seqOwner = new Map<string, string>();
-  for (const p of pubs) {
-    if (!p.ack) continue;
-    const k = `${p.room}#${p.ack.seq}`;
-    const prior = seqOwner.get(k);
-    if (prior && prior !== p.ack.id) violate(`two ids with one seq ${k}: ${prior} ${p.ack.id}`);
-    seqOwner.set(k, p.ack.id);
-  }
+  // The flush: a marker from each client into each room it is in, the last message of the run.
+  const markers: Publish[] = [];
+  for (const p of ps) for (const room of p.want) if (!p.uncertain.has(room)) markers.push(publish(p, room));
+  const flushedBy = Date.now() + FLUSH_MS;
+  while (Date.now() < flushedBy && markers.some((m) => m.settledAt === undefined)) await sleep(20);
   for (const m of markers) if (!m.ack) violate(`marker publish not acked: client ${m.client} room ${m.room}: ${m.error ?? 'pending'}`);
 
-  const missingReport: string[] = [];
-  for (const c of cs) {
+  await sleep(1500);
+  const missing = missingMessages(ps, pubs);
+
+  // ---- The checks.
+  const byCid = new Map<string, Publish>();
+  const byId = new Map<string, Publish>();
+  const seqOwner = new Map<string, string>();
+  for (const pub of pubs) {
+    byCid.set(pub.cid, pub);
+    if (!pub.ack) continue;
+    const sameId = byId.get(pub.ack.id);
+    if (sameId) violate(`two publishes acked with one id ${pub.ack.id}: ${sameId.cid} and ${pub.cid}`);
+    byId.set(pub.ack.id, pub);
+    const seqKey = `${pub.room}#${pub.ack.seq}`;
+    const sameSeq = seqOwner.get(seqKey);
+    if (sameSeq && sameSeq !== pub.ack.id) violate(`two ids with one seq ${seqKey}: ${sameSeq} ${pub.ack.id}`);
+    seqOwner.set(seqKey, pub.ack.id);
+  }
+
+  for (const p of ps) {
     const seen = new Set<string>();
     const lastSeq = new Map<string, number>();
     const cidToId = new Map<string, string>();
-    for (const m of c.messages) {
-      if (seen.has(m.id)) violate(`client ${c.index} saw id ${m.id} twice (room ${m.room} seq ${m.seq})`);
+    for (const m of p.messages) {
+      if (seen.has(m.id)) violate(`client ${p.index} saw id ${m.id} twice (room ${m.room} seq ${m.seq})`);
       seen.add(m.id);
       const prev = lastSeq.get(m.room) ?? 0;
-      if (m.seq <= prev) violate(`client ${c.index} room ${m.room}: seq ${m.seq} after ${prev}`);
+      if (m.seq <= prev) violate(`client ${p.index} room ${m.room}: seq ${m.seq} after ${prev}`);
       lastSeq.set(m.room, Math.max(prev, m.seq));
-      const data = m.data as { cid: string; from: number };
+      const data = m.data as MessageData;
       const prior = cidToId.get(data.cid);
-      if (prior && prior !== m.id) violate(`client ${c.index}: cid ${data.cid} delivered under two ids ${prior} ${m.id}`);
+      if (prior && prior !== m.id) violate(`client ${p.index}: cid ${data.cid} delivered under two ids ${prior} ${m.id}`);
       cidToId.set(data.cid, m.id);
       const pub = byCid.get(data.cid);
-      if (pub?.ack && pub.ack.id !== m.id) violate(`client ${c.index}: cid ${data.cid} acked as ${pub.ack.id}/${pub.ack.seq} but delivered as ${m.id}/${m.seq}`);
-      if (pub?.ack && pub.ack.seq !== m.seq) violate(`client ${c.index}: cid ${data.cid} acked seq ${pub.ack.seq} delivered seq ${m.seq}`);
-      if (data.from === c.index && pub?.ack) violate(`client ${c.index} received its own acked publish ${data.cid} as a message (room ${m.room} seq ${m.seq})`);
+      if (pub?.ack && (pub.ack.id !== m.id || pub.ack.seq !== m.seq)) violate(`client ${p.index}: cid ${data.cid} acked as ${pub.ack.id}/${pub.ack.seq} but delivered as ${m.id}/${m.seq}`);
+      if (data.from === p.index && pub?.ack) violate(`client ${p.index} received its own acked publish ${data.cid} as a message (room ${m.room} seq ${m.seq})`);
     }
-    // Completeness.
-    for (const [room, interest] of c.interest) {
-      if (c.uncertain.has(room)) continue;
-      for (const p of pubs) {
-        if (!p.ack || p.room !== room || p.client === c.index || p.ack.seq <= interest.since) continue;
-        if (seen.has(p.ack.id)) continue;
-        const gap = c.gaps.find((g) => g.room === room && g.t >= p.calledAt - 1000);
-        if (gap) continue;
-        missingReport.push(`client ${c.index} (${c.user}) missed ${room} seq ${p.ack.seq} (${p.cid}) since=${interest.since}`);
+  }
+
+  for (const line of missing.slice(0, 40)) violate(line);
+  if (missing.length > 40) violate(`... ${missing.length - 40} more missing`);
+
+  // A rejected publish reached nobody (a timeout may have been delivered; a room whose join or leave failed is unknown).
+  for (const pub of pubs) {
+    if (pub.ack || !pub.error || pub.error.startsWith('timeout') || ps[pub.client]!.uncertain.has(pub.room)) continue;
+    const got = ps.filter((p) => p.messages.some((m) => (m.data as MessageData).cid === pub.cid)).map((p) => p.index);
+    if (got.length > 0) violate(`publish ${pub.cid} into ${pub.room} rejected (${pub.error}) but delivered to clients ${got.join(',')}`);
+  }
+
+  // Final membership, as the client sees it and as the server does.
+  for (const p of ps) {
+    const expectedRooms = new Set(p.want);
+    const inM0 = cfg.members ? membership.rooms.get('m0')!.has(p.user) : p.want.has('m0');
+    if (inM0) expectedRooms.add('m0');
+    else expectedRooms.delete('m0');
+    const expected = [...expectedRooms].filter((room) => !p.uncertain.has(room)).sort();
+    const got = [...p.client.rooms].filter((room) => !p.uncertain.has(room)).sort();
+    if (expected.join() !== got.join()) violate(`client ${p.index} (${p.user}) rooms ${got.join(',')} expected ${expected.join(',')}`);
+    const id = p.client.connectionId;
+    if (id) {
+      const onServer = servers.map((s) => s.manager.roomsOf(id)).find((rooms) => rooms.length > 0) ?? [];
+      const server = onServer.filter((room) => !p.uncertain.has(room)).sort();
+      if (server.join() !== expected.join()) violate(`client ${p.index} (${p.user}) server view ${server.join(',')} expected ${expected.join(',')}`);
+    }
+  }
+
+  const isSendError = (e: string): boolean => e.includes('"phase":"send"');
+  for (const e of serverErrors) if (!isSendError(e)) violate(e);
+
+  const stats = statsOf(cfg, pubs, ps, proxy, serverErrors.filter(isSendError).length);
+  console.log(`chaos ${JSON.stringify(stats)}`);
+  if (violations.length > 0) {
+    const involved = new Set<number>();
+    for (const v of violations) {
+      const match = /client (\d+)/.exec(v);
+      if (match) involved.add(Number(match[1]));
+    }
+    for (const i of [...involved].slice(0, 3)) console.log(`client ${i} events (the last 80):\n  ${ps[i]!.events.slice(-80).join('\n  ')}`);
+  }
+  // A copy: closing the clients afterwards rejects what is still pending, which was judged above.
+  return { violations: [...violations], stats, logDir: undefined };
+}
+
+/**
+ * Completeness: for each client, the acknowledged messages of others in each room it is
+ * in, with a seq above its `since`, that it has not received and that no `gap` event of
+ * the room (at most 1 s before the publish was called, or later) excuses.
+ */
+function missingMessages(ps: readonly Participant[], pubs: readonly Publish[]): string[] {
+  const missing: string[] = [];
+  for (const p of ps) {
+    const seen = new Set(p.messages.map((m) => m.id));
+    for (const [room, { since }] of p.interest) {
+      if (p.uncertain.has(room)) continue;
+      for (const pub of pubs) {
+        if (!pub.ack || pub.room !== room || pub.client === p.index || pub.ack.seq <= since || seen.has(pub.ack.id)) continue;
+        if (p.gaps.some((g) => g.room === room && g.at >= pub.calledAt - 1000)) continue;
+        missing.push(`client ${p.index} (${p.user}) missed ${room} seq ${pub.ack.seq} (${pub.cid}) since=${since}`);
       }
     }
   }
-  // Rejected publishes that others received anyway (not those of a room whose join/leave timed out).
-  const c0 = (p: Pub): boolean => cs[p.client]!.uncertain.has(p.room);
-  for (const p of pubs) {
-    if (p.ack || !p.error || p.error.startsWith('timeout') || c0(p)) continue;
-    const got = cs.filter((c) => c.messages.some((m) => (m.data as { cid: string }).cid === p.cid)).map((c) => c.index);
-    if (got.length) violate(`publish ${p.cid} into ${p.room} rejected (${p.error}) but delivered to clients ${got.join(',')}`);
-  }
-  for (const line of missingReport.slice(0, 40)) violate(line);
-  if (missingReport.length > 40) violate(`... ${missingReport.length - 40} more missing`);
+  return missing;
+}
 
-  // Final membership: client view and server view.
-  for (const c of cs) {
-    const wantM0 = cfg.members ? membership.rooms.get('m0')!.has(c.user) : c.want.has('m0');
-    const expected = [...c.want, ...(wantM0 ? ['m0'] : [])].filter((r) => !c.uncertain.has(r) && (r !== 'm0' || wantM0)).filter((r, i, a) => a.indexOf(r) === i).sort();
-    const got = [...c.client.rooms].filter((r) => !c.uncertain.has(r)).sort();
-    if (expected.join() !== got.join()) violate(`client ${c.index} (${c.user}) rooms ${got.join(',')} expected ${expected.join(',')}`);
-    const id = c.client.connectionId;
-    if (id) {
-      const onServer = srvs.map((s) => s.manager.roomsOf(id)).find((r) => r.length > 0) ?? [];
-      const server = onServer.filter((r) => !c.uncertain.has(r)).sort();
-      if (server.join() !== expected.join()) violate(`client ${c.index} (${c.user}) server view ${server.join(',')} expected ${expected.join(',')}`);
-    }
-  }
-  const sendErrors = serverErrors.filter((e) => e.includes('"phase":"send"')).length;
-  for (const e of serverErrors) if (!e.includes('"phase":"send"')) violate(e);
-
-  const errorCodes: Record<string, number> = {};
-  for (const p of pubs) if (p.error) errorCodes[p.error.split(':')[0]!] = (errorCodes[p.error.split(':')[0]!] ?? 0) + 1;
-  const clientErrors: Record<string, number> = {};
-  for (const c of cs) for (const e of c.errors) clientErrors[e.code] = (clientErrors[e.code] ?? 0) + 1;
-  const stats = {
+function statsOf(cfg: ChaosConfig, pubs: readonly Publish[], ps: readonly Participant[], proxy: ChaosProxy, serverSendErrors: number): ChaosStats {
+  const tally = (codes: string[]): Record<string, number> => {
+    const counts: Record<string, number> = {};
+    for (const code of codes) counts[code] = (counts[code] ?? 0) + 1;
+    return counts;
+  };
+  return {
     seed: cfg.seed,
     servers: cfg.servers,
     publishes: pubs.length,
-    acked: pubs.filter((p) => p.ack).length,
-    publishErrors: errorCodes,
-    clientErrors,
-    gaps: cs.reduce((a, c) => a + c.gaps.length, 0),
-    welcomes: cs.reduce((a, c) => a + c.welcomes, 0),
-    messages: cs.reduce((a, c) => a + c.messages.length, 0),
-    faults: proxy.counts,
-    serverSendErrors: sendErrors,
-    retried: pubs.filter((p) => p.retries).length,
-    uncertain: cs.reduce((a, c) => a + c.uncertain.size, 0),
+    acked: pubs.filter((pub) => pub.ack).length,
+    publishErrors: tally(pubs.flatMap((pub) => (pub.error ? [pub.error.split(':')[0]!] : []))),
+    clientErrors: tally(ps.flatMap((p) => p.errors.map((e) => e.code))),
+    gaps: ps.reduce((sum, p) => sum + p.gaps.length, 0),
+    welcomes: ps.reduce((sum, p) => sum + p.welcomes, 0),
+    messages: ps.reduce((sum, p) => sum + p.messages.length, 0),
+    faults: { ...proxy.counts },
+    serverSendErrors,
+    retried: pubs.filter((pub) => pub.retries).length,
+    uncertain: ps.reduce((sum, p) => sum + p.uncertain.size, 0),
   };
-  log(`chaos ${JSON.stringify(stats)}`);
-  if (violations.length) {
-    const involved = new Set<number>();
-    for (const v of violations) {
-      const m = /client (\d+)/.exec(v);
-      if (m) involved.add(Number(m[1]));
-    }
-    for (const i of [...involved].slice(0, 3)) log(`client ${i} events:\n  ${cs[i]!.events.slice(-80).join('\n  ')}`);
-  }
+}
 
-  const { writeFileSync, mkdirSync } = await import('node:fs');
-  mkdirSync('/tmp/chaos-logs/events', { recursive: true });
-  for (const c of cs) writeFileSync(`/tmp/chaos-logs/events/${cfg.servers}-${cfg.seed}-c${c.index}.txt`, c.events.join('\n') + '\n');
-  writeFileSync(`/tmp/chaos-logs/events/${cfg.servers}-${cfg.seed}-faults.txt`, proxy.faults.map((f) => `${f.at - start} ${f.kind} ${f.pair ?? ''} ${f.ms ?? ''}`).join('\n') + '\n');
-  for (const c of cs) c.client.close();
-  await proxy.close();
-  for (const s of srvs) await s.close();
-  for (const r of redisConns) r.disconnect();
-  if (cfg.servers > 1) {
-    const admin = new Redis({ host: '127.0.0.1', port: cfg.redisPort ?? 6379 });
-    let cursor = '0';
-    do {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 500);
-      if (keys.length) await admin.del(...keys);
-      cursor = next;
-    } while (cursor !== '0');
-    admin.disconnect();
-  }
-  return { violations, stats };
+/** Writes each client's events, the faults and `summary` into `cfg.logDir` or a fresh temp directory; returns the directory. */
+function writeLogs(cfg: ChaosConfig, ps: readonly Participant[], proxy: ChaosProxy | undefined, start: number, summary: string[]): string {
+  let dir: string;
+  if (cfg.logDir === undefined) dir = mkdtempSync(join(tmpdir(), 'roomwire-chaos-'));
+  else mkdirSync((dir = cfg.logDir), { recursive: true });
+  const name = `servers${cfg.servers}-seed${cfg.seed}`;
+  for (const p of ps) writeFileSync(join(dir, `${name}-c${p.index}.txt`), `${p.events.join('\n')}\n`);
+  const faults = (proxy?.faults ?? []).map((f) => `${f.at - start} ${f.kind} ${f.pair ?? ''} ${f.ms ?? ''}`);
+  writeFileSync(join(dir, `${name}-faults.txt`), `${faults.join('\n')}\n`);
+  writeFileSync(join(dir, `${name}-summary.txt`), `${summary.join('\n')}\n`);
+  return dir;
 }
