@@ -79,7 +79,7 @@ export interface ChaosResult {
 
 /** How long {@link runChaos} may take at most for `durationMs` of faults: every wait after the faults is bounded. */
 export function chaosBoundMs(durationMs: number): number {
-  return durationMs + OPEN_MS + SETTLE_MS + FLUSH_MS + 20_000;
+  return durationMs + OPEN_MS + SETTLE_MS + FLUSH_MS + DELIVERY_MS + 20_000;
 }
 
 /** The clients must be open this long after they are created. */
@@ -88,6 +88,8 @@ const OPEN_MS = 10_000;
 const SETTLE_MS = 30_000;
 /** The flush publishes must be acknowledged within this. */
 const FLUSH_MS = 15_000;
+/** Every message a client must have must arrive within this after the flush. */
+const DELIVERY_MS = 10_000;
 
 const USERS = ['u0', 'u1', 'u2', 'u3', 'u4', 'u5'];
 /** Rooms the users participate in: each client is put in them at connect (auto-join). */
@@ -518,8 +520,14 @@ async function run(cfg: ChaosConfig, { rand, opRand, membership, servers, server
   while (Date.now() < flushedBy && markers.some((m) => m.settledAt === undefined)) await sleep(20);
   for (const m of markers) if (!m.ack) violate(`marker publish not acked: client ${m.client} room ${m.room}: ${m.error ?? 'pending'}`);
 
-  await sleep(1500);
-  const missing = missingMessages(ps, pubs);
+  // An ack says the message was sent, not that every member has read it yet: wait (bounded)
+  // until nothing is missing rather than a fixed time, which a loaded machine can exceed.
+  const deliveredBy = Date.now() + DELIVERY_MS;
+  let missing = missingMessages(ps, pubs);
+  while (missing.length > 0 && Date.now() < deliveredBy) {
+    await sleep(50);
+    missing = missingMessages(ps, pubs);
+  }
 
   // ---- The checks.
   const byCid = new Map<string, Publish>();
