@@ -207,9 +207,12 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
   } finally {
     for (const p of participants) p.client.close();
     await proxy?.close();
-    for (const server of servers) await server.close();
+    // Every server is closed, and Redis cleaned, even when one close fails; the failure is thrown after.
+    const closed = await Promise.allSettled(servers.map((server) => server.close()));
     for (const connection of redisConnections) connection.disconnect();
     if (cfg.servers > 1) await deleteKeys(prefix);
+    const failed = closed.find((outcome) => outcome.status === 'rejected');
+    if (failed) throw failed.reason;
   }
   if (result.violations.length > 0 || cfg.logDir !== undefined) {
     result.logDir = writeLogs(cfg, participants, proxy, start, [...result.violations.map((v) => `violation: ${v}`), `stats: ${JSON.stringify(result.stats)}`]);
