@@ -1,3 +1,4 @@
+import type WebSocket from 'ws';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { ClientError, isClientError, type PresenceFrame } from 'roomwire/client';
 import { Emitter } from '../../src/client/emitter.js';
@@ -8,6 +9,14 @@ afterEach(async () => {
   vi.useRealTimers();
   await teardown();
 });
+
+/** Sends `frames` in one TCP write, as a busy server or a slow network delivers them. */
+function sendTogether(socket: WebSocket, frames: object[]): void {
+  const raw = (socket as unknown as { _socket: { cork(): void; uncork(): void } })._socket;
+  raw.cork();
+  for (const frame of frames) socket.send(JSON.stringify(frame));
+  raw.uncork();
+}
 
 describe('roomwire/client API', () => {
   it('joins, publishes and leaves; a refused request rejects with the protocol code', async () => {
@@ -145,6 +154,36 @@ describe('roomwire/client API', () => {
     const alice = client({ url: server.url, token: 'unused' });
     await opened(alice);
     await expect(alice.client.publish('chat', 'hi')).resolves.toEqual({ room: 'chat', id: 'm1', seq: 1 });
+  });
+});
+
+describe('frames that arrive in one read', () => {
+  it('delivers the message that follows the joined answer in the same chunk', async () => {
+    const server = await rawServer((socket) => {
+      socket.send(JSON.stringify({ type: 'welcome', protocol: 1, connectionId: 'c1', user: { id: 'alice' }, rooms: ['lobby'], seqs: { lobby: 0 }, heartbeatMs: 25_000 }));
+      let leaveRef: string | undefined;
+      socket.on('message', (data) => {
+        const frame = JSON.parse(String(data)) as { type: string; room: string; ref: string };
+        if (frame.type === 'leave') leaveRef = frame.ref;
+        if (frame.type === 'join') {
+          sendTogether(socket, [
+            { type: 'left', room: 'lobby', ref: leaveRef },
+            { type: 'joined', room: 'lobby', seq: 0, ref: frame.ref },
+            { type: 'message', room: 'lobby', id: 'm1', seq: 1, from: 'bob', data: 'after the join', ts: Date.now() },
+          ]);
+        }
+      });
+    });
+    const alice = client({ url: server.url });
+    await opened(alice);
+    const left = alice.client.leave('lobby');
+    const joined = alice.client.join('lobby');
+    await left;
+    expect(await joined).toEqual({ room: 'lobby', seq: 0 });
+    // The app left, then joined again (seq 0): message 1 came after the join and is the app's.
+    await until(() => alice.messages.length === 1, 'the message after the join', 1000);
+    expect(alice.messages.map((m) => m.id)).toEqual(['m1']);
+    expect(alice.gaps).toEqual([]);
   });
 });
 
