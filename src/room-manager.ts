@@ -871,11 +871,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   private async handlePublish(conn: ConnState, frame: PublishFrame, frameBytes: number): Promise<void> {
     const { room, ref, cid } = frame;
-    // A repeat of a publish this user already made into the room (its ack was lost) gets
-    // that ack, even if the connection is no longer in the room: it was delivered.
-    const repeated = cid === undefined ? undefined : this.dedupe.get(dedupeKey(conn.user.id, room, cid));
+    const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
+    // A repeat of a publish this user made into the room (its ack was lost) gets that ack,
+    // even from a connection no longer in the room: the message was delivered.
+    const repeated = key === undefined ? undefined : this.dedupe.get(key);
     if (!repeated && !conn.rooms.has(room) && !(await this.ensurePublisher(conn, room))) {
-      this.sendError(conn, 'forbidden', 'not in this room', { ref, room });
+      const earlier = key === undefined ? undefined : await this.publishedElsewhere(key);
+      if (earlier) this.sendAck(conn, room, earlier, ref);
+      else this.sendError(conn, 'forbidden', 'not in this room', { ref, room });
       return;
     }
     // Data is measured as JSON, re-encoded: only a frame too large to rule it out is.
@@ -889,8 +892,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.refusePublish(conn, error, ref, room);
       return;
     }
-    const key = cid === undefined ? undefined : dedupeKey(conn.user.id, room, cid);
-    // `repeated` is used as it is: a connection outside the room never starts a publish.
+    // A repeat found above is answered as it is: a connection outside the room never starts a publish.
     let accepted = repeated ?? (key === undefined ? undefined : this.dedupe.get(key));
     if (!accepted) {
       accepted = this.acceptPublish(conn, frame, key).then(({ id, seq }) => ({ id, seq }));
@@ -1024,6 +1026,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * holds it; waits while another process is publishing it (its claim lapses after
    * {@link CID_CLAIM_MS}, so the wait is bounded).
    */
+  /**
+   * The first ack of a cid another process of the cluster published, for a repeat from a
+   * connection no longer in the room (this process does not know the cid); undefined when
+   * no process did, or there is no cluster-wide window to ask.
+   */
+  private async publishedElsewhere(key: string): Promise<{ id: string; seq: number } | undefined> {
+    const cids = this.options.dedupeWindowMs > 0 ? this.backplane?.cids : undefined;
+    if (!cids) return undefined;
+    try {
+      const earlier = await this.claimCid(cids, key);
+      if (!earlier) await cids.release(key);
+      return earlier;
+    } catch {
+      // The backplane cannot tell: the repeat is refused as any publish from outside the room.
+      return undefined;
+    }
+  }
+
   private async claimCid(cids: ClusterCids, key: string): Promise<{ id: string; seq: number } | undefined> {
     const deadline = Date.now() + CID_CLAIM_MS + CID_POLL_MAX_MS;
     for (let pause = 25; ; pause = Math.min(pause * 2, CID_POLL_MAX_MS)) {

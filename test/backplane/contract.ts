@@ -245,6 +245,30 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(other).toMatchObject({ type: 'ack', seq: (ack.seq as number) + 2 });
     });
 
+    it('answers a cid retried on another node after the user left the room with the first ack, and refuses a new one', async () => {
+      // The ack was lost, and the user stopped being a participant before the retry: the
+      // message was delivered, so the retry gets its ack, not forbidden.
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const [n1, n2, n3] = await cluster(table);
+      const first = await connect(n1!, 'alice');
+      const bob = await connect(n3!, 'bob');
+      const ack = await first.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
+      await first.close();
+      table.remove('chat', 'alice');
+      await n1!.server.manager.removeMember('chat', 'alice');
+      const again = await connect(n2!, 'alice');
+      expect(again.welcome.rooms).toEqual([]);
+      const repeat = await again.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
+      expect(repeat).toEqual({ ...ack, ref: repeat.ref });
+      expect(await again.request({ type: 'publish', room: 'chat', data: 'new', cid: 'c-2' })).toMatchObject({ type: 'error', code: 'forbidden' });
+      // A refused cid is not kept: once back in the room, the same cid publishes.
+      table.add('chat', 'alice');
+      await n2!.server.manager.addMember('chat', 'alice');
+      expect(await again.request({ type: 'publish', room: 'chat', data: 'new', cid: 'c-2' })).toMatchObject({ type: 'ack', seq: (ack.seq as number) + 1 });
+      await bob.next('message', (m) => m.data === 'new');
+      expect(messages(bob).map((m) => m.data)).toEqual(['once', 'new']);
+    });
+
     it('runs onPublish once for a cid retried on another node while the first attempt is in it', async () => {
       const table = new MembershipTable({ chat: ['alice', 'bob'] });
       let calls = 0;
