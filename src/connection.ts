@@ -3,8 +3,14 @@
  * the core never imports a socket library.
  */
 export interface Connection {
-  /** Sends one text frame. May throw; the core treats a throw as "not delivered". */
-  send(text: string): void;
+  /**
+   * Sends one text frame. Returns false, sending nothing, when the socket is closing or
+   * closed: a broadcast that races a close is routine, so the core counts the frame as not
+   * delivered (the fallback and the delivery report see it) without reporting an error.
+   * A throw is also "not delivered", and is reported (the `error` event, phase `send`).
+   * Any other result (nothing, `true`) counts as sent.
+   */
+  send(text: string): unknown;
   /** Closes the socket with a WebSocket close code and reason. */
   close(code: number, reason: string): void;
   /** Bytes queued but not yet written to the network. */

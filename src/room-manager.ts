@@ -1710,11 +1710,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return SENT;
   }
 
-  /** Writes one broadcast frame; false (and reported) when the socket threw. */
+  /** Writes one broadcast frame; false when the socket is closing, or threw (reported). */
   private write(conn: ConnState, socket: Connection, text: string, message: StoredMessage): boolean {
     try {
-      socket.send(text);
-      return true;
+      return socket.send(text) !== false;
     } catch (error) {
       this.reportError('send', error, { connectionId: conn.id, user: conn.user.id, room: message.room });
       return false;
@@ -2240,8 +2239,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return false;
     }
     try {
-      conn.socket.send(text);
-      return true;
+      return conn.socket.send(text) !== false;
     } catch {
       return false;
     }

@@ -186,12 +186,13 @@ class WsConnection implements Connection {
     this.raw = rawStreamOf(ws);
   }
 
-  send(text: string): void {
+  send(text: string): boolean {
     // A socket that is closing would drop the frame silently; say so, so the core's fallback and report see it.
-    if (this.ws.readyState !== 1) throw new Error('socket is not open');
+    if (this.ws.readyState !== 1) return false;
     const raw = this.raw;
     if (raw) raw.write(this.frames.frame(text));
     else this.ws.send(this.frames.bytes(text), TEXT_FRAME);
+    return true;
   }
 
   close(code: number, reason: string): void {

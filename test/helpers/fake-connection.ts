@@ -9,15 +9,19 @@ export class FakeConnection implements Connection {
   failing = false;
   /** Sends left to fail before sending works again. */
   failNext = 0;
+  /** When true, every send returns false, as a socket that is closing does. */
+  closing = false;
   handlers!: ConnectionHandlers;
 
-  send(text: string): void {
+  send(text: string): boolean {
+    if (this.closing) return false;
     if (this.failing) throw new Error('send failed');
     if (this.failNext > 0) {
       this.failNext--;
       throw new Error('send failed');
     }
     this.sent.push(text);
+    return true;
   }
 
   close(code: number, reason: string): void {

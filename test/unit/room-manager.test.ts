@@ -96,6 +96,23 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(alice.of('message')).toHaveLength(1);
   });
 
+  it('counts a send to a closing socket as failed, reporting a throw as an error and a refusal not', async () => {
+    const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const errors: string[] = [];
+    rooms.on('error', (_error, { phase }) => errors.push(phase));
+    // The close is on its way (the transport has not called closed() yet): routine.
+    bob.closing = true;
+    expect(await rooms.broadcast('a', 'racing a close')).toMatchObject({ delivered: 1, failed: 1, reached: 1, online: 2 });
+    expect(errors).toEqual([]);
+    bob.closing = false;
+    bob.failing = true;
+    expect(await rooms.broadcast('a', 'a socket that threw')).toMatchObject({ delivered: 1, failed: 1 });
+    expect(errors).toEqual(['send', 'send']);
+    expect(alice.of('message')).toHaveLength(2);
+  });
+
   it('sends directly to a participant connection that could not enter the room (room limit)', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice', 'bob'], b: ['bob'] }), { maxRoomsPerConnection: 1 });
     await openFake(rooms, 'alice');
