@@ -56,7 +56,7 @@ export type MembershipChange =
       readonly user: string;
       /** Online or offline. */
       readonly event: 'online' | 'offline';
-      /** The rooms the user's connection was in. */
+      /** The rooms the user's connections were in (for `offline`, on every process so far). */
       readonly rooms: readonly string[];
     };
 

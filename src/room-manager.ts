@@ -247,6 +247,8 @@ const FAILED: SendOutcome = 2;
 const MAX_DEDUPE_ENTRIES = 100_000;
 /** Frames one connection may have waiting for handling before more are refused. */
 const MAX_INFLIGHT_FRAMES = 256;
+/** Users whose rooms a process keeps for a later `offline` from another (`awayRooms`); the oldest are forgotten first past this. */
+const MAX_AWAY_USERS = 10_000;
 const noop = (): void => {};
 /** Returned by membership calls that have nothing to wait for, without a new promise each time. */
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -341,6 +343,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart.
    */
   private readonly sentOutsideRoom = new WeakMap<ConnState, Map<string, number>>();
+  /**
+   * With presence and a backplane: the rooms of users whose connections here all closed
+   * while they stayed online on another process. The `offline` that process announces
+   * later goes to these rooms too, as it would to rooms of one process's earlier-closed
+   * connections. At most {@link MAX_AWAY_USERS} users, each with at most
+   * `maxRoomsPerConnection` rooms.
+   */
+  private readonly awayRooms = new Map<string, Set<string>>();
   /**
    * The seqs each connection was sent live in its earlier stays in a room it left (or was
    * removed from) and is perhaps in again: a resume does not send them a second time.
@@ -1961,7 +1971,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         this.reachLocally(change.room, change.users, change.seq).catch((error: unknown) => this.reportError('ensure', error, { room: change.room }));
         return;
       case 'presence':
-        if (this.options.presence) this.presenceFrames(change.user, change.event, change.rooms);
+        if (this.options.presence) this.presenceFrames(change.user, change.event, this.withAway(change.user, change.event, change.rooms));
         return;
     }
   }
@@ -2199,16 +2209,51 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private afterPresenceChange(user: string, event: 'online' | 'offline', rooms: string[], crossed: boolean | Promise<boolean>): void {
-    if (crossed === false) return;
+    if (crossed === false) {
+      this.keepAway(user, event, rooms);
+      return;
+    }
     if (crossed === true) {
-      this.presenceFrames(user, event, rooms);
+      this.presenceFrames(user, event, this.withAway(user, event, rooms));
       return;
     }
     void crossed.then((yes) => {
-      if (!yes) return;
-      this.presenceFrames(user, event, rooms);
-      this.announce({ kind: 'presence', user, event, rooms })?.catch(noop);
+      if (!yes) {
+        this.keepAway(user, event, rooms);
+        return;
+      }
+      const all = this.withAway(user, event, rooms);
+      this.presenceFrames(user, event, all);
+      this.announce({ kind: 'presence', user, event, rooms: all })?.catch(noop);
     });
+  }
+
+  /** The user's last connection here closed, and another process still has one: keep its rooms for the cluster's `offline`. */
+  private keepAway(user: string, event: 'online' | 'offline', rooms: readonly string[]): void {
+    if (event !== 'offline' || rooms.length === 0) return;
+    const kept = this.awayRooms.get(user) ?? new Set<string>();
+    // Most recent last, so the oldest user is the first forgotten.
+    this.awayRooms.delete(user);
+    if (this.awayRooms.size >= MAX_AWAY_USERS) this.awayRooms.delete(this.awayRooms.keys().next().value as string);
+    for (const room of rooms) {
+      kept.delete(room);
+      if (kept.size >= this.options.maxRoomsPerConnection) kept.delete(kept.values().next().value as string);
+      kept.add(room);
+    }
+    this.awayRooms.set(user, kept);
+  }
+
+  /**
+   * The rooms of a cluster-wide presence change, with the user's rooms kept here
+   * (`offline`), which are then forgotten; an `online` forgets them too, as stale.
+   */
+  private withAway(user: string, event: 'online' | 'offline', rooms: readonly string[]): readonly string[] {
+    const kept = this.awayRooms.get(user);
+    if (!kept) return rooms;
+    this.awayRooms.delete(user);
+    if (event === 'online') return rooms;
+    for (const room of rooms) kept.add(room);
+    return [...kept];
   }
 
   /** Sends `presence` frames to this process's members of `rooms`, the user's own connections excepted. */

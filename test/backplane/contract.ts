@@ -203,6 +203,29 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(presence(carolOn1).filter((f) => f.user === 'carol')).toEqual([]);
     });
 
+    it('sends offline to the rooms of the user\'s connections on every node, not only the last one\'s', async () => {
+      const table = new MembershipTable({ team: ['alice', 'carol'] });
+      table.canJoinRooms.add('lobby');
+      const [n1, , n3] = await cluster(table, 3, { presence: true });
+      const carolOn1 = await connect(n1!, 'carol');
+      const alice = await connect(n1!, 'alice');
+      const dave = await connect(n3!, 'dave');
+      await dave.request({ type: 'join', room: 'lobby' });
+      // A second connection of carol, on another node, joins a room the first is not in, and closes.
+      const carolOn3 = await connect(n3!, 'carol');
+      await carolOn3.request({ type: 'join', room: 'lobby' });
+      await carolOn3.close();
+      await dave.quiet(200);
+      // Her last connection closes on n1: dave, on n3 in lobby, hears it once; alice in team too.
+      await carolOn1.close();
+      const offline = { type: 'presence', user: 'carol', event: 'offline' };
+      expect(await dave.next('presence', (f) => f.user === 'carol')).toEqual({ ...offline, room: 'lobby' });
+      expect(await alice.next('presence', (f) => f.user === 'carol' && f.event === 'offline')).toEqual({ ...offline, room: 'team' });
+      await dave.quiet(200);
+      expect(dave.of('presence').filter((f) => f.user === 'carol')).toEqual([{ ...offline, room: 'lobby' }]);
+      expect(alice.of('presence').filter((f) => f.user === 'carol' && f.event === 'offline')).toEqual([{ ...offline, room: 'team' }]);
+    });
+
     it('replays the missed messages when a client resumes on another node', async () => {
       const table = new MembershipTable({ chat: ['alice', 'bob'] });
       const [n1, n2, n3] = await cluster(table);
