@@ -314,6 +314,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly membership: MembershipCache;
   /** Only the ack of each cid is kept, never its data: the window may hold many messages. */
   private readonly dedupe: DedupeWindow<Promise<{ id: string; seq: number }>>;
+  /** Outcomes in `dedupe` that wait for the copy of a publish the backplane did not confirm. */
+  private readonly unconfirmed = new WeakSet<Promise<{ id: string; seq: number }>>();
   private readonly nextId = createIdGenerator();
   private readonly users = new Map<string, UserState>();
   private readonly conns = new Map<string, ConnState>();
@@ -904,6 +906,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     // A repeat found above is answered as it is: a connection outside the room never starts a publish.
     let accepted = repeated ?? (key === undefined ? undefined : this.dedupe.get(key));
+    // An earlier attempt the backplane did not confirm, whose copy is still awaited: the
+    // retry is published again at once, as it would be on another process. A backplane
+    // that keeps cids (`cids`) answers it with the earlier attempt if that was stored, and
+    // skips the earlier attempt if it reaches the backplane later. Waiting out the copy
+    // instead would hold this connection's frames for 10 s and then refuse the retry a
+    // second time. With an onPublish hook the retry still waits, so the hook does not run twice.
+    if (accepted !== undefined && this.unconfirmed.has(accepted) && this.options.onPublish === undefined && this.backplane?.cids !== undefined && conn.rooms.has(room)) {
+      accepted = undefined;
+    }
     if (!accepted) {
       accepted = this.acceptPublish(conn, frame, key).then(({ id, seq }) => ({ id, seq }));
       if (key !== undefined) this.remember(key, accepted);
@@ -928,8 +939,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     outcome.catch((error: unknown) => {
       if (this.dedupe.get(key) !== outcome) return;
       const late = lateCopyOf(error);
-      if (late) this.remember(key, late.then(({ id, seq }) => ({ id, seq })));
-      else this.dedupe.delete(key);
+      if (late) {
+        const copy = late.then(({ id, seq }) => ({ id, seq }));
+        this.unconfirmed.add(copy);
+        this.remember(key, copy);
+      } else this.dedupe.delete(key);
     });
   }
 

@@ -201,6 +201,38 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(alice.of('message').map((m) => m.seq)).toEqual(retryOn === 'same' ? [] : [2, 3]);
     });
 
+    it('publishes a retry with the cid of a publish that never reached Redis at once, on the same connection', async () => {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
+      let failNext = false;
+      // Node 1's next publish script is refused before it is sent, as ioredis refuses
+      // commands while Redis is unreachable (or as Redis refuses a script when out of memory).
+      const failing = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        if (failNext && keys >= 3 && String(args[0]).includes(':seq:')) {
+          failNext = false;
+          return Promise.reject(new Error("Stream isn't writeable and enableOfflineQueue options is false"));
+        }
+        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+      });
+      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: failing, subscriber: subscriber1, ...options }) });
+      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }) });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'one', cid: 'c1' })).toMatchObject({ type: 'ack', seq: 1 });
+      failNext = true;
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'two', cid: 'c2' })).toMatchObject({ type: 'error', code: 'internal' });
+      // Redis is fine again: the retry the error asks for is published now, not after the
+      // 10 s the first attempt's copy is awaited (which would also hold up the frames after it).
+      const started = Date.now();
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'two', cid: 'c2' })).toMatchObject({ type: 'ack', seq: 2 });
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'three', cid: 'c3' })).toMatchObject({ type: 'ack', seq: 3 });
+      expect(Date.now() - started).toBeLessThan(2_000);
+      await bob.next('message', (m) => m.seq === 3);
+      await bob.quiet(300);
+      expect(bob.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'one'], [2, 'two'], [3, 'three']]);
+    });
+
     it('says offline only when the last connection closes, though one count did not reach Redis', async () => {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       let failNextCount = false;
