@@ -1423,9 +1423,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       .filter((feed) => feed.active)
       .map(async (feed) => {
         try {
+          // Compared with what was sent before the read: messages that arrive while it is
+          // on its way were published after it, and may carry higher seqs than it answers.
+          const sent = feed.last;
           const latest = await this.history.latestSeq(feed.room);
           if (this.feeds.get(feed.room) !== feed) return;
-          if (latest < feed.last) {
+          if (latest < sent) {
             // Fewer messages than this process already sent: the numbering restarted,
             // whatever the epoch says (a store without one, or one not re-read yet).
             this.restartNumbering(this.history.epoch ?? 'unknown');

@@ -233,6 +233,39 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(bob.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'one'], [2, 'two'], [3, 'three']]);
     });
 
+    it('does not take messages that arrive while it reads a room\'s latest seq after a reconnect for a restart of the numbering', async () => {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
+      let slowGets = false;
+      // Node 2's GETs run in Redis at once, but their replies come 300 ms later: the
+      // subscriber's messages published meanwhile overtake them, as on a busy link.
+      const slow = intercepted(commands2, 'get', (get) => (key: string) => {
+        const reply = (get as Redis['get'])(key);
+        return slowGets ? reply.then(async (value) => (await new Promise((r) => setTimeout(r, 300)), value)) : reply;
+      });
+      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: commands1, subscriber: subscriber1, ...options }) });
+      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: slow, subscriber: subscriber2, ...options }) });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 1 })).toMatchObject({ type: 'ack', seq: 1 });
+      await bob.next('message', (m) => m.seq === 1);
+      // Node 2's subscriber blips; once it is back, node 2 reads the room's latest seq.
+      slowGets = true;
+      const back = new Promise((resolve) => subscriber2.once('ready', resolve));
+      subscriber2.disconnect(true);
+      await back;
+      for (let n = 2; n <= 6; n++) {
+        expect(await alice.request({ type: 'publish', room: 'chat', data: n })).toMatchObject({ type: 'ack', seq: n });
+        await new Promise((resolve) => setTimeout(resolve, 40));
+      }
+      await bob.until((frames) => frames.filter((f) => f.type === 'message').length === 6 || bob.closeCode !== undefined, 3_000, 'the messages');
+      await bob.quiet(400);
+      // Nothing restarted: bob stays connected and gets every message once.
+      expect(bob.closeCode).toBeUndefined();
+      expect(bob.of('message').map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
+    });
+
     it('says offline only when the last connection closes, though one count did not reach Redis', async () => {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       let failNextCount = false;
