@@ -74,7 +74,7 @@ export interface RedisBackplaneOptions {
   nodeTimeoutMs?: number | undefined;
   /** How often this process beats. @default nodeTimeoutMs / 3 */
   heartbeatMs?: number | undefined;
-  /** How long a publish, subscribe or announce may take before it fails. @default 5000 */
+  /** How long a publish, subscribe, announce or history read may take before it fails. @default 5000 */
   commandTimeoutMs?: number | undefined;
   /** This process's id in the cluster. @default `<hostname>-<pid>-<random>` */
   nodeId?: string | undefined;
@@ -265,6 +265,8 @@ export class RedisHistoryStore implements HistoryStore {
     private readonly keys: RedisKeys,
     private readonly limit: number,
     private readonly run: (script: Script, keys: string[], args: (string | number)[]) => Promise<unknown>,
+    /** How long a read may take before it fails: a Redis that stalls must not hold a resume for as long as TCP takes to give up. */
+    private readonly timeoutMs = Number.POSITIVE_INFINITY,
   ) {}
 
   /**
@@ -298,7 +300,7 @@ export class RedisHistoryStore implements HistoryStore {
 
   /** The room's latest seq from its counter; 0 when it has none. */
   async latestSeq(room: string): Promise<number> {
-    const value = await this.redis.get(this.keys.seq(room));
+    const value = await withTimeout(this.redis.get(this.keys.seq(room)), this.timeoutMs, 'latestSeq');
     return value === null ? 0 : Number(value);
   }
 
@@ -311,7 +313,7 @@ export class RedisHistoryStore implements HistoryStore {
     const end = Math.min(untilSeq ?? latest, latest);
     const key = this.keys.history(room);
     // Trimming only removes the oldest entries: if the first one asked for is there, all are.
-    const entries = await this.redis.xrange(key, `${first}-0`, `${Math.max(end, first)}-0`);
+    const entries = await withTimeout(this.redis.xrange(key, `${first}-0`, `${Math.max(end, first)}-0`), this.timeoutMs, 'since');
     const head = entries[0];
     if (!head || head[0] !== `${first}-0`) return null;
     if (end < first) return [];
@@ -439,7 +441,7 @@ export class RedisBackplane implements Backplane {
       cid: (key) => `${prefix}:cid:${key}`,
     };
     this.ownPresence = `${this.keys.presencePrefix}${this.nodeId}`;
-    this.history = new RedisHistoryStore(this.redis, this.keys, limit, (s, keys, args) => this.run(s, keys, args));
+    this.history = new RedisHistoryStore(this.redis, this.keys, limit, (s, keys, args) => this.run(s, keys, args), this.commandTimeoutMs);
     this.presence = {
       nodeId: this.nodeId,
       track: (user, delta) => this.track(user, delta),

@@ -403,6 +403,34 @@ describe.skipIf(!up)('RedisBackplane', () => {
       for (const connection of owned.splice(0)) connection.disconnect();
     });
 
+    it('fails a history read Redis does not answer within commandTimeoutMs', async () => {
+      const prefix = `${FILE_PREFIX}:${++testCount}`;
+      const redis = client(SHARED_PORT);
+      const subscriber = client(SHARED_PORT);
+      const adminRedis = admin(SHARED_PORT);
+      owned.push(redis, subscriber, adminRedis);
+      let stalled = false;
+      // The command connection, but a read sent while `stalled` is never answered, as with
+      // a Redis that stopped answering without closing the connection.
+      const stalling = (real: Method): Method => (...args: never[]) => (stalled ? new Promise(() => {}) : real(...args));
+      const hanging = intercepted(intercepted(redis, 'get', stalling), 'xrange', stalling);
+      const node = new RedisBackplane({ redis: hanging, subscriber, prefix, heartbeatMs: 100, commandTimeoutMs: 300 });
+      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      try {
+        await node.history.append({ room: 'r', id: 'm1', from: null, data: 1, ts: 1 });
+        expect(await node.history.since('r', 0)).toMatchObject([{ id: 'm1', seq: 1 }]);
+        stalled = true;
+        const started = Date.now();
+        await expect(node.history.latestSeq('r')).rejects.toThrow('latestSeq timed out after 300 ms');
+        await expect(node.history.since('r', 0)).rejects.toThrow('timed out after 300 ms');
+        expect(Date.now() - started).toBeLessThan(2_000);
+      } finally {
+        stalled = false;
+        await node.close();
+        await deleteKeys(adminRedis, prefix);
+      }
+    });
+
     it('is not subscribed again when the subscriber reconnects', async () => {
       const prefix = `${FILE_PREFIX}:${++testCount}`;
       const redis = client(SHARED_PORT);
