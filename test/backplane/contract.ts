@@ -51,6 +51,16 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       return TestClient.connect(node.server.url, await tokenFor(user));
     }
 
+    /** On a cluster of three: alice publishes `once` (cid `c-1`) into `chat` on the first node, and that connection closes; bob is on the third. */
+    async function publishedOnce(table: MembershipTable): Promise<{ n1: Node; n2: Node; bob: TestClient; ack: Frame }> {
+      const [n1, n2, n3] = await cluster(table);
+      const first = await connect(n1!, 'alice');
+      const bob = await connect(n3!, 'bob');
+      const ack = await first.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
+      await first.close();
+      return { n1: n1!, n2: n2!, bob, ack };
+    }
+
     it('delivers to every participant on every node exactly once, the publisher excepted', async () => {
       const table = new MembershipTable({ team: ['a', 'b', 'c', 'd', 'e'], other: ['z'] });
       const [n1, n2, n3] = await cluster(table);
@@ -250,13 +260,8 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
     it('delivers a publish retried with its cid on another node once, with the first ack', async () => {
       // The client resends an unacknowledged publish after it reconnects, and a load
       // balancer may send it to any node.
-      const table = new MembershipTable({ chat: ['alice', 'bob'] });
-      const [n1, n2, n3] = await cluster(table);
-      const first = await connect(n1!, 'alice');
-      const bob = await connect(n3!, 'bob');
-      const ack = await first.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
-      await first.close();
-      const again = await connect(n2!, 'alice');
+      const { n2, bob, ack } = await publishedOnce(new MembershipTable({ chat: ['alice', 'bob'] }));
+      const again = await connect(n2, 'alice');
       const repeat = await again.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
       expect(repeat).toEqual({ ...ack, ref: repeat.ref });
       // Nothing took a seq: the next publish follows the first directly.
@@ -272,21 +277,17 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       // The ack was lost, and the user stopped being a participant before the retry: the
       // message was delivered, so the retry gets its ack, not forbidden.
       const table = new MembershipTable({ chat: ['alice', 'bob'] });
-      const [n1, n2, n3] = await cluster(table);
-      const first = await connect(n1!, 'alice');
-      const bob = await connect(n3!, 'bob');
-      const ack = await first.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
-      await first.close();
+      const { n1, n2, bob, ack } = await publishedOnce(table);
       table.remove('chat', 'alice');
-      await n1!.server.manager.removeMember('chat', 'alice');
-      const again = await connect(n2!, 'alice');
+      await n1.server.manager.removeMember('chat', 'alice');
+      const again = await connect(n2, 'alice');
       expect(again.welcome.rooms).toEqual([]);
       const repeat = await again.request({ type: 'publish', room: 'chat', data: 'once', cid: 'c-1' });
       expect(repeat).toEqual({ ...ack, ref: repeat.ref });
       expect(await again.request({ type: 'publish', room: 'chat', data: 'new', cid: 'c-2' })).toMatchObject({ type: 'error', code: 'forbidden' });
       // A refused cid is not kept: once back in the room, the same cid publishes.
       table.add('chat', 'alice');
-      await n2!.server.manager.addMember('chat', 'alice');
+      await n2.server.manager.addMember('chat', 'alice');
       expect(await again.request({ type: 'publish', room: 'chat', data: 'new', cid: 'c-2' })).toMatchObject({ type: 'ack', seq: (ack.seq as number) + 1 });
       await bob.next('message', (m) => m.data === 'new');
       expect(messages(bob).map((m) => m.data)).toEqual(['once', 'new']);

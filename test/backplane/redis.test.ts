@@ -8,6 +8,7 @@ import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import type { Backplane, MembershipChange } from '../../src/index.js';
 import { RedisBackplane } from '../../src/backplanes/redis.js';
 import { TestClient, closeClients } from '../helpers/client.js';
+import { deleteKeys } from '../helpers/redis.js';
 import { MembershipTable, closeAll, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 import { backplaneContract, type BackplaneFixture } from './contract.js';
 
@@ -52,16 +53,6 @@ function intercepted(connection: Redis, method: keyof Redis, wrap: (real: Method
   });
 }
 
-async function deleteKeys(redis: Redis, prefix: string): Promise<void> {
-  let cursor = '0';
-  // Bounded: SCAN walks the keyspace once.
-  for (let round = 0; round < 100_000; round++) {
-    const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
-    if (keys.length > 0) await redis.del(...keys);
-    cursor = next;
-    if (cursor === '0') break;
-  }
-}
 
 const up = await reachable(SHARED_PORT);
 if (!up) {
@@ -164,6 +155,17 @@ describe.skipIf(!up)('RedisBackplane', () => {
       return connections;
     }
 
+    /** Two nodes on the given connections (perhaps intercepted), alice on the first and bob on the second, both in `chat`. */
+    async function chatOnTwoNodes(redis1: Redis, subscriber1: Redis, redis2: Redis, subscriber2: Redis) {
+      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
+      const table = new MembershipTable({ chat: ['alice', 'bob'] });
+      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: redis1, subscriber: subscriber1, ...options }) });
+      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: redis2, subscriber: subscriber2, ...options }) });
+      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
+      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      return { n1, n2, alice, bob };
+    }
+
     it.each(['same', 'other'] as const)('gives a publish it did not confirm in time once, not to its publisher, and a retry with its cid on the %s node its ack', async (retryOn) => {
       const [slowCommands, subscriber1, commands2, subscriber2] = twoNodes();
       let delayNext = false;
@@ -175,12 +177,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
         delayNext = false;
         return new Promise((resolve) => setTimeout(resolve, 1_500)).then(() => (evalsha as Redis['evalsha'])(sha, keys, ...args));
       });
-      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
-      const table = new MembershipTable({ chat: ['alice', 'bob'] });
-      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: slow, subscriber: subscriber1, ...options }) });
-      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }) });
-      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
-      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const { n2, alice, bob } = await chatOnTwoNodes(slow, subscriber1, commands2, subscriber2);
       expect(await alice.request({ type: 'publish', room: 'chat', data: 'one', cid: 'c1' })).toMatchObject({ type: 'ack', seq: 1 });
 
       delayNext = true;
@@ -213,12 +210,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
         }
         return (evalsha as Redis['evalsha'])(sha, keys, ...args);
       });
-      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
-      const table = new MembershipTable({ chat: ['alice', 'bob'] });
-      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: failing, subscriber: subscriber1, ...options }) });
-      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }) });
-      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
-      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const { n2, alice, bob } = await chatOnTwoNodes(failing, subscriber1, commands2, subscriber2);
       expect(await alice.request({ type: 'publish', room: 'chat', data: 'one', cid: 'c1' })).toMatchObject({ type: 'ack', seq: 1 });
       failNext = true;
       expect(await alice.request({ type: 'publish', room: 'chat', data: 'two', cid: 'c2' })).toMatchObject({ type: 'error', code: 'internal' });
@@ -242,12 +234,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
         const reply = (get as Redis['get'])(key);
         return slowGets ? reply.then(async (value) => (await new Promise((r) => setTimeout(r, 300)), value)) : reply;
       });
-      const options = { prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 };
-      const table = new MembershipTable({ chat: ['alice', 'bob'] });
-      const n1 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: commands1, subscriber: subscriber1, ...options }) });
-      const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: slow, subscriber: subscriber2, ...options }) });
-      const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
-      const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const { n2, alice, bob } = await chatOnTwoNodes(commands1, subscriber1, slow, subscriber2);
       expect(await alice.request({ type: 'publish', room: 'chat', data: 1 })).toMatchObject({ type: 'ack', seq: 1 });
       await bob.next('message', (m) => m.seq === 1);
       // Node 2's subscriber blips; once it is back, node 2 reads the room's latest seq.
@@ -403,12 +390,15 @@ describe.skipIf(!up)('RedisBackplane', () => {
       for (const connection of owned.splice(0)) connection.disconnect();
     });
 
+    /** A key prefix of its own, and a command, a subscriber and an admin connection closed after the test. */
+    function connections(): { prefix: string; redis: Redis; subscriber: Redis; adminRedis: Redis } {
+      const connections = { prefix: `${FILE_PREFIX}:${++testCount}`, redis: client(SHARED_PORT), subscriber: client(SHARED_PORT), adminRedis: admin(SHARED_PORT) };
+      owned.push(connections.redis, connections.subscriber, connections.adminRedis);
+      return connections;
+    }
+
     it('fails a history read Redis does not answer within commandTimeoutMs', async () => {
-      const prefix = `${FILE_PREFIX}:${++testCount}`;
-      const redis = client(SHARED_PORT);
-      const subscriber = client(SHARED_PORT);
-      const adminRedis = admin(SHARED_PORT);
-      owned.push(redis, subscriber, adminRedis);
+      const { prefix, redis, subscriber, adminRedis } = connections();
       let stalled = false;
       // The command connection, but a read sent while `stalled` is never answered, as with
       // a Redis that stopped answering without closing the connection.
@@ -432,11 +422,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
 
     it('is not subscribed again when the subscriber reconnects', async () => {
-      const prefix = `${FILE_PREFIX}:${++testCount}`;
-      const redis = client(SHARED_PORT);
-      const subscriber = client(SHARED_PORT);
-      const adminRedis = admin(SHARED_PORT);
-      owned.push(redis, subscriber, adminRedis);
+      const { prefix, redis, subscriber, adminRedis } = connections();
       let failNext = false;
       // The subscriber, but its next SSUBSCRIBE fails as one sent while it reconnects would.
       const flaky = intercepted(subscriber, 'ssubscribe', (ssubscribe) => (...channels: string[]) => {

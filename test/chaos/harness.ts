@@ -6,6 +6,7 @@ import WebSocket from 'ws';
 import type { Backplane } from 'roomwire';
 import { connect, type ClientError, type RoomMessage, type RoomwireClient, type WebSocketConstructor } from 'roomwire/client';
 import { RedisBackplane } from 'roomwire/redis';
+import { deleteKeys } from '../helpers/redis.js';
 import { MembershipTable, startServer, tokenFor, type TestServer } from '../helpers/server.js';
 import { seededRandom, sleep } from '../reliability/support.js';
 import { ChaosProxy } from './proxy.js';
@@ -208,7 +209,7 @@ export async function runChaos(cfg: ChaosConfig): Promise<ChaosResult> {
     // Every server is closed, and Redis cleaned, even when one close fails; the failure is thrown after.
     const closed = await Promise.allSettled(servers.map((server) => server.close()));
     for (const connection of redisConnections) connection.disconnect();
-    if (cfg.servers > 1) await deleteKeys(prefix);
+    if (cfg.servers > 1) await deleteRunKeys(prefix);
     const failed = closed.find((outcome) => outcome.status === 'rejected');
     if (failed) throw failed.reason;
   }
@@ -245,18 +246,11 @@ async function redisBackplane(prefix: string, connections: Redis[]): Promise<Bac
 }
 
 /** Deletes this run's keys, and only them (the Redis is shared). */
-async function deleteKeys(prefix: string): Promise<void> {
+async function deleteRunKeys(prefix: string): Promise<void> {
   const admin = new Redis({ ...REDIS, maxRetriesPerRequest: 1, connectTimeout: 2_000, retryStrategy: () => null });
   admin.on('error', () => {});
   try {
-    let cursor = '0';
-    // Bounded: SCAN walks the keyspace once.
-    for (let round = 0; round < 100_000; round++) {
-      const [next, keys] = await admin.scan(cursor, 'MATCH', `${prefix}:*`, 'COUNT', 500);
-      if (keys.length > 0) await admin.del(...keys);
-      cursor = next;
-      if (cursor === '0') break;
-    }
+    await deleteKeys(admin, prefix);
   } finally {
     admin.disconnect();
   }

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import type { RoomManagerOptions } from 'roomwire';
 import { MembershipTable, tokenFor } from '../helpers/server.js';
 import { client, opened, serve, teardown, trackedWebSocket, until } from './helpers.js';
 
@@ -11,14 +12,36 @@ import { client, opened, serve, teardown, trackedWebSocket, until } from './help
 
 afterEach(teardown);
 
+/** Alice and bob in the public room `lobby` (joined with `join()`); `options` may use alice's sockets. */
+async function twoInLobby(options: (tracked: ReturnType<typeof trackedWebSocket>) => Partial<RoomManagerOptions> = () => ({})) {
+  const table = new MembershipTable({});
+  table.canJoinRooms.add('lobby');
+  const tracked = trackedWebSocket();
+  const s = await serve({ membership: table, ...options(tracked) });
+  const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
+  const bob = client({ url: s.url, token: await tokenFor('bob') });
+  await opened(alice);
+  await opened(bob);
+  await alice.client.join('lobby');
+  await bob.client.join('lobby');
+  return { s, alice, bob, tracked };
+}
+
+/** {@link twoInLobby}, and alice's connection has just dropped. */
+async function aliceOffline() {
+  const { s, alice, bob, tracked } = await twoInLobby();
+  const welcomes = alice.welcomes;
+  tracked.sockets.at(-1)!.terminate();
+  await until(() => alice.client.state === 'reconnecting', 'alice reconnecting');
+  /** Waits for alice's next welcome. */
+  const reopened = (): Promise<void> => opened(alice, welcomes + 1);
+  return { s, alice, bob, reopened };
+}
+
 describe('calls for a room joined again after a reconnect keep the app\'s order', () => {
   it('a publish whose ack was lost, into a joined room the app then leaves, is not rejected after it was delivered', async () => {
-    const table = new MembershipTable({});
-    table.canJoinRooms.add('lobby');
-    const tracked = trackedWebSocket();
     let cut = true;
-    const s = await serve({
-      membership: table,
+    const { alice, bob } = await twoInLobby((tracked) => ({
       // The first publish reaches the server, which broadcasts it; the publisher's connection drops before the ack.
       onPublish: () => {
         if (cut) {
@@ -27,13 +50,7 @@ describe('calls for a room joined again after a reconnect keep the app\'s order'
         }
         return undefined;
       },
-    });
-    const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
-    const bob = client({ url: s.url, token: await tokenFor('bob') });
-    await opened(alice);
-    await opened(bob);
-    await alice.client.join('lobby');
-    await bob.client.join('lobby');
+    }));
 
     // The app leaves the room once it sees the connection drop, after its publish.
     let leaving: Promise<void> | undefined;
@@ -52,26 +69,14 @@ describe('calls for a room joined again after a reconnect keep the app\'s order'
   });
 
   it('a publish queued while offline, then a leave of that room, both called in that order: the publish is not refused', async () => {
-    const table = new MembershipTable({});
-    table.canJoinRooms.add('lobby');
-    const s = await serve({ membership: table });
-    const tracked = trackedWebSocket();
-    const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
-    const bob = client({ url: s.url, token: await tokenFor('bob') });
-    await opened(alice);
-    await opened(bob);
-    await alice.client.join('lobby');
-    await bob.client.join('lobby');
-    // Drop alice only; while she is offline the app publishes, then leaves.
-    const welcomes = alice.welcomes;
-    tracked.sockets.at(-1)!.terminate();
-    await until(() => alice.client.state === 'reconnecting', 'alice reconnecting');
+    // While alice is offline the app publishes, then leaves.
+    const { s, alice, bob, reopened } = await aliceOffline();
     const published = alice.client.publish('lobby', 'queued').then(
       (ack) => ack.id,
       (error: unknown) => `rejected: ${String((error as Error).message)}`,
     );
     const left = alice.client.leave('lobby');
-    await opened(alice, welcomes + 1);
+    await reopened();
     await left;
     const id = await published;
     expect(id).not.toMatch(/^rejected/);
@@ -79,25 +84,13 @@ describe('calls for a room joined again after a reconnect keep the app\'s order'
     expect(id).toBe(bob.messages[0]!.id);
   });
   it('publish, leave, join, publish into a joined room while offline: both publishes are accepted, and the client ends in the room', async () => {
-    const table = new MembershipTable({});
-    table.canJoinRooms.add('lobby');
-    const s = await serve({ membership: table });
-    const tracked = trackedWebSocket();
-    const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
-    const bob = client({ url: s.url, token: await tokenFor('bob') });
-    await opened(alice);
-    await opened(bob);
-    await alice.client.join('lobby');
-    await bob.client.join('lobby');
-    const welcomes = alice.welcomes;
-    tracked.sockets.at(-1)!.terminate();
-    await until(() => alice.client.state === 'reconnecting', 'alice reconnecting');
+    const { s, alice, bob, reopened } = await aliceOffline();
     const outcome = (p: Promise<{ id: string }>): Promise<string> => p.then((ack) => ack.id, (error: unknown) => `rejected: ${String((error as Error).message)}`);
     const first = outcome(alice.client.publish('lobby', 'one'));
     const left = alice.client.leave('lobby');
     const joined = alice.client.join('lobby');
     const second = outcome(alice.client.publish('lobby', 'two'));
-    await opened(alice, welcomes + 1);
+    await reopened();
     await left;
     await joined;
     const ids = [await first, await second];
@@ -109,25 +102,13 @@ describe('calls for a room joined again after a reconnect keep the app\'s order'
   });
 
   it('a leave, then a publish into that room, while offline: the publish is refused and the client ends outside the room', async () => {
-    const table = new MembershipTable({});
-    table.canJoinRooms.add('lobby');
-    const s = await serve({ membership: table });
-    const tracked = trackedWebSocket();
-    const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
-    const bob = client({ url: s.url, token: await tokenFor('bob') });
-    await opened(alice);
-    await opened(bob);
-    await alice.client.join('lobby');
-    await bob.client.join('lobby');
-    const welcomes = alice.welcomes;
-    tracked.sockets.at(-1)!.terminate();
-    await until(() => alice.client.state === 'reconnecting', 'alice reconnecting');
+    const { s, alice, bob, reopened } = await aliceOffline();
     const left = alice.client.leave('lobby');
     const published = alice.client.publish('lobby', 'after leaving').then(
       (ack) => ack.id,
       (error: unknown) => `rejected: ${(error as { code?: string }).code}`,
     );
-    await opened(alice, welcomes + 1);
+    await reopened();
     await left;
     expect(await published).toBe('rejected: forbidden');
     expect([...alice.client.rooms]).toEqual([]);

@@ -2,6 +2,7 @@ import { connect as netConnect } from 'node:net';
 import { Redis } from 'ioredis';
 import { afterEach, describe, expect, it } from 'vitest';
 import { TestClient, closeClients } from '../helpers/client.js';
+import { deleteKeys } from '../helpers/redis.js';
 import { FRAMEWORKS, call, cleanUp, login, startChat, tempDatabase, wsUrl } from './harness.js';
 
 // The example reads REDIS_URL and REDIS_PREFIX when it builds its RoomManager.
@@ -33,12 +34,7 @@ afterEach(async () => {
   delete process.env.REDIS_PREFIX;
   const redis = new Redis(REDIS_URL);
   try {
-    for (let cursor = '0', round = 0; round < 10_000; round++) {
-      const [next, keys] = await redis.scan(cursor, 'MATCH', `${PREFIX}:*`, 'COUNT', 500);
-      if (keys.length > 0) await redis.del(...keys);
-      cursor = next;
-      if (cursor === '0') break;
-    }
+    await deleteKeys(redis, PREFIX);
   } finally {
     redis.disconnect();
   }
