@@ -942,6 +942,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (late) {
         const copy = late.then(({ id, seq }) => ({ id, seq }));
         this.unconfirmed.add(copy);
+        // Once the copy is here the first attempt is known to be delivered: a retry gets
+        // its ack as it is, without a second publish (which a backplane that ignores
+        // `cid` would deliver again, and one that is down again would refuse).
+        copy.then(() => this.unconfirmed.delete(copy), noop);
         this.remember(key, copy);
       } else this.dedupe.delete(key);
     });
