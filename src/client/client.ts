@@ -115,6 +115,8 @@ interface Request {
   readonly holdRoom?: string | undefined;
   /** True for an app publish. */
   readonly isPublish?: boolean;
+  /** True for an app leave. */
+  readonly isLeave?: boolean;
   /** True while held back for a rejoin: not on the wire. */
   waiting?: boolean;
   /** Handles an answer (or the client's own error); false keeps the request waiting for more. */
@@ -249,10 +251,24 @@ export function connect(options: ClientOptions): RoomwireClient {
     const ref = (++refs).toString(36);
     const text = JSON.stringify({ ...frame, ref });
     const holds = keep && (frame.type === 'publish' || frame.type === 'leave' || frame.type === 'join');
-    const pending: Request = { text, keep, settle, holdRoom: holds ? frame.room : undefined, isPublish: frame.type === 'publish' };
+    const pending: Request = { text, keep, settle, holdRoom: holds ? frame.room : undefined, isPublish: frame.type === 'publish', isLeave: frame.type === 'leave' };
     requests.set(ref, pending);
     if (open) transmit(pending);
     return ref;
+  };
+
+  /**
+   * A publish the app called before its first unanswered leave of `room` still waits
+   * (requests are kept in call order): the room is joined again for it, so it is not
+   * refused; a publish called after the leave is refused anyway and needs no rejoin.
+   */
+  const publishBeforeLeave = (room: string): boolean => {
+    for (const pending of requests.values()) {
+      if (!pending.keep || pending.holdRoom !== room) continue;
+      if (pending.isPublish) return true;
+      if (pending.isLeave) return false;
+    }
+    return false;
   };
 
   /** The rejoin of `room` is answered (or dropped): the publishes waiting for it go. */
@@ -497,9 +513,7 @@ export function connect(options: ClientOptions): RoomwireClient {
     const releaves = [...leftByApp].filter((room) => rooms.delete(room));
     // A room the app is leaving is joined again too while a publish it called before the
     // leave waits: the publish goes first, then the leave (both wait for the rejoin).
-    const publishing = new Set<string>();
-    for (const pending of requests.values()) if (pending.keep && pending.isPublish && pending.holdRoom !== undefined) publishing.add(pending.holdRoom);
-    const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && (!leaving.has(room) || publishing.has(room)));
+    const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && (!leaving.has(room) || publishBeforeLeave(room)));
     for (const room of rejoins) rooms.add(room);
     rejoining = new Set(rejoins);
     // The app's requests (queued, or in flight when the last connection dropped) go again
@@ -545,7 +559,7 @@ export function connect(options: ClientOptions): RoomwireClient {
         // called before that waits for it: the publish goes first, then the leave.
         skip: () => {
           if (!unwanted(room)) return false;
-          for (const pending of requests.values()) if (pending.waiting && pending.isPublish && pending.holdRoom === room) return false;
+          if (publishBeforeLeave(room)) return false;
           rejoinDone(room);
           return true;
         },
