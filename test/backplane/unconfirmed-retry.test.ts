@@ -32,20 +32,24 @@ function lossyBackplane(inner: Backplane, { keepCid = false, downAfterFirst = fa
   };
 }
 
+/** Alice publishes with cid c1 through `backplane`; the publish is refused `internal` (unconfirmed), and its copy reaches bob. */
+async function unconfirmedOnce(backplane: Backplane) {
+  const rooms = new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: new MembershipTable({ chat: ['alice', 'bob'] }), backplane });
+  rooms.on('error', () => {});
+  const alice = await openFake(rooms, 'alice');
+  const bob = await openFake(rooms, 'bob');
+  await settle(20);
+  alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r1' });
+  await settle(20);
+  expect(alice.of('error')[0]).toMatchObject({ code: 'internal', ref: 'r1' });
+  // Bob got it: the copy arrived, the publish happened.
+  expect(bob.of('message')).toHaveLength(1);
+  return { rooms, alice, bob };
+}
+
 describe('a retry of an unconfirmed publish (review)', () => {
   it('is not delivered a second time by a backplane with cids whose publish ignores cid', async () => {
-    const table = new MembershipTable({ chat: ['alice', 'bob'] });
-    const bus = new LocalBus();
-    const rooms = new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, backplane: lossyBackplane(bus.node()) });
-    rooms.on('error', () => {});
-    const alice = await openFake(rooms, 'alice');
-    const bob = await openFake(rooms, 'bob');
-    await settle(20);
-    alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r1' });
-    await settle(20);
-    expect(alice.of('error')[0]).toMatchObject({ code: 'internal', ref: 'r1' });
-    // Bob got it: the copy arrived, the publish happened.
-    expect(bob.of('message')).toHaveLength(1);
+    const { rooms, alice, bob } = await unconfirmedOnce(lossyBackplane(new LocalBus().node()));
     // The client retries with the same cid, as the error tells it to.
     alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r2' });
     await settle(20);
@@ -57,17 +61,7 @@ describe('a retry of an unconfirmed publish (review)', () => {
 
   it('a retry after the first attempt\'s copy arrived gets the first ack, even while the backplane is down again', async () => {
     // A backplane that keeps cids (as Redis does); its first reply was lost, and it is unreachable for the retry.
-    const table = new MembershipTable({ chat: ['alice', 'bob'] });
-    const bus = new LocalBus();
-    const rooms = new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, backplane: lossyBackplane(bus.node(), { keepCid: true, downAfterFirst: true }) });
-    rooms.on('error', () => {});
-    const alice = await openFake(rooms, 'alice');
-    const bob = await openFake(rooms, 'bob');
-    await settle(20);
-    alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r1' });
-    await settle(20);
-    expect(alice.of('error')[0]).toMatchObject({ code: 'internal', ref: 'r1' });
-    expect(bob.of('message')).toHaveLength(1);
+    const { rooms, alice, bob } = await unconfirmedOnce(lossyBackplane(new LocalBus().node(), { keepCid: true, downAfterFirst: true }));
     alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r2' });
     await settle(20);
     // The process has the copy: the message was delivered, and the retry is told so.
