@@ -9,7 +9,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, HistoryStore, MembershipChange, PublishCid, StoredMessage } from '../index.js';
-import { MAX_TIMER_MS } from '../timeout.js';
+import { withTimeout } from '../timeout.js';
 
 /**
  * The few methods of a Redis client that {@link RedisBackplane} uses: an `ioredis`
@@ -222,16 +222,6 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('DEL', KEYS[2])
 return 1
 `);
-
-function withTimeout<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  // Node runs a longer (or infinite) timer after 1 ms: no timeout, as src/timeout.ts does.
-  if (!(ms <= MAX_TIMER_MS)) return promise;
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms (is Redis reachable?)`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
 
 function newEpoch(): string {
   return randomBytes(8).toString('base64url');
