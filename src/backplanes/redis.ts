@@ -173,18 +173,24 @@ redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 return #stale
 `);
 
-// KEYS: own presence, nodes. ARGV: user, count, ttl, node id, timeout, presence key prefix.
-// Sets this node's count of the user's connections (not a delta: a count an earlier
-// failed call left wrong is set right). Returns 1 when the user crossed zero here and no
-// other live node has them: online or offline in the cluster. One script, so exactly one
-// process sees each crossing.
+// KEYS: own presence, nodes. ARGV: user, count, ttl, node id, timeout, presence key
+// prefix, count before. Sets this node's count of the user's connections (not a delta: a
+// count an earlier failed call left wrong is set right). Returns 1 when the user crossed
+// zero here and no other live node has them: online or offline in the cluster. One
+// script, so exactly one process sees each crossing. The count before is the one in
+// Redis while this node's heartbeat is fresh; once it is stale or gone (Redis out of the
+// node's reach for longer than the timeout), the other nodes have dropped or may drop
+// its record, so the count the node last meant to write (ARGV[7]) is used instead: a
+// last close made during a long outage is still an offline.
 const TRACK = script(`
-local before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0')
+${NOW}
+local beat = redis.call('ZSCORE', KEYS[2], ARGV[4])
+local before = tonumber(ARGV[7])
+if beat and tonumber(beat) >= now - tonumber(ARGV[5]) then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
 local n = tonumber(ARGV[2])
 if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 if (before > 0) == (n > 0) then return 0 end
-${NOW}
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[5]), '+inf')) do
   if node ~= ARGV[4] and redis.call('HEXISTS', ARGV[6] .. node, ARGV[1]) == 1 then return 0 end
 end
@@ -330,7 +336,8 @@ interface RedisKeys {
 /** A `track` call whose count did not reach Redis, waiting for a later write to answer it. */
 interface UnsettledTrack {
   readonly delta: 1 | -1;
-  readonly since: number;
+  /** This node's count of the user before the call. */
+  readonly before: number;
   readonly resolve: (crossed: boolean) => void;
 }
 
@@ -608,7 +615,7 @@ export class RedisBackplane implements Backplane {
     else this.counts.delete(user);
     if (this.closed) return false;
     try {
-      return await this.writeCount(user);
+      return await this.writeCount(user, next - delta);
     } catch (error) {
       // Answered by a later write (see `settle`): a last close during a blip of Redis
       // still says offline once Redis is back, instead of the rewrite dropping the user
@@ -617,15 +624,19 @@ export class RedisBackplane implements Backplane {
       this.handlers?.error(asError(error), 'presence');
       return new Promise<boolean>((resolve) => {
         const waiting = this.unsettled.get(user) ?? [];
-        waiting.push({ delta, since: Date.now(), resolve });
+        waiting.push({ delta, before: next - delta, resolve });
         this.unsettled.set(user, waiting);
       });
     }
   }
 
-  /** Writes this node's count of `user`; true when that made the user online or offline in the cluster. */
-  private async writeCount(user: string): Promise<boolean> {
-    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix];
+  /**
+   * Writes this node's count of `user`; true when that made the user online or offline in
+   * the cluster. `before` is the count the cluster last knew from this node, for when
+   * Redis may no longer hold it (see TRACK).
+   */
+  private async writeCount(user: string, before: number): Promise<boolean> {
+    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before];
     // Bounded: a heartbeat waits for settle's writes, so one that hung would stop the beats.
     return (await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence')) === 1;
   }
@@ -633,8 +644,10 @@ export class RedisBackplane implements Backplane {
   /**
    * Writes the counts that failed, each user's current one, and answers their `track`
    * calls: a crossing goes to the latest call in its direction (one `offline` for two
-   * closes), every other call gets false. Calls older than `nodeTimeoutMs` get false
-   * unwritten: by then the other processes may have dropped this one's counts.
+   * closes), every other call gets false. After an outage longer than `nodeTimeoutMs`
+   * the other processes have dropped this one's counts, so the crossing is decided from
+   * the count before the first failed call (see TRACK): a last close is still an
+   * `offline`, late rather than never.
    */
   private settle(): Promise<void> {
     // One at a time, and a heartbeat waits for the one under way: its rewrite would drop
@@ -646,19 +659,18 @@ export class RedisBackplane implements Backplane {
 
   private async settleNow(): Promise<void> {
     for (const [user, waiting] of [...this.unsettled]) {
-      const fresh = waiting.filter((call) => Date.now() - call.since < this.nodeTimeoutMs);
       // The direction of the count written now, not of one a later track() sets meanwhile.
       const online = this.counts.has(user);
       // Taken out first: a track() that fails meanwhile starts a new entry, for the next settle.
       this.unsettled.delete(user);
       let crossed = false;
       try {
-        crossed = fresh.length > 0 && (await this.writeCount(user));
+        crossed = await this.writeCount(user, waiting[0]?.before ?? 0);
       } catch (error) {
         this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
         throw error;
       }
-      const answered = crossed ? fresh.findLast((call) => (call.delta === 1) === online) : undefined;
+      const answered = crossed ? waiting.findLast((call) => (call.delta === 1) === online) : undefined;
       for (const call of waiting) call.resolve(call === answered);
     }
   }

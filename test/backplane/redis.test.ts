@@ -288,13 +288,15 @@ describe.skipIf(!up)('RedisBackplane', () => {
      * with `outage.slowNext` the next one runs in Redis at once but its reply comes 400 ms
      * later (`outage.slowSent` once it went). Replies keep their order, as on one link.
      */
-    async function presenceOutage(users: string[]) {
+    async function presenceOutage(users: string[], timing = { heartbeatMs: 100, nodeTimeoutMs: 15_000 }) {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
-      const outage = { down: false, slowNext: false, slowSent: false };
+      // With `beats`, node 1's heartbeats fail too, as when Redis is out of its reach.
+      const outage = { down: false, beats: false, slowNext: false, slowSent: false };
       let replies: Promise<unknown> = Promise.resolve();
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
         const count = keys === 2 && String(args[0]).includes(':presence:');
-        if (count && outage.down) return Promise.reject(new Error('Connection is closed.'));
+        const beat = keys === 2 && String(args[0]).endsWith(':nodes');
+        if ((count && outage.down) || (beat && outage.beats)) return Promise.reject(new Error('Connection is closed.'));
         const sent = (evalsha as Redis['evalsha'])(sha, keys, ...args);
         const slow = count && outage.slowNext;
         if (slow) [outage.slowNext, outage.slowSent] = [false, true];
@@ -302,7 +304,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
         replies = reply.catch(() => undefined);
         return reply;
       });
-      const options = { prefix, heartbeatMs: 100, nodeTimeoutMs: 15_000, commandTimeoutMs: 1_000 };
+      const options = { prefix, ...timing, commandTimeoutMs: 1_000 };
       const table = new MembershipTable({ team: ['alice', ...users] });
       const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
       const backplane2 = new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options });
@@ -311,12 +313,13 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const events = (user?: string): string[] =>
         alice.of('presence').filter((f) => user === undefined || f.user === user).map((f) => (user === undefined ? `${String(f.user)}:${String(f.event)}` : String(f.event)));
       const connectTo1 = async (user: string): Promise<TestClient> => TestClient.connect(n1.url, await tokenFor(user));
+      const connectTo2 = async (user: string): Promise<TestClient> => TestClient.connect(n2.url, await tokenFor(user));
       /** Waits until a slowed count's write has reached Redis (its reply still on the way). */
       const slowWriteSent = async (): Promise<void> => {
         for (let i = 0; i < 200 && !outage.slowSent; i++) await new Promise((r) => setTimeout(r, 5));
         expect(outage.slowSent).toBe(true);
       };
-      return { outage, alice, events, connectTo1, slowWriteSent, backplane2 };
+      return { outage, alice, events, connectTo1, connectTo2, slowWriteSent, backplane2 };
     }
 
     it('says offline for a last close made while Redis was unreachable once it is back, and nothing for a close and reopen', async () => {
@@ -341,6 +344,56 @@ describe.skipIf(!up)('RedisBackplane', () => {
       // Several heartbeats: the counts are written again, and bob never went offline for them.
       await alice.quiet(600);
       expect(events('bob')).toEqual(['online', 'offline', 'online']);
+      expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
+    });
+
+    it('says offline for a last close made during an outage longer than nodeTimeoutMs once Redis is back', async () => {
+      const { outage, alice, events, connectTo1, backplane2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      outage.beats = true;
+      await bob.close();
+      // Node 1's heartbeat goes stale and node 2 drops its counts: bob is no longer online.
+      for (let i = 0; i < 60 && (await backplane2.presence.onlineUsers()).includes('bob'); i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await backplane2.presence.onlineUsers()).toEqual(['alice']);
+      await alice.quiet(300);
+      expect(events('bob')).toEqual(['online']);
+      outage.down = false;
+      outage.beats = false;
+      await alice.until(() => events('bob').length === 2, 3_000, 'the offline');
+      expect(events('bob')).toEqual(['online', 'offline']);
+    });
+
+    it('says nothing for a last close made during a long outage when the user is online on another node', async () => {
+      const { outage, alice, events, connectTo1, connectTo2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      outage.beats = true;
+      await bob.close();
+      // Bob is back on node 2 before node 1 is dropped: still online all along.
+      await connectTo2('bob');
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      outage.down = false;
+      outage.beats = false;
+      await alice.quiet(800);
+      expect(events('bob')).toEqual(['online']);
+    });
+
+    it('says nothing for a close and reopen on the same node during a long outage', async () => {
+      const { outage, alice, events, connectTo1, backplane2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      const bob = await connectTo1('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      outage.beats = true;
+      await bob.close();
+      await connectTo1('bob');
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
+      outage.down = false;
+      outage.beats = false;
+      await alice.quiet(800);
+      expect(events('bob')).toEqual(['online']);
       expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
     });
 
