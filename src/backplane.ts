@@ -91,7 +91,7 @@ export interface ClusterPresence {
    * Counts one more (`+1`) or one less (`-1`) open connection of `user` on this process.
    * Never rejects: when the shared record cannot be written, the backplane writes it
    * again later and resolves then (a last close during an outage is still an `offline`
-   * once the store is back), or resolves `false` when that is no longer known.
+   * once the store is back), or resolves `false` if the backplane closes first.
    *
    * @returns true when this change made the user online in the cluster (its first open
    * connection on any live process) or offline (its last one closed), decided
