@@ -102,6 +102,29 @@ function stringRecord(value: unknown): Record<string, string> {
   return out;
 }
 
+/**
+ * The request URL with every path segment decodable: a segment holding a malformed
+ * percent-escape (`%zz`) gets its `%` escaped, so the router hands it to the routes as
+ * the literal text. Without this, both frameworks refuse such a URL with a 400 of their
+ * own before the token check (Fastify even for a path no route serves), which the API
+ * table does not have: a segment that names no route, conversation or user is a 404,
+ * after the 401. Both servers rewrite the URL with it before routing.
+ */
+export function decodablePath(url: string): string {
+  const query = url.indexOf('?');
+  const path = query === -1 ? url : url.slice(0, query);
+  if (!path.includes('%')) return url;
+  const segments = path.split('/').map((segment) => {
+    try {
+      decodeURIComponent(segment);
+      return segment;
+    } catch {
+      return segment.replaceAll('%', '%25');
+    }
+  });
+  return segments.join('/') + (query === -1 ? '' : url.slice(query));
+}
+
 /** A pino logger at `LOG_LEVEL` (default info). */
 export function createLogger(): PinoLogger {
   return pino({ level: process.env.LOG_LEVEL ?? 'info' });

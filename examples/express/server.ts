@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import express, { type Request, type Response } from 'express';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(res: Response, { status, headers, payload }: ChatResponse): void {
@@ -25,6 +25,11 @@ export async function startExpressChat(options: StartOptions = {}): Promise<Runn
   app.disable('x-powered-by');
   // No ETags: a 304 is not in the API table, and Fastify sends none.
   app.set('etag', false);
+  // A malformed percent-escape reaches the routes as text (an unknown id: 404), not as Express's 400.
+  app.use((req, _res, next) => {
+    req.url = decodablePath(req.url);
+    next();
+  });
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   // No inflating: Fastify does not decompress either, and a compressed body is a 400 in both.
   app.use(express.text({ type: () => true, limit: BODY_LIMIT_BYTES, inflate: false }));
