@@ -347,54 +347,45 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
     });
 
-    it('says offline for a last close made during an outage longer than nodeTimeoutMs once Redis is back', async () => {
-      const { outage, alice, events, connectTo1, backplane2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
-      const bob = await connectTo1('bob');
+    /**
+     * Bob online on node 1; node 1 loses Redis (counts and heartbeats) for longer than
+     * `nodeTimeoutMs`, `during` runs once bob's connection closed, and Redis comes back
+     * once node 2 has dropped node 1. Returns alice's presence events for bob after that.
+     */
+    async function longOutage(during: (nodes: Awaited<ReturnType<typeof presenceOutage>>) => Promise<unknown>) {
+      const nodes = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      const { outage, alice, events, backplane2 } = nodes;
+      const bob = await nodes.connectTo1('bob');
       await alice.until(() => events('bob').length === 1);
       outage.down = true;
       outage.beats = true;
       await bob.close();
-      // Node 1's heartbeat goes stale and node 2 drops its counts: bob is no longer online.
-      for (let i = 0; i < 60 && (await backplane2.presence.onlineUsers()).includes('bob'); i++) await new Promise((r) => setTimeout(r, 50));
-      expect(await backplane2.presence.onlineUsers()).toEqual(['alice']);
-      await alice.quiet(300);
-      expect(events('bob')).toEqual(['online']);
+      await during(nodes);
+      // Long enough for node 1's heartbeat to go stale and node 2 to drop its counts.
+      await new Promise((resolve) => setTimeout(resolve, 1_200));
       outage.down = false;
       outage.beats = false;
-      await alice.until(() => events('bob').length === 2, 3_000, 'the offline');
-      expect(events('bob')).toEqual(['online', 'offline']);
+      await alice.quiet(800);
+      return { events: events('bob'), online: (await backplane2.presence.onlineUsers()).sort() };
+    }
+
+    it('says offline for a last close made during an outage longer than nodeTimeoutMs once Redis is back', async () => {
+      const after = await longOutage(async ({ events, backplane2 }) => {
+        // Once node 2 drops node 1, bob is no longer online, and nobody has said so yet.
+        for (let i = 0; i < 60 && (await backplane2.presence.onlineUsers()).includes('bob'); i++) await new Promise((r) => setTimeout(r, 50));
+        expect(await backplane2.presence.onlineUsers()).toEqual(['alice']);
+        expect(events('bob')).toEqual(['online']);
+      });
+      expect(after).toEqual({ events: ['online', 'offline'], online: ['alice'] });
     });
 
     it('says nothing for a last close made during a long outage when the user is online on another node', async () => {
-      const { outage, alice, events, connectTo1, connectTo2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
-      const bob = await connectTo1('bob');
-      await alice.until(() => events('bob').length === 1);
-      outage.down = true;
-      outage.beats = true;
-      await bob.close();
-      // Bob is back on node 2 before node 1 is dropped: still online all along.
-      await connectTo2('bob');
-      await new Promise((resolve) => setTimeout(resolve, 1_200));
-      outage.down = false;
-      outage.beats = false;
-      await alice.quiet(800);
-      expect(events('bob')).toEqual(['online']);
+      // Bob is back on node 2 before node 1 is dropped: online all along.
+      expect(await longOutage(({ connectTo2 }) => connectTo2('bob'))).toEqual({ events: ['online'], online: ['alice', 'bob'] });
     });
 
     it('says nothing for a close and reopen on the same node during a long outage', async () => {
-      const { outage, alice, events, connectTo1, backplane2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
-      const bob = await connectTo1('bob');
-      await alice.until(() => events('bob').length === 1);
-      outage.down = true;
-      outage.beats = true;
-      await bob.close();
-      await connectTo1('bob');
-      await new Promise((resolve) => setTimeout(resolve, 1_200));
-      outage.down = false;
-      outage.beats = false;
-      await alice.quiet(800);
-      expect(events('bob')).toEqual(['online']);
-      expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
+      expect(await longOutage(({ connectTo1 }) => connectTo1('bob'))).toEqual({ events: ['online'], online: ['alice', 'bob'] });
     });
 
     it('writes every failed count before a heartbeat rewrites them, however slow the writes', async () => {
