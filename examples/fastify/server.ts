@@ -30,10 +30,11 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (req, body, done) => {
-    // A compressed body is not read, as the Express example's parser is set up (`inflate: false`).
+    // A compressed body is not read, as the Express example's parser is set up (`inflate: false`);
+    // an empty one is no body, whatever its encoding, as there.
     const encoding = req.headers['content-encoding']?.toLowerCase();
     // Express's body reader drops a leading byte order mark; so does this one.
-    if (encoding === undefined || encoding === 'identity') done(null, typeof body === 'string' && body.startsWith('\uFEFF') ? body.slice(1) : body);
+    if (body === '' || encoding === undefined || encoding === 'identity') done(null, typeof body === 'string' && body.startsWith('\uFEFF') ? body.slice(1) : body);
     else done(Object.assign(new Error(`unsupported content encoding ${encoding}`), { statusCode: 415 }), undefined);
   });
   const toRequest = (req: FastifyRequest) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body });

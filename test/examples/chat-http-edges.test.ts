@@ -1,0 +1,90 @@
+import { request } from 'node:http';
+import { gzipSync } from 'node:zlib';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import type { RunningChatServer } from '../../examples/chat/server.js';
+import { FRAMEWORKS, call, cleanUp, login, startChat, type Answer } from './harness.js';
+
+// Corners of the HTTP API where Express and Fastify used to answer differently. The
+// README's contract: one error table, one order of checks (body size and an unreadable
+// body, token, body JSON, conversation, participant, fields, named user), strict routing.
+
+afterEach(cleanUp);
+
+const DM = 1;
+const MESSAGES = `/api/v1/conversations/${DM}/messages`;
+const OVER_LIMIT = 1024 * 1024 + 10;
+
+function expectError(answer: Answer, status: number, code: string): void {
+  expect({ status: answer.status, body: answer.body }).toMatchObject({ status, body: { error: { code, message: expect.any(String) } } });
+  expect(answer.type).toBe('application/json; charset=utf-8');
+}
+
+/**
+ * A request through node:http, for what fetch will not send: a body on a GET, raw bytes.
+ * The body is written whole; the answer is read whole.
+ */
+function raw(server: RunningChatServer, method: string, path: string, headers: Record<string, string>, body?: Buffer | string): Promise<Answer> {
+  const { hostname, port } = new URL(server.url);
+  return new Promise((resolve, reject) => {
+    const length = body === undefined ? {} : { 'content-length': String(Buffer.byteLength(body)) };
+    const req = request({ host: hostname, port, method, path, headers: { ...headers, ...length } }, (res) => {
+      const chunks: Buffer[] = [];
+      res.on('data', (chunk: Buffer) => chunks.push(chunk));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let parsed: unknown;
+        try {
+          parsed = text === '' ? undefined : JSON.parse(text);
+        } catch {
+          parsed = undefined;
+        }
+        resolve({ status: res.statusCode ?? 0, type: res.headers['content-type'] ?? null, body: parsed, text });
+      });
+    });
+    req.setTimeout(5_000, () => req.destroy(new Error(`${method} ${path}: no answer within 5 s`)));
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => {
+  let server: RunningChatServer;
+  let alice: string;
+
+  beforeEach(async () => {
+    server = await startChat(start);
+    alice = await login(server, 'alice');
+  });
+
+  it('ignores the body of a GET: not parsed, not size-checked, not decoded', async () => {
+    const auth = { authorization: `Bearer ${alice}`, 'content-type': 'application/json' };
+    expect((await raw(server, 'GET', MESSAGES, auth, '{"broken')).status).toBe(200);
+    expect((await raw(server, 'GET', MESSAGES, auth, 'x'.repeat(OVER_LIMIT))).status).toBe(200);
+    expect((await raw(server, 'GET', MESSAGES, { ...auth, 'content-encoding': 'gzip' }, gzipSync('{}'))).status).toBe(200);
+    expect((await raw(server, 'GET', '/healthz', { 'content-type': 'application/json' }, '{"broken')).status).toBe(200);
+  });
+
+  it('reads a body as UTF-8 whatever charset its Content-Type names', async () => {
+    const body = Buffer.from(JSON.stringify({ content: 'café ☕' }), 'utf8');
+    for (const charset of ['utf-8', 'latin1', 'utf-16', 'no-such-charset']) {
+      const headers = { 'content-type': `application/json; charset=${charset}` };
+      const posted = await raw(server, 'POST', MESSAGES, { ...headers, authorization: `Bearer ${alice}` }, body);
+      expect({ charset, status: posted.status, content: posted.body?.content }).toEqual({ charset, status: 201, content: 'café ☕' });
+      // Readable, so the token is checked next.
+      expectError(await raw(server, 'POST', MESSAGES, headers, body), 401, 'unauthorized');
+    }
+  });
+
+  it('answers a compressed body over 1 MiB 413: the size is checked first', async () => {
+    const huge = JSON.stringify({ content: 'x'.repeat(OVER_LIMIT) });
+    for (const path of [MESSAGES, '/api/v1/auth/login']) {
+      expectError(await call(server, 'POST', path, { token: alice, raw: huge, headers: { 'content-encoding': 'gzip' } }), 413, 'too_large');
+    }
+    // An empty body is no body, whatever its encoding or type.
+    for (const type of [{}, { 'content-type': 'application/json' }]) {
+      const empty = await raw(server, 'POST', '/api/v1/auth/login', { ...type, 'content-encoding': 'gzip' }, '');
+      expect(empty.body).toEqual({ error: { code: 'bad_request', message: 'the body must be a JSON object' } });
+    }
+  });
+
+});
