@@ -87,4 +87,23 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     }
   });
 
+  it('answers a malformed URL 400 on any path, before the body is read', async () => {
+    for (const path of ['/api/v1/%zz', '/healthz%zz', '/nope/%E2%82', '/api/v1/conversations/%zz/messages']) {
+      expectError(await call(server, 'GET', path, { token: alice }), 400, 'bad_request');
+      expectError(await call(server, 'POST', path, { raw: 'x'.repeat(OVER_LIMIT) }), 400, 'bad_request');
+    }
+    // A malformed query is no malformed URL: `after` is just not an id.
+    expect((await call(server, 'GET', '/healthz?x=%zz')).status).toBe(200);
+    expectError(await call(server, 'GET', `${MESSAGES}?after=%zz`, { token: alice }), 400, 'bad_request');
+  });
+
+  it('routes a percent-encoded letter or dot like the character itself', async () => {
+    expect((await call(server, 'GET', '/he%61lthz')).body).toEqual({ status: 'ok' });
+    expect((await call(server, 'GET', '/%61pi/v1/conversations', { token: alice })).status).toBe(200);
+    expect((await call(server, 'GET', `/api/v1/conversations/${DM}/%6Dessages`, { token: alice })).status).toBe(200);
+    // Only what is equivalent: an encoded slash is no separator, and case still counts.
+    expectError(await call(server, 'GET', '/api%2Fv1/conversations', { token: alice }), 404, 'not_found');
+    expectError(await call(server, 'GET', '/%41pi/v1/conversations', { token: alice }), 404, 'not_found');
+  });
+
 });
