@@ -57,21 +57,16 @@ function rawBodyAsText(): (req: Request, res: Response, next: NextFunction) => v
 const ENCODED_UNRESERVED = /%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)/gi;
 
 /**
- * Makes Express route on the path as Fastify's router does, on its percent-decoding: a
- * malformed encoding (`%zz`) is 400 on any path, before the body is read, and `/he%61lthz`
- * is `/healthz`. Express would match the raw path and decode only the parameters of the
- * route that matched. Encoded reserved characters (`%2F`) stay encoded, as there.
+ * Makes Express route on the path as Fastify's router does, on its percent-decoding:
+ * `/he%61lthz` is `/healthz`. Express would match the raw path and decode only the
+ * parameters of the route that matched. Encoded reserved characters (`%2F`) stay encoded,
+ * as there. A malformed escape (`%zz`) reaches the routes as text (see `decodablePath`).
  */
 function routeOnDecodedPath(req: Request, _res: Response, next: NextFunction): void {
-  const query = req.url.indexOf('?');
-  const path = query === -1 ? req.url : req.url.slice(0, query);
-  try {
-    decodeURI(path);
-  } catch {
-    next(Object.assign(new URIError('malformed percent-encoding in the URL'), { status: 400 }));
-    return;
-  }
-  req.url = path.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(Number.parseInt(escape.slice(1), 16))) + (query === -1 ? '' : req.url.slice(query));
+  const url = decodablePath(req.url);
+  const query = url.indexOf('?');
+  const path = query === -1 ? url : url.slice(0, query);
+  req.url = path.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(Number.parseInt(escape.slice(1), 16))) + (query === -1 ? '' : url.slice(query));
   next();
 }
 
@@ -90,14 +85,9 @@ export async function startExpressChat(options: StartOptions = {}): Promise<Runn
   app.disable('x-powered-by');
   // No ETags: a 304 is not in the API table, and Fastify sends none.
   app.set('etag', false);
-  // A malformed percent-escape reaches the routes as text (an unknown id: 404), not as Express's 400.
-  app.use((req, _res, next) => {
-    req.url = decodablePath(req.url);
-    next();
-  });
+  app.use(routeOnDecodedPath);
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   // No inflating: Fastify does not decompress either, and a compressed body is a 400 in both.
-  app.use(routeOnDecodedPath);
   app.use(rawBodyAsText());
   const toRequest = (req: Request) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body as unknown });
   for (const route of chat.routes) {
