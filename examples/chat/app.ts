@@ -1,4 +1,5 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import { parse as parseQueryString } from 'node:querystring';
 import { pino, type Logger as PinoLogger } from 'pino';
 import type { Authenticator, RoomManager } from 'roomwire';
 import { API_ERRORS, API_ROUTES, ApiError, type ApiContext, type ApiErrorCode, type ApiReply, type ApiRoute } from './api.js';
@@ -81,6 +82,15 @@ function frameworkStatus(error: unknown): number | undefined {
   const { status, statusCode } = error as { status?: unknown; statusCode?: unknown };
   const value = typeof statusCode === 'number' ? statusCode : status;
   return typeof value === 'number' && value >= 400 && value < 600 ? value : undefined;
+}
+
+/**
+ * The query string parser both frameworks are given, so that they read a query alike:
+ * node's, without its cap of 1000 parameters (past which Express dropped the rest,
+ * `after` included, while Fastify read them all).
+ */
+export function parseQuery(query: string): Record<string, unknown> {
+  return parseQueryString(query, '&', '=', { maxKeys: 0 });
 }
 
 function parseJsonBody(body: unknown): unknown {

@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(res: Response, { status, headers, payload }: ChatResponse): void {
@@ -85,6 +85,8 @@ export async function startExpressChat(options: StartOptions = {}): Promise<Runn
   app.disable('x-powered-by');
   // No ETags: a 304 is not in the API table, and Fastify sends none.
   app.set('etag', false);
+  // The query parser is the Fastify example's too.
+  app.set('query parser', parseQuery);
   app.use(routeOnDecodedPath);
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   // No inflating: Fastify does not decompress either, and a compressed body is a 400 in both.

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): FastifyReply {
@@ -20,7 +20,8 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
     bodyLimit: BODY_LIMIT_BYTES,
     // User ids are token subjects of any length; Fastify's default answers a path segment
     // over 100 characters with its own 414, before the token check.
-    routerOptions: { maxParamLength: 1_024 },
+    // The query parser is the Express example's too.
+    routerOptions: { maxParamLength: 1_024, querystringParser: parseQuery },
     // A malformed percent-escape reaches the routes as text (an unknown id or route: 404),
     // as in Express, rather than failing the routing with a 400.
     rewriteUrl: (req) => decodablePath(req.url ?? '/'),

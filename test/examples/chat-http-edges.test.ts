@@ -106,4 +106,8 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     expectError(await call(server, 'GET', '/%41pi/v1/conversations', { token: alice }), 404, 'not_found');
   });
 
+  it('checks `after` however many query parameters come before it', async () => {
+    const padding = Array.from({ length: 1_500 }, (_, i) => `p${i}=1`).join('&');
+    expectError(await call(server, 'GET', `${MESSAGES}?${padding}&after=not-an-id`, { token: alice }), 400, 'bad_request');
+  });
 });
