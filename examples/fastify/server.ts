@@ -29,6 +29,12 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
     frameworkErrors: (error, _req, reply) => send(reply, chat.errorResponse(error)),
   });
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
+  // Whatever its type really: Fastify answers a Content-Type it cannot parse (`garbage`,
+  // `application/json, text/plain`) 415 before any parser runs, where Express reads the body
+  // as any other. The body is read without its Content-Type, which nothing here looks at.
+  app.addHook('onRequest', async (req) => {
+    delete req.raw.headers['content-type'];
+  });
   app.removeAllContentTypeParsers();
   app.addContentTypeParser('*', { parseAs: 'string' }, (req, body, done) => {
     // A compressed body is not read, as the Express example's parser is set up (`inflate: false`);

@@ -75,6 +75,15 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     }
   });
 
+  it('ignores a Content-Type it cannot parse, as it ignores any other: the body is JSON', async () => {
+    for (const type of ['garbage', 'application/json, text/plain', '/json', 'application/']) {
+      const posted = await call(server, 'POST', MESSAGES, { token: alice, body: { content: type }, headers: { 'content-type': type } });
+      expect({ type, status: posted.status }).toEqual({ type, status: 201 });
+      expectError(await call(server, 'POST', MESSAGES, { body: { content: type }, headers: { 'content-type': type } }), 401, 'unauthorized');
+      expectError(await call(server, 'POST', MESSAGES, { token: alice, raw: '{"content":', headers: { 'content-type': type } }), 400, 'bad_request');
+    }
+  });
+
   it('answers a compressed body over 1 MiB 413: the size is checked first', async () => {
     const huge = JSON.stringify({ content: 'x'.repeat(OVER_LIMIT) });
     for (const path of [MESSAGES, '/api/v1/auth/login']) {
