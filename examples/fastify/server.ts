@@ -18,10 +18,11 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
   const app = Fastify({
     loggerInstance: chat.logger,
     bodyLimit: BODY_LIMIT_BYTES,
-    // User ids are token subjects of any length; Fastify's default answers a path segment
-    // over 100 characters with its own 414, before the token check.
+    // User ids are token subjects of any length; Fastify answers a path parameter over
+    // maxParamLength (100 by default) with its own 414, before the token check. Express has
+    // no such limit: nor has this server beyond Node's own on the request line (16 KiB).
     // The query parser is the Express example's too.
-    routerOptions: { maxParamLength: 1_024, querystringParser: parseQuery },
+    routerOptions: { maxParamLength: Number.MAX_SAFE_INTEGER, querystringParser: parseQuery },
     // A malformed percent-escape reaches the routes as text (an unknown id or route: 404),
     // as in Express, rather than failing the routing with a 400.
     rewriteUrl: (req) => decodablePath(req.url ?? '/'),

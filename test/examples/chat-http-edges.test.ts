@@ -115,6 +115,15 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     expectError(await call(server, 'GET', '/%41pi/v1/conversations', { token: alice }), 404, 'not_found');
   });
 
+  it('takes a path parameter of any length: the token is checked, then the id', async () => {
+    const longUser = `/api/v1/conversations/${DM}/participants/${'u'.repeat(2_000)}`;
+    expectError(await call(server, 'DELETE', longUser), 401, 'unauthorized');
+    expectError(await call(server, 'DELETE', longUser, { token: alice }), 404, 'not_found');
+    const longId = `/api/v1/conversations/${'1'.repeat(2_000)}/messages`;
+    expectError(await call(server, 'GET', longId), 401, 'unauthorized');
+    expectError(await call(server, 'GET', longId, { token: alice }), 404, 'not_found');
+  });
+
   it('checks `after` however many query parameters come before it', async () => {
     const padding = Array.from({ length: 1_500 }, (_, i) => `p${i}=1`).join('&');
     expectError(await call(server, 'GET', `${MESSAGES}?${padding}&after=not-an-id`, { token: alice }), 400, 'bad_request');
