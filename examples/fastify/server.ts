@@ -46,8 +46,15 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
     else done(Object.assign(new Error(`unsupported content encoding ${encoding}`), { statusCode: 415 }), undefined);
   });
   const toRequest = (req: FastifyRequest) => ({ headers: req.headers, params: req.params, query: req.query, body: req.body });
+  // Fastify matches a parameter to an empty segment (`/conversations//messages`); Express
+  // matches no route there, and strict routing says so too: 404, before the token check.
+  const emptyParam = (req: FastifyRequest) => Object.values(req.params as Record<string, unknown>).includes('');
   for (const route of chat.routes) {
-    app.route({ method: route.method, url: route.path, handler: async (req, reply) => send(reply, await route.handle(toRequest(req))) });
+    app.route({
+      method: route.method,
+      url: route.path,
+      handler: async (req, reply) => send(reply, emptyParam(req) ? chat.notFound() : await route.handle(toRequest(req))),
+    });
   }
   app.setNotFoundHandler((_req, reply) => send(reply, chat.notFound()));
   app.setErrorHandler((error, _req, reply) => send(reply, chat.errorResponse(error)));

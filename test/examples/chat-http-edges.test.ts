@@ -124,6 +124,19 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     expectError(await call(server, 'GET', longId, { token: alice }), 404, 'not_found');
   });
 
+  it('answers an empty path segment as no route: 404 before the token check', async () => {
+    for (const [method, path] of [
+      ['DELETE', `/api/v1/conversations/${DM}/participants/`],
+      ['GET', '/api/v1/conversations//messages'],
+      ['POST', '/api/v1/conversations//messages'],
+      ['POST', '/api/v1/conversations//participants'],
+    ] as const) {
+      const answer = await call(server, method, path, method === 'POST' ? { body: { content: 'x', user: 'dave' } } : {});
+      expectError(answer, 404, 'not_found');
+      expect(answer.body.error.message).toBe('no such route');
+    }
+  });
+
   it('checks `after` however many query parameters come before it', async () => {
     const padding = Array.from({ length: 1_500 }, (_, i) => `p${i}=1`).join('&');
     expectError(await call(server, 'GET', `${MESSAGES}?${padding}&after=not-an-id`, { token: alice }), 400, 'bad_request');
