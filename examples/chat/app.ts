@@ -73,7 +73,10 @@ function json(status: number, body: unknown): ChatResponse {
 }
 
 function errorBody(code: ApiErrorCode, message: string, status: number = API_ERRORS[code]): ChatResponse {
-  return json(status, { error: { code, message } });
+  const response = json(status, { error: { code, message } });
+  // A 401 names its scheme (RFC 9110 §11.6.1), as the WebSocket upgrade's 401 does.
+  if (status === 401) response.headers['www-authenticate'] = 'Bearer';
+  return response;
 }
 
 /** The status a framework put on its own errors (body-parser's `status`, Fastify's `statusCode`). */

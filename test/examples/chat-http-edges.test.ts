@@ -137,6 +137,19 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
     }
   });
 
+  it('names the Bearer scheme on every 401, as the WebSocket upgrade does', async () => {
+    for (const [method, path, body] of [
+      ['GET', '/api/v1/conversations', undefined],
+      ['POST', MESSAGES, '{"content":"x"}'],
+      ['POST', '/api/v1/auth/login', '{"username":"mallory"}'],
+    ] as const) {
+      const response = await fetch(`${server.url}${path}`, { method, ...(body === undefined ? {} : { body }) });
+      expect({ path, status: response.status, challenge: response.headers.get('www-authenticate') }).toEqual({ path, status: 401, challenge: 'Bearer' });
+    }
+    const ok = await fetch(`${server.url}/api/v1/conversations`, { headers: { authorization: `Bearer ${alice}` } });
+    expect(ok.headers.get('www-authenticate')).toBeNull();
+  });
+
   it('checks `after` however many query parameters come before it', async () => {
     const padding = Array.from({ length: 1_500 }, (_, i) => `p${i}=1`).join('&');
     expectError(await call(server, 'GET', `${MESSAGES}?${padding}&after=not-an-id`, { token: alice }), 400, 'bad_request');
