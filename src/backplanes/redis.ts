@@ -614,6 +614,17 @@ export class RedisBackplane implements Backplane {
     if (next > 0) this.counts.set(user, next);
     else this.counts.delete(user);
     if (this.closed) return false;
+    const waiting = this.unsettled.get(user);
+    if (waiting) {
+      // An earlier count of the user has not reached Redis: the cluster last knew the
+      // count before that one, so this call is decided with it, by the same write. Written
+      // alone with next - delta as the count before, a stale node would take a close and
+      // reopen for an offline then an online (or an open and close for an offline alone).
+      return new Promise<boolean>((resolve) => {
+        waiting.push({ delta, before: next - delta, resolve });
+        void this.settle().catch((error: unknown) => this.handlers?.error(asError(error), 'presence'));
+      });
+    }
     try {
       return await this.writeCount(user, next - delta);
     } catch (error) {

@@ -426,6 +426,62 @@ describe.skipIf(!up)('RedisBackplane', () => {
       // Redis decided offline, then online: never two onlines in a row, and bob ends online.
       expect(events('bob')).toEqual(['online', 'offline', 'online']);
     });
+
+    /**
+     * Backplanes on their own (no server) sharing one prefix; node 1's presence counts fail
+     * while `flags.down` and its heartbeats while `flags.beats`, and `flags.onBeatReply`
+     * sees each of its heartbeat replies before the backplane does.
+     */
+    async function presenceNodes(count: number, timing: { heartbeatMs: number; nodeTimeoutMs: number }) {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
+      const flags = { down: false, beats: false, onBeatReply: (_reply: unknown): void => undefined };
+      const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        const countWrite = keys === 2 && String(args[0]).includes(':presence:');
+        const beat = keys === 2 && String(args[0]).endsWith(':nodes');
+        if ((countWrite && flags.down) || (beat && flags.beats)) return Promise.reject(new Error('Connection is closed.'));
+        const reply = (evalsha as Redis['evalsha'])(sha, keys, ...args);
+        return beat ? reply.then((value) => (flags.onBeatReply(value), value)) : reply;
+      });
+      const handlers = { message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined };
+      const options = { prefix, ...timing, commandTimeoutMs: 1_000 };
+      const nodes = [new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options })];
+      if (count > 1) nodes.push(new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }));
+      for (const node of nodes) await node.start(handlers);
+      started.push(...nodes);
+      return { flags, node1: nodes[0] as RedisBackplane, node2: nodes[1] };
+    }
+    const started: RedisBackplane[] = [];
+    afterEach(async () => {
+      for (const node of started.splice(0)) await node.close();
+    });
+    const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+
+    it('says nothing for a reopen written while an earlier close still waits, once its heartbeat went stale', async () => {
+      // After an outage longer than nodeTimeoutMs, counts reach Redis again before the
+      // next heartbeat: bob's close failed, his reopen is written, the node is still stale.
+      const { flags, node1 } = await presenceNodes(1, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      expect(await node1.presence.track('bob', 1)).toBe(true);
+      flags.down = flags.beats = true;
+      const close = node1.presence.track('bob', -1);
+      await sleep(500);
+      flags.down = false;
+      expect(await node1.presence.track('bob', 1)).toBe(false);
+      flags.beats = false;
+      expect(await close).toBe(false);
+      expect(await node1.presence.track('bob', -1)).toBe(true);
+    });
+
+    it('says nothing for a close written while an earlier open still waits, once its heartbeat went stale', async () => {
+      const { flags, node1 } = await presenceNodes(1, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      flags.down = flags.beats = true;
+      const open = node1.presence.track('bob', 1);
+      await sleep(500);
+      flags.down = false;
+      // Bob was never said to be online: no offline either.
+      expect(await node1.presence.track('bob', -1)).toBe(false);
+      flags.beats = false;
+      expect(await open).toBe(false);
+    });
   });
 
   describe('a subscribe that fails', () => {
