@@ -154,10 +154,16 @@ return redis.call('GET', KEYS[1])
 `);
 
 // KEYS: nodes, own presence. ARGV: node id, timeout, presence key prefix, rewrite ('1'/'0'), user, count, ...
-// Returns -1 when this node had been dropped (so its presence may be gone) and it did not rewrite.
+// Returns -1, without beating, when this node's heartbeat was stale or gone and it did not
+// rewrite: the other nodes may have dropped its hash, or it expired (PEXPIRE 2x the
+// timeout) when nobody was left to drop the node. Beating first would make the node live
+// with a hash that misses its users, and TRACK would decide from that (see TRACK) until
+// the rewrite. So the node stays out until a beat rewrites its hash in the same step.
 const HEARTBEAT = script(`
 ${NOW}
-local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if ARGV[4] ~= '1' and not (last and tonumber(last) >= now - tonumber(ARGV[2])) then return -1 end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
 local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
 for _, node in ipairs(stale) do
   redis.call('DEL', ARGV[3] .. node)
@@ -166,8 +172,6 @@ end
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2])
   for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
-elseif added == 1 then
-  return -1
 end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 return #stale
@@ -593,7 +597,7 @@ export class RedisBackplane implements Backplane {
     this.history.currentEpoch = (await this.run(EPOCH, [this.keys.epoch], [newEpoch()])) as string;
   }
 
-  private async beat(rewrite = this.dirty): Promise<void> {
+  private async beat(rewrite = this.dirty, retry = true): Promise<void> {
     await this.settle();
     // A count that failed meanwhile is settled first: the rewrite would lose its crossing.
     if (this.unsettled.size > 0) rewrite = false;
@@ -602,7 +606,8 @@ export class RedisBackplane implements Backplane {
     if (rewrite) this.dirty = false;
     try {
       const reply = await this.run(HEARTBEAT, [this.keys.nodes, this.ownPresence], args);
-      if (reply === -1) await this.beat(true);
+      // Once: with counts still unsettled it cannot rewrite, and stays out until a later beat.
+      if (reply === -1 && retry) await this.beat(true, false);
     } catch (error) {
       if (rewrite) this.dirty = true;
       throw error;

@@ -482,6 +482,41 @@ describe.skipIf(!up)('RedisBackplane', () => {
       flags.beats = false;
       expect(await open).toBe(false);
     });
+
+    it.each([
+      ['says offline for a last close written between the heartbeat that finds the node dropped and its rewrite', -1, true],
+      ['says nothing for another open written between the heartbeat that finds the node dropped and its rewrite', 1, false],
+    ] as const)('%s', async (_name, delta, crossed) => {
+      // Node 1's heartbeats fail (or its event loop stalls) while its counts are fine, so
+      // nothing marks its hash dirty; node 2 drops it meanwhile.
+      const { flags, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      expect(await node1.presence.track('bob', 1)).toBe(true);
+      flags.beats = true;
+      for (let i = 0; i < 60 && (await node2!.presence.onlineUsers()).includes('bob'); i++) await sleep(50);
+      expect(await node2!.presence.onlineUsers()).toEqual([]);
+      let tracked: Promise<boolean> | undefined;
+      flags.onBeatReply = (reply) => {
+        if (reply === -1 && !tracked) tracked = node1.presence.track('bob', delta);
+      };
+      flags.beats = false;
+      for (let i = 0; i < 60 && !tracked; i++) await sleep(20);
+      expect(await tracked).toBe(crossed);
+      await sleep(300);
+      expect(await node2!.presence.onlineUsers()).toEqual(crossed ? [] : ['bob']);
+    });
+
+    it('counts its users again and says offline after its event loop stalled until its hash expired', async () => {
+      // One process, so nobody drops it: its record stays, its hash (PEXPIRE 2x the timeout) goes.
+      const { node1 } = await presenceNodes(1, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      expect(await node1.presence.track('bob', 1)).toBe(true);
+      const until = Date.now() + 900;
+      while (Date.now() < until) {
+        // The event loop is blocked: no heartbeat.
+      }
+      await sleep(400);
+      expect(await node1.presence.onlineUsers()).toEqual(['bob']);
+      expect(await node1.presence.track('bob', -1)).toBe(true);
+    });
   });
 
   describe('a subscribe that fails', () => {
