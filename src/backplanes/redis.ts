@@ -185,12 +185,15 @@ return #stale
 // Redis while this node's heartbeat is fresh; once it is stale or gone (Redis out of the
 // node's reach for longer than the timeout), the other nodes have dropped or may drop
 // its record, so the count the node last meant to write (ARGV[7]) is used instead: a
-// last close made during a long outage is still an offline.
+// last close made during a long outage is still an offline. With ARGV[8] '1' (a settle)
+// ARGV[7] is used whatever the heartbeat: the count before the first failed call, which
+// is what the cluster was told of; the hash may hold a later one whose write ran but
+// whose reply (and crossing) was lost.
 const TRACK = script(`
 ${NOW}
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[4])
 local before = tonumber(ARGV[7])
-if beat and tonumber(beat) >= now - tonumber(ARGV[5]) then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
+if ARGV[8] ~= '1' and beat and tonumber(beat) >= now - tonumber(ARGV[5]) then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
 local n = tonumber(ARGV[2])
 if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -649,10 +652,10 @@ export class RedisBackplane implements Backplane {
   /**
    * Writes this node's count of `user`; true when that made the user online or offline in
    * the cluster. `before` is the count the cluster last knew from this node, for when
-   * Redis may no longer hold it (see TRACK).
+   * Redis may no longer hold it (see TRACK); `settling`, to decide from it in any case.
    */
-  private async writeCount(user: string, before: number): Promise<boolean> {
-    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before];
+  private async writeCount(user: string, before: number, settling = false): Promise<boolean> {
+    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before, settling ? '1' : '0'];
     // Bounded: a heartbeat waits for settle's writes, so one that hung would stop the beats.
     return (await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence')) === 1;
   }
@@ -660,10 +663,11 @@ export class RedisBackplane implements Backplane {
   /**
    * Writes the counts that failed, each user's current one, and answers their `track`
    * calls: a crossing goes to the latest call in its direction (one `offline` for two
-   * closes), every other call gets false. After an outage longer than `nodeTimeoutMs`
-   * the other processes have dropped this one's counts, so the crossing is decided from
-   * the count before the first failed call (see TRACK): a last close is still an
-   * `offline`, late rather than never.
+   * closes), every other call gets false. The crossing is decided from the count before
+   * the first failed call (see TRACK), not from Redis's: after an outage longer than
+   * `nodeTimeoutMs` the other processes have dropped this one's counts, and a write whose
+   * reply was lost ran in Redis with its crossing. A last close is still an `offline`,
+   * late rather than never.
    */
   private settle(): Promise<void> {
     // One at a time, and a heartbeat waits for the one under way: its rewrite would drop
@@ -681,7 +685,7 @@ export class RedisBackplane implements Backplane {
       this.unsettled.delete(user);
       let crossed = false;
       try {
-        crossed = await this.writeCount(user, waiting[0]?.before ?? 0);
+        crossed = await this.writeCount(user, waiting[0]?.before ?? 0, true);
       } catch (error) {
         this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
         throw error;

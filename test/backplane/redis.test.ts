@@ -430,16 +430,22 @@ describe.skipIf(!up)('RedisBackplane', () => {
     /**
      * Backplanes on their own (no server) sharing one prefix; node 1's presence counts fail
      * while `flags.down` and its heartbeats while `flags.beats`, and `flags.onBeatReply`
-     * sees each of its heartbeat replies before the backplane does.
+     * sees each of its heartbeat replies before the backplane does. With `flags.loseNext`
+     * the next count runs in Redis but its reply is lost, as with a connection that drops
+     * before the reply.
      */
     async function presenceNodes(count: number, timing: { heartbeatMs: number; nodeTimeoutMs: number }) {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
-      const flags = { down: false, beats: false, onBeatReply: (_reply: unknown): void => undefined };
+      const flags = { down: false, beats: false, loseNext: false, onBeatReply: (_reply: unknown): void => undefined };
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
         const countWrite = keys === 2 && String(args[0]).includes(':presence:');
         const beat = keys === 2 && String(args[0]).endsWith(':nodes');
         if ((countWrite && flags.down) || (beat && flags.beats)) return Promise.reject(new Error('Connection is closed.'));
         const reply = (evalsha as Redis['evalsha'])(sha, keys, ...args);
+        if (countWrite && flags.loseNext) {
+          flags.loseNext = false;
+          return reply.then(() => Promise.reject(new Error('Connection is closed.')));
+        }
         return beat ? reply.then((value) => (flags.onBeatReply(value), value)) : reply;
       });
       const handlers = { message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined };
@@ -503,6 +509,18 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(await tracked).toBe(crossed);
       await sleep(300);
       expect(await node2!.presence.onlineUsers()).toEqual(crossed ? [] : ['bob']);
+    });
+
+    it.each([
+      ['says offline for a last close whose write ran in Redis but whose reply was lost', 1, -1],
+      ['says online for a first open whose write ran in Redis but whose reply was lost', 0, 1],
+    ] as const)('%s', async (_name, opened, delta) => {
+      const { flags, node1 } = await presenceNodes(1, { heartbeatMs: 100, nodeTimeoutMs: 3_000 });
+      if (opened) expect(await node1.presence.track('bob', 1)).toBe(true);
+      flags.loseNext = true;
+      // Answered by the next heartbeat's settle.
+      expect(await node1.presence.track('bob', delta)).toBe(true);
+      expect(await node1.presence.onlineUsers()).toEqual(opened ? [] : ['bob']);
     });
 
     it('counts its users again and says offline after its event loop stalled until its hash expired', async () => {
