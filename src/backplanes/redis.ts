@@ -188,12 +188,17 @@ return #stale
 // last close made during a long outage is still an offline. With ARGV[8] '1' (a settle)
 // ARGV[7] is used whatever the heartbeat: the count before the first failed call, which
 // is what the cluster was told of; the hash may hold a later one whose write ran but
-// whose reply (and crossing) was lost.
+// whose reply (and crossing) was lost. A settle returns -1, writing nothing, while this
+// node's heartbeat is stale: the other nodes' heartbeats may be stale for the same reason
+// (Redis was out of everyone's reach, or lost its data), and a crossing decided before
+// they beat again would count their users out.
 const TRACK = script(`
 ${NOW}
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[4])
+local fresh = beat and tonumber(beat) >= now - tonumber(ARGV[5])
+if ARGV[8] == '1' and not fresh then return -1 end
 local before = tonumber(ARGV[7])
-if ARGV[8] ~= '1' and beat and tonumber(beat) >= now - tonumber(ARGV[5]) then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
+if ARGV[8] ~= '1' and fresh then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
 local n = tonumber(ARGV[2])
 if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
@@ -340,6 +345,9 @@ interface RedisKeys {
   cid(key: string): string;
 }
 
+/** TRACK's answer to a settle while this node's heartbeat is stale: nothing written, decide later. */
+const STALE = -1;
+
 /** A `track` call whose count did not reach Redis, waiting for a later write to answer it. */
 interface UnsettledTrack {
   readonly delta: 1 | -1;
@@ -414,6 +422,13 @@ export class RedisBackplane implements Backplane {
    */
   private readonly unsettled = new Map<string, UnsettledTrack[]>();
   private settling: Promise<void> | undefined;
+  /**
+   * This node's heartbeat was found stale: the counts that failed wait until it has beaten
+   * again with its counts rewritten, and then one heartbeat more (`settleFrom`), so that the
+   * other nodes cut off with it have beaten too before a crossing is decided.
+   */
+  private stale = false;
+  private settleFrom = 0;
   /** Whether the epoch was read since the subscriber last reconnected. */
   private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
@@ -601,16 +616,25 @@ export class RedisBackplane implements Backplane {
   }
 
   private async beat(rewrite = this.dirty, retry = true): Promise<void> {
+    // Counts that failed are settled first where they can be. A rewrite does not lose their
+    // crossings (a settle decides from the count before the first failed call, not from
+    // the hash), so it goes ahead whether or not some still wait.
     await this.settle();
-    // A count that failed meanwhile is settled first: the rewrite would lose its crossing.
-    if (this.unsettled.size > 0) rewrite = false;
     const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0'];
     if (rewrite) for (const [user, count] of this.counts) args.push(user, count);
     if (rewrite) this.dirty = false;
     try {
       const reply = await this.run(HEARTBEAT, [this.keys.nodes, this.ownPresence], args);
-      // Once: with counts still unsettled it cannot rewrite, and stays out until a later beat.
-      if (reply === -1 && retry) await this.beat(true, false);
+      if (reply === -1) {
+        // Stale or dropped: beat again with the counts rewritten, in one step.
+        this.stale = true;
+        if (retry) await this.beat(true, false);
+        return;
+      }
+      if (rewrite && this.stale) {
+        this.stale = false;
+        this.settleFrom = Date.now() + this.heartbeatMs;
+      }
     } catch (error) {
       if (rewrite) this.dirty = true;
       throw error;
@@ -634,7 +658,7 @@ export class RedisBackplane implements Backplane {
       });
     }
     try {
-      return await this.writeCount(user, next - delta);
+      return (await this.writeCount(user, next - delta)) === 1;
     } catch (error) {
       // Answered by a later write (see `settle`): a last close during a blip of Redis
       // still says offline once Redis is back, instead of the rewrite dropping the user
@@ -650,14 +674,15 @@ export class RedisBackplane implements Backplane {
   }
 
   /**
-   * Writes this node's count of `user`; true when that made the user online or offline in
-   * the cluster. `before` is the count the cluster last knew from this node, for when
-   * Redis may no longer hold it (see TRACK); `settling`, to decide from it in any case.
+   * Writes this node's count of `user`: 1 when that made the user online or offline in the
+   * cluster, 0 when not, {@link STALE} (a settle only) when nothing was written. `before`
+   * is the count the cluster last knew from this node, for when Redis may no longer hold
+   * it (see TRACK); `settling`, to decide from it in any case.
    */
-  private async writeCount(user: string, before: number, settling = false): Promise<boolean> {
+  private async writeCount(user: string, before: number, settling = false): Promise<number> {
     const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before, settling ? '1' : '0'];
     // Bounded: a heartbeat waits for settle's writes, so one that hung would stop the beats.
-    return (await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence')) === 1;
+    return Number(await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence'));
   }
 
   /**
@@ -678,18 +703,27 @@ export class RedisBackplane implements Backplane {
   }
 
   private async settleNow(): Promise<void> {
+    if (this.stale || Date.now() < this.settleFrom) return;
     for (const [user, waiting] of [...this.unsettled]) {
       // The direction of the count written now, not of one a later track() sets meanwhile.
       const online = this.counts.has(user);
       // Taken out first: a track() that fails meanwhile starts a new entry, for the next settle.
       this.unsettled.delete(user);
-      let crossed = false;
+      let reply: number;
       try {
-        crossed = await this.writeCount(user, waiting[0]?.before ?? 0, true);
+        reply = await this.writeCount(user, waiting[0]?.before ?? 0, true);
       } catch (error) {
         this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
         throw error;
       }
+      if (reply === STALE) {
+        // Decided once this node has beaten again (see `stale`).
+        this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
+        this.stale = true;
+        this.dirty = true;
+        return;
+      }
+      const crossed = reply === 1;
       const answered = crossed ? waiting.findLast((call) => (call.delta === 1) === online) : undefined;
       for (const call of waiting) call.resolve(call === answered);
     }

@@ -290,8 +290,9 @@ describe.skipIf(!up)('RedisBackplane', () => {
      */
     async function presenceOutage(users: string[], timing = { heartbeatMs: 100, nodeTimeoutMs: 15_000 }) {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
-      // With `beats`, node 1's heartbeats fail too, as when Redis is out of its reach.
-      const outage = { down: false, beats: false, slowNext: false, slowSent: false };
+      // With `beats`, node 1's heartbeats fail too, as when Redis is out of its reach;
+      // with `node2`, node 2's counts and heartbeats fail.
+      const outage = { down: false, beats: false, node2: false, slowNext: false, slowSent: false };
       let replies: Promise<unknown> = Promise.resolve();
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
         const count = keys === 2 && String(args[0]).includes(':presence:');
@@ -307,7 +308,11 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const options = { prefix, ...timing, commandTimeoutMs: 1_000 };
       const table = new MembershipTable({ team: ['alice', ...users] });
       const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
-      const backplane2 = new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options });
+      const flaky2 = intercepted(commands2, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        if (outage.node2 && keys === 2) return Promise.reject(new Error('Connection is closed.'));
+        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+      });
+      const backplane2 = new RedisBackplane({ redis: flaky2, subscriber: subscriber2, ...options });
       const n2 = await startServer({ membership: table, presence: true, backplane: backplane2 });
       const alice = await TestClient.connect(n2.url, await tokenFor('alice'));
       const events = (user?: string): string[] =>
@@ -386,6 +391,37 @@ describe.skipIf(!up)('RedisBackplane', () => {
 
     it('says nothing for a close and reopen on the same node during a long outage', async () => {
       expect(await longOutage(({ connectTo1 }) => connectTo1('bob'))).toEqual({ events: ['online'], online: ['alice', 'bob'] });
+    });
+
+    it.each([
+      ['every node was cut off', false],
+      ['Redis lost its data meanwhile', true],
+    ])('says nothing for a last close on one node when %s and the user is still on another', async (_name, lostData) => {
+      const { outage, alice, events, connectTo1, connectTo2, backplane2 } = await presenceOutage(['bob'], { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      const bob = await connectTo1('bob');
+      const bobOn2 = await connectTo2('bob');
+      await alice.until(() => events('bob').length === 1);
+      outage.down = true;
+      outage.beats = true;
+      outage.node2 = true;
+      await bob.close();
+      await new Promise((resolve) => setTimeout(resolve, 900));
+      if (lostData) {
+        const adminRedis = admin(SHARED_PORT);
+        await deleteKeys(adminRedis, `${prefix}:`);
+        adminRedis.disconnect();
+      }
+      // Both back: node 2's heartbeat was as stale as node 1's, which is no sign bob left.
+      outage.down = false;
+      outage.beats = false;
+      outage.node2 = false;
+      await alice.quiet(800);
+      expect(events('bob')).toEqual(['online']);
+      expect((await backplane2.presence.onlineUsers()).sort()).toEqual(['alice', 'bob']);
+      // Bob's last connection closing is the offline.
+      await bobOn2.close();
+      await alice.until(() => events('bob').length === 2, 3_000, 'the offline');
+      expect(events('bob')).toEqual(['online', 'offline']);
     });
 
     it('writes every failed count before a heartbeat rewrites them, however slow the writes', async () => {
@@ -471,8 +507,10 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const close = node1.presence.track('bob', -1);
       await sleep(500);
       flags.down = false;
-      expect(await node1.presence.track('bob', 1)).toBe(false);
+      // Decided with the close, once the node has beaten again.
+      const reopen = node1.presence.track('bob', 1);
       flags.beats = false;
+      expect(await reopen).toBe(false);
       expect(await close).toBe(false);
       expect(await node1.presence.track('bob', -1)).toBe(true);
     });
@@ -484,8 +522,9 @@ describe.skipIf(!up)('RedisBackplane', () => {
       await sleep(500);
       flags.down = false;
       // Bob was never said to be online: no offline either.
-      expect(await node1.presence.track('bob', -1)).toBe(false);
+      const close = node1.presence.track('bob', -1);
       flags.beats = false;
+      expect(await close).toBe(false);
       expect(await open).toBe(false);
     });
 
