@@ -690,7 +690,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (expiresAt === undefined || conn.state === 'closed') return;
     const delay = expiresAt - Date.now();
     if (delay <= 0) {
-      safeClose(conn.socket, CloseCode.PolicyViolation, 'credentials expired');
+      // Forgotten at once, not when the peer answers the close: a peer that never does keeps
+      // its socket until the transport gives up, and nothing it sends meanwhile may be taken
+      // on credentials that expired (nor frames it sent before welcome).
+      this.drop(conn, CloseCode.PolicyViolation, 'credentials expired');
       return;
     }
     conn.expiryTimer = setTimeout(() => this.armExpiry(conn), Math.min(delay, MAX_TIMER_MS));

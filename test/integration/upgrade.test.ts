@@ -482,6 +482,35 @@ describe('upgrade: what a client cannot do to the server', () => {
     expectRefusal(await rawUpgrade(s, `/ws?token=${await tokenFor('alice')}`, { origin: 'null' }), 403);
   });
 
+  /** A masked client text frame (RFC 6455, 5.3), written by hand on a raw socket. */
+  function maskedTextFrame(text: string): Buffer {
+    const payload = Buffer.from(text);
+    const mask = randomBytes(4);
+    const header = payload.length < 126 ? Buffer.from([0x81, 0x80 | payload.length]) : Buffer.from([0x81, 0x80 | 126, payload.length >> 8, payload.length & 0xff]);
+    return Buffer.concat([header, mask, payload.map((byte, i) => byte ^ mask[i % 4]!)]);
+  }
+
+  it('takes no publish from a peer that ignores the 1008 close of its expired credentials', async () => {
+    // A peer that never answers the close handshake keeps its socket until ws gives up
+    // (30 s): what it sends meanwhile must not be taken with the credentials that expired.
+    const s = await startServer({
+      membership: table(),
+      authenticate: (handshake) => {
+        const user = new URL(handshake.url, 'http://x').searchParams.get('user') ?? '';
+        return { id: user, expiresAt: user === 'bob' ? Date.now() + 300 : undefined };
+      },
+    });
+    const alice = await TestClient.connect(`${s.url}?user=alice`, undefined);
+    const { socket, answer } = await rawSocket(s, '/ws?user=bob');
+    expect(answer).toMatch(/^HTTP\/1\.1 101/);
+    let received = '';
+    socket.on('data', (chunk: Buffer) => (received += chunk.toString('latin1')));
+    await eventually(() => received.includes('credentials expired'), 'bob was closed with 1008');
+    socket.write(maskedTextFrame(JSON.stringify({ type: 'publish', room: 'general', data: { text: 'after expiry' } })));
+    expect((await alice.quiet(300)).filter((frame) => frame.type === 'message')).toEqual([]);
+    expect(s.manager.connectionsOf('bob')).toEqual([]);
+  });
+
   it('lets in a token expired within clockToleranceSec, and keeps it open until then', async () => {
     const s = await startServer({ membership: table(), authenticate: jwtAuthenticator({ secret: TEST_SECRET, clockToleranceSec: 120 }) });
     const token = await new SignJWT({})
