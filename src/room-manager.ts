@@ -458,6 +458,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.reportError('authenticate', error, {});
       throw HandshakeError.unauthorized('authentication failed', { cause: error });
     }
+    if (principal.expiresAt !== undefined && (typeof principal.expiresAt !== 'number' || Number.isNaN(principal.expiresAt))) {
+      // NaN (an expiry the authenticator failed to read) compares false with every time:
+      // the connection would never be closed, and its expiry timer would re-arm every 1 ms.
+      const error = new TypeError('authenticator must return a principal whose expiresAt, when set, is a time in ms');
+      this.reportError('authenticate', error, {});
+      throw HandshakeError.unauthorized('authentication failed', { cause: error });
+    }
     if (principal.expiresAt !== undefined && principal.expiresAt <= Date.now()) {
       throw HandshakeError.unauthorized('credentials expired');
     }
@@ -689,7 +696,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const expiresAt = conn.principal.expiresAt;
     if (expiresAt === undefined || conn.state === 'closed') return;
     const delay = expiresAt - Date.now();
-    if (delay <= 0) {
+    // Not `delay <= 0`: a NaN expiry (a principal given to open() unchecked) counts as expired.
+    if (!(delay > 0)) {
       // Forgotten at once, not when the peer answers the close: a peer that never does keeps
       // its socket until the transport gives up, and nothing it sends meanwhile may be taken
       // on credentials that expired (nor frames it sent before welcome).

@@ -362,6 +362,21 @@ describe('upgrade: a faulty authenticator', () => {
     });
     expectRefusal(await rawUpgrade(s, '/ws?user=alice'), 401);
   });
+
+  it('answers a principal whose expiresAt is no time (NaN, a string) with 401 instead of a connection that never expires', async () => {
+    const errors: string[] = [];
+    const s = await startServer({
+      membership: table(),
+      // `new Date(undefined).getTime()`: an expiry the application failed to read.
+      authenticate: authenticator((user) => ({ id: user, expiresAt: user === 'nan' ? Number.NaN : String(Date.now() + 60_000) })),
+    });
+    s.manager.on('error', (_error, context) => errors.push(context.phase));
+    for (const user of ['nan', 'string']) {
+      expect(expectRefusal(await rawUpgrade(s, `/ws?user=${user}`), 401).error.message).toBe('authentication failed');
+    }
+    expect(errors).toEqual(['authenticate', 'authenticate']);
+    expect(s.manager.stats().connections).toBe(0);
+  });
 });
 
 describe('frame size limit', () => {
