@@ -138,6 +138,25 @@ export function decodablePath(url: string): string {
   return segments.join('/') + (query === -1 ? '' : url.slice(query));
 }
 
+/** The query parameter the WebSocket takes a token in (`jwtAuthenticator`'s default). */
+const TOKEN_PARAM = 'token';
+
+/**
+ * `url` as a log line may show it: the value of a `token` query parameter (however its
+ * name is percent-encoded, as the authenticator decodes it) replaced by `[redacted]`.
+ * The WebSocket takes `?token=`; a connect that reaches HTTP instead of the upgrade (a
+ * proxy that drops `Upgrade`) would otherwise leave the token in the request log.
+ */
+export function urlForLog(url: string): string {
+  const query = url.indexOf('?');
+  if (query === -1) return url;
+  const params = new URLSearchParams(url.slice(query + 1));
+  if (!params.has(TOKEN_PARAM)) return url;
+  const kept = new URLSearchParams();
+  for (const [name, value] of params) kept.append(name, name === TOKEN_PARAM ? '[redacted]' : value);
+  return `${url.slice(0, query)}?${kept.toString()}`;
+}
+
 /** A pino logger at `LOG_LEVEL` (default info). */
 export function createLogger(): PinoLogger {
   return pino({ level: process.env.LOG_LEVEL ?? 'info' });

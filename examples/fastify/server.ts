@@ -1,10 +1,15 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, urlForLog, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): FastifyReply {
   return reply.code(status).headers(headers).send(payload);
+}
+
+/** What Fastify's own serializer logs of a request, its URL through {@link urlForLog}. */
+function requestForLog(req: FastifyRequest) {
+  return { method: req.method, url: urlForLog(req.url), version: req.headers['accept-version'], host: req.host, remoteAddress: req.ip, remotePort: req.socket?.remotePort };
 }
 
 /**
@@ -16,7 +21,8 @@ function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): 
 export async function startFastifyChat(options: StartOptions = {}): Promise<RunningChatServer> {
   const chat = createChatApp(options);
   const app = Fastify({
-    loggerInstance: chat.logger,
+    // Fastify's request line, with a ?token= redacted: Fastify takes a `req` serializer of the logger over its own.
+    loggerInstance: chat.logger.child({}, { serializers: { req: requestForLog } }),
     bodyLimit: BODY_LIMIT_BYTES,
     // User ids are token subjects of any length; Fastify answers a path parameter over
     // maxParamLength (100 by default) with its own 414, before the token check. Express has

@@ -1,5 +1,7 @@
 import { request } from 'node:http';
+import { Writable } from 'node:stream';
 import { gzipSync } from 'node:zlib';
+import { pino } from 'pino';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { RunningChatServer } from '../../examples/chat/server.js';
 import { FRAMEWORKS, call, cleanUp, login, startChat, type Answer } from './harness.js';
@@ -153,5 +155,30 @@ describe.each(FRAMEWORKS)('chat example on %s: HTTP corners', (_name, start) => 
   it('checks `after` however many query parameters come before it', async () => {
     const padding = Array.from({ length: 1_500 }, (_, i) => `p${i}=1`).join('&');
     expectError(await call(server, 'GET', `${MESSAGES}?${padding}&after=not-an-id`, { token: alice }), 400, 'bad_request');
+  });
+});
+
+describe.each(FRAMEWORKS)('chat example on %s: tokens stay out of the log', (_name, start) => {
+  it('never writes a ?token= query to the log, as a request that reached HTTP instead of the upgrade sends it', async () => {
+    // A proxy that drops the Upgrade header turns each WebSocket connect with ?token= into
+    // a plain GET; the request log line must not keep the token (nor a %-encoded name for it).
+    const lines: string[] = [];
+    const stream = new Writable({
+      write(chunk: Buffer, _encoding, done) {
+        lines.push(chunk.toString());
+        done();
+      },
+    });
+    const server = await startChat(start, { logger: pino({ level: 'info' }, stream) });
+    const token = await login(server, 'alice');
+    const signature = token.split('.')[2]!;
+    for (const path of [`/api/v1/ws/chat?token=${token}`, `/api/v1/conversations?a=1&%74oken=${token}&b=2`]) {
+      expect((await fetch(`${server.url}${path}`)).status).toBeGreaterThanOrEqual(400);
+    }
+    expect(lines.filter((line) => line.includes(signature))).toEqual([]);
+    // Fastify logs each request: the line is kept, its URL without the token.
+    if (lines.some((line) => line.includes('/api/v1/conversations?'))) {
+      expect(lines.join('')).toContain('/api/v1/ws/chat?token=%5Bredacted%5D');
+    }
   });
 });
