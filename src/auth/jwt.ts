@@ -22,9 +22,9 @@ export interface JwtAuthenticatorOptions {
   jwksUrl?: string | URL | undefined;
   /** Accepted algorithms. @default ['HS256'] with `secret`, else jose's choice per key */
   algorithms?: string[] | undefined;
-  /** Required `iss`. */
+  /** Required `iss`: one of these non-empty strings. */
   issuer?: string | string[] | undefined;
-  /** Required `aud`. */
+  /** Required `aud`: one of these non-empty strings. */
   audience?: string | string[] | undefined;
   /**
    * Leeway for `exp` and `nbf`, in seconds: also added to the default principal's
@@ -96,6 +96,14 @@ function defaultPrincipal(payload: JWTPayload, toleranceSec: number): Principal 
 export function jwtAuthenticator(options: JwtAuthenticatorOptions): Authenticator {
   const sources = [options.secret, options.key, options.jwksUrl].filter((value) => value !== undefined);
   if (sources.length !== 1) throw new TypeError('jwtAuthenticator needs exactly one of secret, key or jwksUrl');
+  // jose checks `iss` and `aud` only when the option is truthy: an empty one would
+  // silently accept every issuer or audience instead of requiring one.
+  for (const name of ['issuer', 'audience'] as const) {
+    const value = options[name];
+    if (value !== undefined && (Array.isArray(value) ? value : [value]).some((entry) => typeof entry !== 'string' || entry === '')) {
+      throw new TypeError(`jwtAuthenticator: ${name} must be a non-empty string or a list of them`);
+    }
+  }
   let key: VerifyKey | JWTVerifyGetKey;
   let algorithms = options.algorithms;
   if (options.secret !== undefined) {

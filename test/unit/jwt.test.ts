@@ -136,6 +136,13 @@ describe('jwtAuthenticator: construction', () => {
     expect(() => jwtAuthenticator({ secret: '' })).toThrow(TypeError);
     expect(() => jwtAuthenticator({ secret: new Uint8Array(0) })).toThrow(TypeError);
   });
+
+  it('refuses an empty issuer or audience, which jose takes as no check at all', async () => {
+    // `issuer: process.env.JWT_ISSUER ?? ''` must not turn "iss is required" into "any iss".
+    for (const option of [{ issuer: '' }, { audience: '' }, { issuer: [''] }, { audience: ['roomwire', ''] }]) {
+      expect(() => jwtAuthenticator({ secret: SECRET, ...option }), JSON.stringify(option)).toThrow(TypeError);
+    }
+  });
 });
 
 describe('jwtAuthenticator: HS256 secret', () => {
