@@ -1653,6 +1653,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     failed += roomFailures;
     this.messageCount++;
+    // A copy delivered straight from a room's feed (no room task) to a room with no local
+    // connection left: its state was made for this broadcast alone. Kept, it would outlive
+    // the feed's unsubscribe, one per room ever visited (a room task's end drops its own).
+    if (state.members.size === 0 && state.tail === undefined && this.rooms.get(room) === state) this.rooms.delete(room);
 
     const report: DeliveryReport = {
       room,

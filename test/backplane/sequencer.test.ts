@@ -215,6 +215,28 @@ describe('the per-room sequencer', () => {
     expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
   });
 
+  it('keeps no state for a room whose copies arrive after its last local connection closed', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable();
+    const sender = manager(table, bus.node());
+    const here = manager(table, bus.node());
+    for (let i = 0; i < 200; i++) {
+      const room = `r${i}`;
+      table.add(room, `u${i}`);
+      const conn = await openFake(here, `u${i}`);
+      // Caches the room's participants here, so its copies take the direct path.
+      await here.broadcast(room, 'hello');
+      conn.close(1000, 'bye');
+      await settle();
+      // The subscription outlives the close for a while: this copy still arrives here.
+      await sender.broadcast(room, 'after');
+      await settle();
+    }
+    const rooms = (here as unknown as { rooms: Map<string, unknown> }).rooms;
+    expect(here.stats().rooms).toBe(0);
+    expect(rooms.size).toBe(0);
+  });
+
   it('unsubscribes a room only after it has had no local connection for a while', async () => {
     vi.useFakeTimers({ toFake: ['setTimeout', 'setInterval', 'clearTimeout', 'clearInterval', 'Date'] });
     try {
