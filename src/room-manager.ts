@@ -342,7 +342,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly removedWhileOpening = new Map<ConnState, Set<string>>();
   /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
-   * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart.
+   * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
+   * and bounded: the latest `maxRoomsPerConnection` rooms.
    */
   private readonly sentOutsideRoom = new WeakMap<ConnState, Map<string, number>>();
   /**
@@ -1751,7 +1752,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // Sent by the fallback to a connection outside the room: a resume must not send it again.
       let rooms = this.sentOutsideRoom.get(conn);
       if (!rooms) this.sentOutsideRoom.set(conn, (rooms = new Map()));
-      if (!rooms.has(message.room)) rooms.set(message.room, message.seq);
+      if (!rooms.has(message.room)) {
+        // Bounded as its left rooms are: past that, the oldest is forgotten, and a resume
+        // of that room may send a message a second time (the same id), never leave one out.
+        if (rooms.size >= this.options.maxRoomsPerConnection) rooms.delete(rooms.keys().next().value as string);
+        rooms.set(message.room, message.seq);
+      }
     }
     return SENT;
   }

@@ -396,6 +396,24 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.find((f) => f.type === 'resumed')).toMatchObject({ rooms: { b: { replayed: 0 } }, ref: 'r' });
   });
 
+  it('remembers what the fallback sent a connection outside its rooms for as many rooms as its limit, the newest', async () => {
+    const table = new MembershipTable({ home: ['bob'] });
+    const rooms = manager(table, { maxRoomsPerConnection: 10 });
+    const bob = await openFake(rooms, 'bob');
+    // The first rooms take bob in; past the limit each is reached through the fallback.
+    for (let i = 0; i < 200; i++) {
+      table.add(`r${i}`, 'bob');
+      await rooms.broadcast(`r${i}`, i);
+    }
+    expect(bob.of('message')).toHaveLength(200);
+    const internals = rooms as unknown as { conns: Map<string, object>; sentOutsideRoom: WeakMap<object, Map<string, number>> };
+    const outside = internals.sentOutsideRoom.get(internals.conns.get(bob.handlers.id)!);
+    expect(outside?.size).toBe(10);
+    bob.receive({ type: 'resume', rooms: { r199: 0 }, ref: 'r' });
+    await settle();
+    expect(bob.frames.find((f) => f.type === 'resumed')).toMatchObject({ rooms: { r199: { replayed: 0 } }, ref: 'r' });
+  });
+
   it('does not replay on resume what a connection got live before it left the room and came back', async () => {
     const table = new MembershipTable({ a: ['alice', 'bob'] });
     const rooms = manager(table);
