@@ -193,6 +193,8 @@ export function connect(options: ClientOptions): RoomwireClient {
   const joining = new Map<string, number>();
   /** Rooms whose paced rejoin is not answered yet on this connection. */
   let rejoining = new Set<string>();
+  /** Auto-joined rooms the app left, whose paced re-leave is not answered yet on this connection. */
+  let releaving = new Set<string>();
   /** Rooms the app left or is leaving: nothing of theirs is delivered or resumed. */
   const unwanted = (room: string): boolean => leftByApp.has(room) || leaving.has(room);
   /** Counts connections, so a timer set for one does nothing on the next. */
@@ -241,9 +243,15 @@ export function connect(options: ClientOptions): RoomwireClient {
     }
   };
 
-  /** Sends a request, unless it is the app's publish, join or leave of a room whose rejoin is still unanswered. */
+  /**
+   * Sends a request, unless it is the app's publish, join or leave of a room whose rejoin
+   * or re-leave is still unanswered: it goes after that, in the app's order, so the server
+   * sees the room as the app left it (a publish into a room the app left is refused, as
+   * it is online, not taken because the server joined the room again on connect).
+   */
   const transmit = (pending: Request): void => {
-    pending.waiting = pending.holdRoom !== undefined && rejoining.has(pending.holdRoom);
+    const room = pending.holdRoom;
+    pending.waiting = room !== undefined && (rejoining.has(room) || releaving.has(room));
     if (!pending.waiting) send(pending.text);
   };
 
@@ -271,11 +279,13 @@ export function connect(options: ClientOptions): RoomwireClient {
     return false;
   };
 
-  /** The rejoin of `room` is answered (or dropped): the publishes waiting for it go. */
-  const rejoinDone = (room: string): void => {
-    if (!rejoining.delete(room)) return;
+  /** The rejoin or re-leave of `room` is answered (or dropped): the app's requests waiting for it go. */
+  const holdDone = (holds: Set<string>, room: string): void => {
+    if (!holds.delete(room)) return;
     for (const pending of requests.values()) if (pending.waiting && pending.holdRoom === room) transmit(pending);
   };
+  const rejoinDone = (room: string): void => holdDone(rejoining, room);
+  const releaveDone = (room: string): void => holdDone(releaving, room);
 
   /**
    * Sends one of the app's requests and settles its promise with the answer. `settled` runs
@@ -516,6 +526,7 @@ export function connect(options: ClientOptions): RoomwireClient {
     const rejoins = [...joinedByApp].filter((room) => !rooms.has(room) && (!leaving.has(room) || publishBeforeLeave(room)));
     for (const room of rejoins) rooms.add(room);
     rejoining = new Set(rejoins);
+    releaving = new Set(releaves);
     // The app's requests (queued, or in flight when the last connection dropped) go again
     // with the same ref and cid, before the resume: their acks mark the app's own messages
     // as seen, so the replay does not hand them back.
@@ -551,7 +562,17 @@ export function connect(options: ClientOptions): RoomwireClient {
     if (state === 'closed') return;
     resumeRooms(resumeNow, false);
     // A re-leave, unless the app joined the room again meanwhile.
-    for (const room of releaves) paced({ frame: { type: 'leave', room }, skip: () => !leftByApp.has(room) || joining.has(room), settle: noop });
+    for (const room of releaves) {
+      paced({
+        frame: { type: 'leave', room },
+        skip: () => {
+          if (leftByApp.has(room) && !joining.has(room)) return false;
+          releaveDone(room);
+          return true;
+        },
+        settle: () => releaveDone(room),
+      });
+    }
     for (const room of rejoins) {
       paced({
         frame: { type: 'join', room },

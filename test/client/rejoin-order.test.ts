@@ -117,6 +117,49 @@ describe('calls for a room joined again after a reconnect keep the app\'s order'
   });
 });
 
+describe('calls for an auto-joined room the app left wait for its re-leave after a reconnect', () => {
+  /** Alice and bob in `team`, where the server joins them on every connect; alice's app left it, and her connection has just dropped. */
+  async function aliceLeftTeamAndOffline() {
+    const table = new MembershipTable({ team: ['alice', 'bob'] });
+    const tracked = trackedWebSocket();
+    const s = await serve({ membership: table });
+    const alice = client({ url: s.url, token: await tokenFor('alice'), WebSocket: tracked.WebSocket });
+    const bob = client({ url: s.url, token: await tokenFor('bob') });
+    await opened(alice);
+    await opened(bob);
+    await alice.client.leave('team');
+    const welcomes = alice.welcomes;
+    tracked.sockets.at(-1)!.terminate();
+    await until(() => alice.client.state === 'reconnecting', 'alice reconnecting');
+    return { s, alice, bob, reopened: () => opened(alice, welcomes + 1) };
+  }
+
+  it('a publish into it, made while offline, is refused as it would be online, not delivered', async () => {
+    const { s, alice, bob, reopened } = await aliceLeftTeamAndOffline();
+    const published = alice.client.publish('team', 'after leaving').then(
+      (ack) => ack.id,
+      (error: unknown) => `rejected: ${(error as { code?: string }).code}`,
+    );
+    await reopened();
+    expect(await published).toBe('rejected: forbidden');
+    await until(() => !s.manager.roomsOf(alice.client.connectionId!).includes('team'), 'the server has alice out of team', 1000);
+    expect(bob.messages).toEqual([]);
+    expect([...alice.client.rooms]).toEqual([]);
+  });
+
+  it('a join of it and a publish, made while offline, end in the room with the message delivered', async () => {
+    const { s, alice, bob, reopened } = await aliceLeftTeamAndOffline();
+    const joined = alice.client.join('team');
+    const published = alice.client.publish('team', 'back again');
+    await reopened();
+    await joined;
+    expect((await published).id).toBeTruthy();
+    await until(() => bob.messages.length === 1, 'bob gets the message');
+    expect([...alice.client.rooms]).toEqual(['team']);
+    expect(s.manager.roomsOf(alice.client.connectionId!)).toContain('team');
+  });
+});
+
 describe('a publish retried with its cid', () => {
   it('gets the first ack (it was delivered), not forbidden', async () => {
     const table = new MembershipTable({ chat: ['alice', 'bob'], other: ['alice'] });
