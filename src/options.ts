@@ -90,7 +90,7 @@ export interface RoomManagerOptions {
    * `0` turns it off. @default 300000
    */
   dedupeWindowMs?: number | undefined;
-  /** How long `close()` waits for connections to close before dropping them. @default 5000 */
+  /** How long `close()` waits, in all, for frames already accepted to finish and for connections to close before dropping them. @default 5000 */
   closeTimeoutMs?: number | undefined;
   /** Publishes one connection may make; excess gets `rate_limited`. `false` turns it off. @default { burst: 100, perSecond: 20 } */
   publishRate?: RateLimit | false | undefined;

@@ -328,6 +328,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private topology = 0;
   private closing: Promise<void> | undefined;
   private drained: (() => void) | undefined;
+  /** Client frames accepted and not yet handled, on every connection (their `inflight` summed). */
+  private inflightFrames = 0;
+  /** Set by `close()` while it waits for `inflightFrames` to reach 0. */
+  private settled: (() => void) | undefined;
   /** Set with the `backplane` option; every cluster path branches on it once. */
   private readonly backplane: Backplane | undefined;
   /** The backplane's start; awaited before the first subscribe or publish. */
@@ -773,18 +777,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     if (frame.type === 'publish' && this.syncPublish && this.publishNow(conn, frame, size)) return;
     conn.inflight++;
+    this.inflightFrames++;
     const run = (): Promise<void> =>
       this.handle(conn, frame, size).then(
         () => {
           conn.inflight--;
+          this.frameDone();
         },
         (error: unknown) => {
           conn.inflight--;
+          this.frameDone();
           this.reportError(`frame:${frame.type}`, error, { connectionId: conn.id, user: conn.user.id });
           this.sendError(conn, 'internal', 'internal error', { ref: frame.ref });
         },
       );
     this.inFrameOrder(conn, run);
+  }
+
+  private frameDone(): void {
+    if (--this.inflightFrames === 0) this.settled?.();
   }
 
   /** Keeps a frame that arrived before `welcome` for after it (see {@link EarlyFrames}). */
@@ -2180,9 +2191,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   // ---------------------------------------------------------------- shutdown
 
   /**
-   * Stops accepting connections, closes every open one with 1001 ("server shutting
-   * down; reconnect elsewhere"), and resolves once all have closed, or after
-   * `closeTimeoutMs`, when the rest are dropped. Idempotent.
+   * Stops accepting connections and frames, lets the frames already accepted finish (a
+   * publish whose `onPublish` hook is running is delivered and acknowledged), closes
+   * every open connection with 1001 ("server shutting down; reconnect elsewhere"), and
+   * resolves once all have closed. All of it takes at most `closeTimeoutMs`: then the
+   * remaining connections are dropped. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= this.shutdown();
@@ -2190,7 +2203,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private async shutdown(): Promise<void> {
-    await this.closeConnections();
+    const deadline = Date.now() + Math.min(this.options.closeTimeoutMs, MAX_TIMER_MS);
+    // Accepted before close(): finished while the connections are open, so a publish
+    // stored by its hook is also broadcast and acknowledged, and no hook runs on after
+    // close() resolved (the application closes its database then).
+    if (this.inflightFrames > 0) {
+      await this.until(
+        new Promise<void>((resolve) => {
+          this.settled = resolve;
+        }),
+        deadline,
+      );
+      this.settled = undefined;
+    }
+    await this.closeConnections(deadline);
     const backplane = this.backplane;
     if (backplane) {
       clearInterval(this.sweepTimer);
@@ -2208,20 +2234,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.logger.info({}, 'room manager closed');
   }
 
-  private async closeConnections(): Promise<void> {
+  private async closeConnections(deadline: number): Promise<void> {
     if (this.conns.size > 0) {
       const drained = new Promise<void>((resolve) => {
         this.drained = resolve;
       });
       for (const conn of [...this.conns.values()]) safeClose(conn.socket, CloseCode.GoingAway, 'server shutting down');
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const timedOut = new Promise<void>((resolve) => {
-        timer = setTimeout(resolve, Math.min(this.options.closeTimeoutMs, MAX_TIMER_MS));
-      });
-      await Promise.race([drained, timedOut]);
-      clearTimeout(timer);
+      await this.until(drained, deadline);
       for (const conn of [...this.conns.values()]) this.release(conn, CloseCode.GoingAway, 'server shutting down');
     }
+  }
+
+  /** Waits for `promise`, or until `deadline` (a `Date.now()` time). */
+  private async until(promise: Promise<void>, deadline: number): Promise<void> {
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const timedOut = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+    });
+    await Promise.race([promise, timedOut]);
+    clearTimeout(timer);
   }
 
   // ---------------------------------------------------------------- sending

@@ -125,3 +125,49 @@ describe('graceful shutdown under load', () => {
     expect(s.adapter.clients.size).toBe(0);
   });
 });
+
+describe('close() with a publish hook running', () => {
+  it('delivers and acknowledges the publish before the 1001, and resolves only after the hook', async () => {
+    const events: string[] = [];
+    const s = await startServer({
+      membership: new MembershipTable({ r: ['alice', 'bob'] }),
+      onPublish: async ({ data }) => {
+        events.push('hook started');
+        await sleep(300);
+        events.push('hook ended');
+        return data;
+      },
+    });
+    const alice = await TestClient.connect(s.url, await tokenFor('alice'));
+    const bob = await TestClient.connect(s.url, await tokenFor('bob'));
+    alice.send({ type: 'publish', room: 'r', data: { n: 1 }, cid: 'c1', ref: 'p1' });
+    await sleep(50);
+    expect(events).toEqual(['hook started']);
+    await s.manager.close();
+    events.push('close resolved');
+    await Promise.all([alice.closed(), bob.closed()]);
+
+    // Stored by the hook before close() returned, so delivered and acknowledged too: an
+    // application that closes its database after close() never sees the hook run on.
+    expect(events).toEqual(['hook started', 'hook ended', 'close resolved']);
+    expect(alice.of('ack')).toMatchObject([{ ref: 'p1', seq: 1 }]);
+    expect(bob.of('message')).toMatchObject([{ room: 'r', seq: 1, data: { n: 1 } }]);
+    expect([alice.closeCode, bob.closeCode]).toEqual([1001, 1001]);
+  });
+
+  it('waits for a hook at most closeTimeoutMs', async () => {
+    const s = await startServer({
+      membership: new MembershipTable({ r: ['alice'] }),
+      closeTimeoutMs: 200,
+      onPublish: () => new Promise(() => {}),
+    });
+    const alice = await TestClient.connect(s.url, await tokenFor('alice'));
+    alice.send({ type: 'publish', room: 'r', data: 1, ref: 'p1' });
+    await sleep(50);
+    const started = Date.now();
+    await s.manager.close();
+    expect(Date.now() - started).toBeLessThan(1_000);
+    await alice.closed();
+    expect(alice.closeCode).toBe(1001);
+  });
+});
