@@ -575,7 +575,8 @@ export class RedisBackplane implements Backplane {
       sub.removeListener('error', this.listeners.error);
     } else {
       const channels = [...this.rooms].map((room) => this.keys.channel(room));
-      await sub.sunsubscribe(this.keys.control, ...channels).catch(() => undefined);
+      // Bounded: a connection of your own may queue it until Redis is back, which may be never.
+      await withTimeout(sub.sunsubscribe(this.keys.control, ...channels), this.commandTimeoutMs, 'unsubscribe').catch(() => undefined);
     }
     this.rooms.clear();
     if (this.closeClients) {

@@ -834,4 +834,51 @@ describe.skipIf(!up)('RedisBackplane', () => {
       }
     }, 30_000);
   });
+
+  describe('closing while Redis is unreachable', () => {
+    const connections: Redis[] = [];
+    afterEach(() => {
+      for (const connection of connections.splice(0)) connection.disconnect();
+    });
+
+    /** A TCP relay to the shared Redis that can be cut, as a network failure would. */
+    async function relay(): Promise<{ port: number; cut(): void }> {
+      const links = new Set<import('node:net').Socket>();
+      const server = createServer((inbound) => {
+        const outbound = netConnect(SHARED_PORT, HOST);
+        links.add(inbound).add(outbound);
+        inbound.pipe(outbound).pipe(inbound);
+        inbound.on('error', () => inbound.destroy());
+        outbound.on('error', () => outbound.destroy());
+      });
+      await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+      const address = server.address();
+      if (typeof address !== 'object' || address === null) throw new Error('no port');
+      return {
+        port: address.port,
+        cut() {
+          server.close();
+          for (const link of links) link.destroy();
+        },
+      };
+    }
+
+    it('close() is bounded by commandTimeoutMs with a subscriber of your own that queues offline', async () => {
+      const link = await relay();
+      const redis = client(link.port);
+      // Commands queue while disconnected, until Redis is back (as BullMQ asks of its own connections).
+      const subscriber = new Redis({ host: HOST, port: link.port, retryStrategy: () => 100, maxRetriesPerRequest: null });
+      connections.push(redis, subscriber);
+      for (const connection of [redis, subscriber]) connection.on('error', () => undefined);
+      const backplane = new RedisBackplane({ redis, subscriber, prefix: `${FILE_PREFIX}:unreachable`, commandTimeoutMs: 300 });
+      await backplane.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await backplane.subscribe('room');
+      link.cut();
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      const started = Date.now();
+      const closed = await Promise.race([backplane.close().then(() => true), new Promise<false>((resolve) => setTimeout(() => resolve(false), 3_000))]);
+      expect(closed, 'close() settled').toBe(true);
+      expect(Date.now() - started).toBeLessThan(1_500);
+    });
+  });
 });
