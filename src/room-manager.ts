@@ -2224,8 +2224,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.feeds.clear();
       // No local delivery will come: broadcasts still waiting for one resolve now.
       for (const [id, waiter] of [...this.waiters]) if (waiter.message) this.releaseWaiter(id, waiter.message);
+      // Closed even when it never started (Redis down at boot): its connections would
+      // otherwise keep reconnecting, and the process would not exit. A start still under
+      // way is waited for (within closeTimeoutMs), so it does not outlive the close.
+      await this.until(
+        (this.started ?? RESOLVED).then(noop, noop),
+        Date.now() + Math.min(this.options.closeTimeoutMs, MAX_TIMER_MS),
+      );
       try {
-        await this.started;
         await backplane.close();
       } catch (error) {
         this.reportError('backplane.close', error, {});

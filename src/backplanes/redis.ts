@@ -493,11 +493,14 @@ export class RedisBackplane implements Backplane {
     sub.on('smessage', this.listeners.message);
     if (this.ownsSubscriber) sub.on('error', this.listeners.error);
     await Promise.all([this.ready(this.redis), this.ready(sub)]);
+    // Closed meanwhile: nothing may be added back that close() has taken away.
+    if (this.closed) throw new Error('backplane closed');
     sub.on('ready', this.listeners.subscriberReady);
     this.redis.on('ready', this.listeners.redisReady);
     await withTimeout(sub.ssubscribe(this.keys.control), this.commandTimeoutMs, 'subscribe');
     await this.readEpoch();
     await this.beat();
+    if (this.closed) throw new Error('backplane closed');
     this.timer = setInterval(() => {
       if (this.epochRead === 'pending') void this.afterReconnect();
       void this.beat().catch((error: unknown) => this.handlers?.error(asError(error), 'heartbeat'));

@@ -880,5 +880,34 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(closed, 'close() settled').toBe(true);
       expect(Date.now() - started).toBeLessThan(1_500);
     });
+
+    it('the manager closes a backplane that never started, so its connections stop reconnecting', async () => {
+      const server = createServer();
+      await new Promise<void>((resolve) => server.listen(0, HOST, resolve));
+      const address = server.address();
+      if (typeof address !== 'object' || address === null) throw new Error('no port');
+      // Nothing listens there any more: Redis is down when the process starts.
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      const redis = client(address.port);
+      connections.push(redis);
+      redis.on('error', () => undefined);
+      const backplane = new RedisBackplane({ redis, prefix: `${FILE_PREFIX}:never-started`, commandTimeoutMs: 200, closeClients: true });
+      const subscriber = (backplane as unknown as { subscriber: Redis }).subscriber;
+      connections.push(subscriber);
+      const { RoomManager } = await import('../../src/index.js');
+      const manager = new RoomManager({ authenticate: () => ({ id: 'x' }), membership: { roomsOf: () => [], membersOf: () => [] }, backplane });
+      const phases: string[] = [];
+      manager.on('error', (_error, context) => phases.push(context.phase));
+      await new Promise((resolve) => setTimeout(resolve, 400));
+      expect(phases).toContain('backplane.start');
+      await manager.close();
+      // Nothing keeps reconnecting (and holding the process open) once the manager closed.
+      let reconnects = 0;
+      for (const connection of [redis, subscriber]) connection.on('reconnecting', () => reconnects++);
+      phases.length = 0;
+      await new Promise((resolve) => setTimeout(resolve, 500));
+      expect(reconnects, 'reconnects after close()').toBe(0);
+      expect(phases, 'errors reported after close()').toEqual([]);
+    });
   });
 });
