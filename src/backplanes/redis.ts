@@ -699,8 +699,8 @@ export class RedisBackplane implements Backplane {
    * late rather than never.
    */
   private settle(): Promise<void> {
-    // One at a time, and a heartbeat waits for the one under way: its rewrite would drop
-    // the counts settle has yet to write (their crossings would be lost).
+    // One at a time, and a heartbeat waits for the one under way, so the beat comes after
+    // the counts it wrote (and finds the node stale, if it did).
     return (this.settling ??= this.settleNow().finally(() => {
       this.settling = undefined;
     }));
@@ -713,16 +713,18 @@ export class RedisBackplane implements Backplane {
       const online = this.counts.has(user);
       // Taken out first: a track() that fails meanwhile starts a new entry, for the next settle.
       this.unsettled.delete(user);
+      // Back in front of any call a track() added meanwhile, for the next settle.
+      const putBack = (): void => void this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
       let reply: number;
       try {
         reply = await this.writeCount(user, waiting[0]?.before ?? 0, true);
       } catch (error) {
-        this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
+        putBack();
         throw error;
       }
       if (reply === STALE) {
         // Decided once this node has beaten again (see `stale`).
-        this.unsettled.set(user, [...waiting, ...(this.unsettled.get(user) ?? [])]);
+        putBack();
         this.stale = true;
         this.dirty = true;
         return;
