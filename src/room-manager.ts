@@ -1171,9 +1171,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * connection in the room and falls back to direct sends for participants the room
    * missed. Use it from HTTP routes that save a message and then push it.
    *
-   * Once `close()` has begun, connections are closing: a broadcast reaches none of them
-   * (the report counts no delivery), and with a backplane that is closed it is refused as
-   * not confirmed. Stop calling it before `close()` where that matters.
+   * Once `close()` has closed the connections, a broadcast reaches none of them (the
+   * report counts no delivery); with a backplane, which `close()` closes too, it is
+   * refused as not confirmed. Stop calling it before `close()` where that matters.
    *
    * @returns the {@link DeliveryReport}.
    * @throws {RoomwireError} `bad_request` for an invalid room name, or for data JSON
