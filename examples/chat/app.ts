@@ -115,22 +115,27 @@ function stringRecord(value: unknown): Record<string, string> {
   return out;
 }
 
+/** A percent-encoded unreserved character (RFC 3986 §2.3): `%61` is `a` and routes like it. */
+const ENCODED_UNRESERVED = /%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)/gi;
+
 /**
- * The request URL with every path segment decodable: a segment holding a malformed
- * percent-escape (`%zz`) gets its `%` escaped, so the router hands it to the routes as
- * the literal text. Without this, both frameworks refuse such a URL with a 400 of their
- * own before the token check (Fastify even for a path no route serves), which the API
- * table does not have: a segment that names no route, conversation or user is a 404,
- * after the 401. Both servers rewrite the URL with it before routing.
+ * The request URL as both servers route it, so they answer alike. A path segment holding
+ * a malformed percent-escape (`%zz`) gets its `%` escaped, so the routes see the literal
+ * text: without this both frameworks refuse the URL with a 400 of their own before the
+ * token check, which the API table does not have (a segment that names no route,
+ * conversation or user is a 404, after the 401). And an encoded unreserved character is
+ * decoded (`/he%61lthz` is `/healthz`), as Fastify's router does and Express's does not
+ * (it matches the raw path); encoded reserved characters (`%2F`) stay encoded.
  */
-export function decodablePath(url: string): string {
+export function routablePath(url: string): string {
   const query = url.indexOf('?');
   const path = query === -1 ? url : url.slice(0, query);
   if (!path.includes('%')) return url;
   const segments = path.split('/').map((segment) => {
     try {
       decodeURIComponent(segment);
-      return segment;
+      // Valid, so every `%` starts an escape: decoding one cannot make another.
+      return segment.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(Number.parseInt(escape.slice(1), 16)));
     } catch {
       return segment.replaceAll('%', '%25');
     }

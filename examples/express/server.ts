@@ -1,7 +1,7 @@
 import { createServer } from 'node:http';
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, parseQuery, routablePath, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(res: Response, { status, headers, payload }: ChatResponse): void {
@@ -53,23 +53,6 @@ function rawBodyAsText(): (req: Request, res: Response, next: NextFunction) => v
   };
 }
 
-/** A percent-encoded unreserved character (RFC 3986 §2.3): `%61` is `a` and routes like it. */
-const ENCODED_UNRESERVED = /%(?:[46][1-9A-F]|[57][0-9A]|3[0-9]|2[DE]|5F|7E)/gi;
-
-/**
- * Makes Express route on the path as Fastify's router does, on its percent-decoding:
- * `/he%61lthz` is `/healthz`. Express would match the raw path and decode only the
- * parameters of the route that matched. Encoded reserved characters (`%2F`) stay encoded,
- * as there. A malformed escape (`%zz`) reaches the routes as text (see `decodablePath`).
- */
-function routeOnDecodedPath(req: Request, _res: Response, next: NextFunction): void {
-  const url = decodablePath(req.url);
-  const query = url.indexOf('?');
-  const path = query === -1 ? url : url.slice(0, query);
-  req.url = path.replace(ENCODED_UNRESERVED, (escape) => String.fromCharCode(Number.parseInt(escape.slice(1), 16))) + (query === -1 ? '' : url.slice(query));
-  next();
-}
-
 /**
  * Starts the chat demo on Express 5: the shared app's routes, and roomwire's WebSocket on
  * the same node:http server at `/api/v1/ws/chat`.
@@ -87,7 +70,11 @@ export async function startExpressChat(options: StartOptions = {}): Promise<Runn
   app.set('etag', false);
   // The query parser is the Fastify example's too.
   app.set('query parser', parseQuery);
-  app.use(routeOnDecodedPath);
+  // Routed as Fastify routes (see routablePath).
+  app.use((req, _res, next) => {
+    req.url = routablePath(req.url);
+    next();
+  });
   // The raw body, whatever its type: the shared app parses JSON, so malformed JSON gets its error body.
   // No inflating: Fastify does not decompress either, and a compressed body is a 400 in both.
   app.use(rawBodyAsText());

@@ -1,6 +1,6 @@
 import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify';
 import { attachWebSocket } from 'roomwire/ws';
-import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, decodablePath, parseQuery, urlForLog, type ChatResponse } from '../chat/app.js';
+import { BODY_LIMIT_BYTES, WS_PATH, createChatApp, parseQuery, routablePath, urlForLog, type ChatResponse } from '../chat/app.js';
 import { DEFAULT_HOST, DEFAULT_PORT, isMain, running, runFromCommandLine, type RunningChatServer, type StartOptions } from '../chat/server.js';
 
 function send(reply: FastifyReply, { status, headers, payload }: ChatResponse): FastifyReply {
@@ -30,8 +30,8 @@ export async function startFastifyChat(options: StartOptions = {}): Promise<Runn
     // The query parser is the Express example's too.
     routerOptions: { maxParamLength: Number.MAX_SAFE_INTEGER, querystringParser: parseQuery },
     // A malformed percent-escape reaches the routes as text (an unknown id or route: 404),
-    // as in Express, rather than failing the routing with a 400.
-    rewriteUrl: (req) => decodablePath(req.url ?? '/'),
+    // as in Express, rather than failing the routing with a 400 (see routablePath).
+    rewriteUrl: (req) => routablePath(req.url ?? '/'),
     // Any other framework error gets the API's error body, as in Express, not Fastify's own.
     frameworkErrors: (error, _req, reply) => send(reply, chat.errorResponse(error)),
   });
