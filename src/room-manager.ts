@@ -2231,10 +2231,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // Closed even when it never started (Redis down at boot): its connections would
       // otherwise keep reconnecting, and the process would not exit. A start still under
       // way is waited for (within closeTimeoutMs), so it does not outlive the close.
-      await this.until(
-        (this.started ?? RESOLVED).then(noop, noop),
-        Date.now() + Math.min(this.options.closeTimeoutMs, MAX_TIMER_MS),
-      );
+      await this.until(this.started ?? RESOLVED, deadline);
       try {
         await backplane.close();
       } catch (error) {
@@ -2255,14 +2252,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Waits for `promise`, or until `deadline` (a `Date.now()` time). */
-  private async until(promise: Promise<void>, deadline: number): Promise<void> {
-    let timer: ReturnType<typeof setTimeout> | undefined;
-    const timedOut = new Promise<void>((resolve) => {
-      timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-    });
-    await Promise.race([promise, timedOut]);
-    clearTimeout(timer);
+  /** Waits for `promise`, or until `deadline` (a `Date.now()` time), whichever comes first. */
+  private until(promise: Promise<unknown>, deadline: number): Promise<void> {
+    return withTimeout(promise, Math.max(0, deadline - Date.now()), 'close').then(noop, noop);
   }
 
   // ---------------------------------------------------------------- sending
