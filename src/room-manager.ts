@@ -327,6 +327,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private topology = 0;
   private closing: Promise<void> | undefined;
+  /** Set once `close()` has closed the connections: from then on `broadcast()` is refused. */
+  private shutDown = false;
   private drained: (() => void) | undefined;
   /** Client frames accepted and not yet handled, on every connection (their `inflight` summed). */
   private inflightFrames = 0;
@@ -1171,18 +1173,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * connection in the room and falls back to direct sends for participants the room
    * missed. Use it from HTTP routes that save a message and then push it.
    *
-   * Once `close()` has closed the connections, a broadcast reaches none of them (the
-   * report counts no delivery); with a backplane, which `close()` closes too, it is
-   * refused as not confirmed. Stop calling it before `close()` where that matters.
+   * While `close()` lets accepted frames finish, the connections are still open and a
+   * broadcast reaches them; once it has closed them, a broadcast is refused (nothing is
+   * stored or sent): there is nobody left to send it to.
    *
    * @returns the {@link DeliveryReport}.
    * @throws {RoomwireError} `bad_request` for an invalid room name, or for data JSON
    * cannot encode (a `BigInt`, a cycle, nesting too deep), before any seq is taken;
-   * with a backplane, `internal` ("publish not confirmed: …") when the backplane did not
-   * confirm the publish (the message may still be delivered).
+   * `internal` ("room manager closed: nothing was broadcast") once `close()` has closed
+   * the connections; with a backplane, `internal` ("publish not confirmed: …") when the
+   * backplane did not confirm the publish (the message may still be delivered).
    */
   async broadcast(room: string, data: unknown, options: BroadcastOptions = {}): Promise<DeliveryReport> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
+    if (this.shutDown) throw new RoomwireError('internal', 'room manager closed: nothing was broadcast');
     const except = options.except === undefined ? undefined : this.conns.get(options.except);
     const { report } = await this.deliver(room, options.from ?? null, data, except);
     return report;
@@ -2221,6 +2225,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.settled = undefined;
     }
     await this.closeConnections(deadline);
+    this.shutDown = true;
     const backplane = this.backplane;
     if (backplane) {
       clearInterval(this.sweepTimer);

@@ -664,6 +664,27 @@ describe('RoomManager core (in-memory connections)', () => {
     await expect(rooms.authenticate({ url: '/', headers: {} })).rejects.toMatchObject({ status: 403 });
   });
 
+  it('refuses broadcast() once close() has closed the connections, with or without a backplane', async () => {
+    for (const backplane of [undefined, new LocalBus().node()]) {
+      let release!: () => void;
+      const hook = new Promise<void>((resolve) => (release = resolve));
+      const rooms = manager(new MembershipTable({ a: ['alice', 'bob'] }), { backplane, onPublish: () => hook });
+      const alice = await openFake(rooms, 'alice');
+      const bob = await openFake(rooms, 'bob');
+      bob.receive({ type: 'publish', room: 'a', data: 'held', ref: 'p' });
+      await settle();
+      const during = rooms.close();
+      // close() lets the publish its hook holds finish with the connections open: a broadcast then still reaches them.
+      await expect(rooms.broadcast('a', 'during')).resolves.toMatchObject({ delivered: 2 });
+      release();
+      await during;
+      const before = rooms.stats().messages;
+      await expect(rooms.broadcast('a', 'after')).rejects.toMatchObject({ code: 'internal', message: 'room manager closed: nothing was broadcast' });
+      expect(rooms.stats().messages).toBe(before);
+      expect(alice.frames.filter((frame) => frame.type === 'message').map((frame) => frame.data)).toEqual(['during', 'held']);
+    }
+  });
+
   it('closes a connection with 1008 when its credentials expire', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }));
     const alice = new FakeConnection();
