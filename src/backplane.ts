@@ -81,6 +81,28 @@ export interface BackplaneHandlers {
   reconnected(): void;
   /** Something failed in the background (a heartbeat, a presence write); the backplane retries. */
   error(error: Error, phase: string): void;
+  /**
+   * Presence the cluster decided without a {@link ClusterPresence.track} call, for the
+   * manager to send (and announce, as a `presence` change) as it does a crossing of its
+   * own:
+   *
+   * - `offline`, on the one process that found them, for users whose every connection was
+   *   on processes that stopped beating (crashed, or cut off from the cluster for longer
+   *   than its node timeout), with the rooms those connections were in, as `track` was
+   *   told them;
+   * - `online`, on a process back from such a cut, for its users the cluster had counted
+   *   out meanwhile and that are still connected here (`rooms` empty: the manager knows
+   *   them).
+   */
+  presence(event: 'online' | 'offline', users: readonly LostUser[]): void;
+}
+
+/** A user whose presence the cluster decided: see {@link BackplaneHandlers.presence}. */
+export interface LostUser {
+  /** The user. */
+  readonly user: string;
+  /** The rooms the user's connections were in, as {@link ClusterPresence.track} was told them. */
+  readonly rooms: readonly string[];
 }
 
 /** Which users are online where, across the cluster. */
@@ -89,6 +111,8 @@ export interface ClusterPresence {
   readonly nodeId: string;
   /**
    * Counts one more (`+1`) or one less (`-1`) open connection of `user` on this process.
+   * `rooms`, with the user's first connection here, are the rooms it is in: the rooms the
+   * `offline` goes to if this process crashes (see {@link BackplaneHandlers.presence}).
    * Never rejects: when the shared record cannot be written, the backplane writes it
    * again later and resolves then (a last close during an outage is still an `offline`
    * once the store is back), or resolves `false` if the backplane closes first.
@@ -97,11 +121,12 @@ export interface ClusterPresence {
    * connection on any live process) or offline (its last one closed), decided
    * atomically so that exactly one process sees each crossing.
    */
-  track(user: string, delta: 1 | -1): Promise<boolean>;
+  track(user: string, delta: 1 | -1, rooms?: readonly string[]): Promise<boolean>;
   /**
    * Users with at least one open connection on a live process (one whose heartbeat is
    * younger than the backplane's node timeout). A crashed process's users stop counting
-   * within that timeout.
+   * within that timeout, and the process that finds them gone says `offline` for them
+   * (see {@link BackplaneHandlers.presence}).
    */
   onlineUsers(): Promise<string[]>;
   /** The live processes on which `user` has open connections. */

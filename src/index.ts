@@ -27,6 +27,7 @@ export {
   type CidClaim,
   type ClusterCids,
   type ClusterPresence,
+  type LostUser,
   type MembershipChange,
   type PublishCid,
 } from './backplane.js';

@@ -1,7 +1,7 @@
 import { Buffer } from 'node:buffer';
 import { EventEmitter } from 'eventemitter3';
 import type { Handshake, Principal } from './authenticator.js';
-import { PARTICIPANTS_PER_NOTICE, type Backplane, type ClusterCids, type MembershipChange } from './backplane.js';
+import { PARTICIPANTS_PER_NOTICE, type Backplane, type ClusterCids, type LostUser, type MembershipChange } from './backplane.js';
 import type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 import { DedupeWindow } from './dedupe-window.js';
 import type { DeliveryReport } from './delivery-report.js';
@@ -411,6 +411,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         membership: (change) => this.applyChange(change),
         reconnected: () => this.refillAll(),
         error: (error, phase) => this.reportError(`backplane.${phase}`, error, {}),
+        presence: (event, users) => this.clusterPresence(event, users),
       });
       // Reported here; whoever awaits it (a connection, a publish) fails on its own.
       this.started.catch((error: unknown) => this.reportError('backplane.start', error, {}));
@@ -606,7 +607,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       joined.push(room);
     }
     conn.state = 'open';
-    const crossed = this.backplane?.presence.track(conn.user.id, 1);
+    // The rooms an offline goes to should this process crash: where this online goes.
+    const crossed = this.backplane?.presence.track(conn.user.id, 1, this.options.presence ? conn.rooms.keyList() : undefined);
     conn.user.open++;
     this.topology++;
     this.send(conn, {
@@ -2306,6 +2308,29 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.presenceFrames(user, event, all);
       this.announce({ kind: 'presence', user, event, rooms: all })?.catch(noop);
     });
+  }
+
+  /**
+   * Presence the cluster decided (see `BackplaneHandlers.presence`): sent here and
+   * announced, as a crossing of this process's own is. An `online` goes to the rooms of
+   * the user's open connections here.
+   */
+  private clusterPresence(event: 'online' | 'offline', users: readonly LostUser[]): void {
+    if (!this.options.presence) return;
+    for (const { user, rooms } of users) {
+      const all = this.withAway(user, event, event === 'online' ? this.openRoomsOf(user) : rooms);
+      this.presenceFrames(user, event, all);
+      this.announce({ kind: 'presence', user, event, rooms: all })?.catch(noop);
+    }
+  }
+
+  /** The rooms of `user`'s open connections on this process. */
+  private openRoomsOf(user: string): string[] {
+    const rooms = new Set<string>();
+    for (const conn of this.users.get(user)?.conns ?? []) {
+      if (conn.state === 'open') for (const room of conn.rooms.keyList()) rooms.add(room);
+    }
+    return [...rooms];
   }
 
   /** The user's last connection here closed, and another process still has one: keep its rooms for the cluster's `offline`. */

@@ -1,4 +1,4 @@
-import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, MembershipChange, PublishCid } from '../backplane.js';
+import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, LostUser, MembershipChange, PublishCid } from '../backplane.js';
 import { InMemoryHistoryStore, type StoredMessage } from '../history-store.js';
 
 /** Options of a {@link LocalBus}. */
@@ -17,6 +17,8 @@ interface NodeRecord {
   readonly rooms: Set<string>;
   /** Open connections per user on this node. */
   readonly counts: Map<string, number>;
+  /** The rooms of each user's first connection on this node: where its offline goes if the node crashes. */
+  readonly userRooms: Map<string, readonly string[]>;
   lastBeat: number;
 }
 
@@ -90,15 +92,35 @@ export class LocalBus {
     this.cids.delete(key);
   }
 
-  /** @internal Live nodes: heartbeat younger than the timeout. Stale ones are forgotten. */
+  /** @internal Live nodes: heartbeat younger than the timeout. */
   liveNodes(): NodeRecord[] {
     const cutoff = Date.now() - this.nodeTimeoutMs;
     const out: NodeRecord[] = [];
-    for (const [id, record] of this.nodes) {
-      if (record.lastBeat >= cutoff) out.push(record);
-      else if (record.handlers === undefined) this.nodes.delete(id);
-    }
+    for (const record of this.nodes.values()) if (record.lastBeat >= cutoff) out.push(record);
     return out;
+  }
+
+  /**
+   * @internal Forgets the crashed nodes whose heartbeat went stale, as a survivor on Redis
+   * does: their users no other live node has are lost (offline), with their rooms. Only
+   * killed nodes: in one process a node that is still running is never cut off, however
+   * late its timer fires after a blocked event loop.
+   */
+  sweep(): LostUser[] {
+    const cutoff = Date.now() - this.nodeTimeoutMs;
+    const lost = new Map<string, Set<string>>();
+    for (const [id, record] of this.nodes) {
+      if (record.lastBeat >= cutoff || record.handlers !== undefined) continue;
+      this.nodes.delete(id);
+      for (const user of record.counts.keys()) {
+        const rooms = lost.get(user) ?? new Set<string>();
+        for (const room of record.userRooms.get(user) ?? []) rooms.add(room);
+        lost.set(user, rooms);
+      }
+    }
+    if (lost.size === 0) return [];
+    const live = this.liveNodes();
+    return [...lost].filter(([user]) => !live.some((record) => record.counts.has(user))).map(([user, rooms]) => ({ user, rooms: [...rooms] }));
   }
 }
 
@@ -122,15 +144,17 @@ export class LocalBackplane implements Backplane {
     readonly nodeId: string,
   ) {
     this.history = bus.history;
-    this.record = { node: this, handlers: undefined, rooms: new Set(), counts: new Map(), lastBeat: 0 };
+    this.record = { node: this, handlers: undefined, rooms: new Set(), counts: new Map(), userRooms: new Map(), lastBeat: 0 };
     const record = this.record;
     this.presence = {
       nodeId,
-      track: (user, delta) => {
+      track: (user, delta, rooms) => {
         if (this.dead) return Promise.resolve(false);
         const next = (record.counts.get(user) ?? 0) + delta;
         if (next > 0) record.counts.set(user, next);
         else record.counts.delete(user);
+        if (next <= 0) record.userRooms.delete(user);
+        else if (next === 1 && delta === 1 && rooms) record.userRooms.set(user, [...rooms]);
         // Crossed zero here, and no other live node has the user: crossed in the cluster.
         const crossed = (delta === 1 ? next === 1 : next <= 0) && !bus.liveNodes().some((live) => live !== record && live.counts.has(user));
         return Promise.resolve(crossed);
@@ -167,8 +191,9 @@ export class LocalBackplane implements Backplane {
     this.bus.nodes.set(this.nodeId, this.record);
     this.timer = setInterval(() => {
       this.record.lastBeat = Date.now();
-      // Survivors clean up after crashed nodes, as on Redis.
-      this.bus.liveNodes();
+      // Survivors clean up after crashed nodes, and say offline for their users, as on Redis.
+      const lost = this.bus.sweep();
+      if (lost.length > 0) this.record.handlers?.presence('offline', lost);
     }, this.bus.heartbeatMs);
     this.timer.unref?.();
     return Promise.resolve();
@@ -215,7 +240,8 @@ export class LocalBackplane implements Backplane {
 
   /**
    * Stops this node as a crash would: no more heartbeats, deliveries or cleanup. Its
-   * users keep counting as online until `nodeTimeoutMs` passes. For tests.
+   * users keep counting as online until `nodeTimeoutMs` passes; then a live node says
+   * `offline` for those no other node has. For tests.
    */
   kill(): void {
     this.dead = true;

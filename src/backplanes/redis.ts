@@ -8,7 +8,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
-import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, HistoryStore, MembershipChange, PublishCid, StoredMessage } from '../index.js';
+import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, HistoryStore, LostUser, MembershipChange, PublishCid, StoredMessage } from '../index.js';
 import { withTimeout } from '../timeout.js';
 
 /**
@@ -153,32 +153,86 @@ redis.call('SET', KEYS[1], ARGV[1], 'NX')
 return redis.call('GET', KEYS[1])
 `);
 
-// KEYS: nodes, own presence. ARGV: node id, timeout, presence key prefix, rewrite ('1'/'0'), user, count, ...
+// KEYS: nodes, own presence, own rooms, own drop mark. ARGV: node id, timeout, presence
+// key prefix, rewrite ('1'/'0'), rooms key prefix, drop mark prefix, drop mark ttl, then
+// user, count, rooms (a JSON array) for each user of a rewrite.
+//
 // Returns -1, without beating, when this node's heartbeat was stale or gone and it did not
 // rewrite: the other nodes may have dropped its hash, or it expired (PEXPIRE 2x the
 // timeout) when nobody was left to drop the node. Beating first would make the node live
 // with a hash that misses its users, and TRACK would decide from that (see TRACK) until
 // the rewrite. So the node stays out until a beat rewrites its hash in the same step.
+//
+// Otherwise {lost, marked, back}. A node that was live before this beat drops the nodes
+// whose heartbeat is stale: lost are user, rooms pairs of their users no live node has,
+// for this node to say offline. Each dropped node gets a drop mark, the set of its users
+// the cluster no longer counts, for when it comes back. A node back from a stale
+// heartbeat drops nobody on that beat (the others, cut off with it, have not beaten again
+// yet: their users are not gone); its rewrite takes its own mark (marked), and back are
+// the marked users it still has and no other live node has, for it to say online.
 const HEARTBEAT = script(`
 ${NOW}
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if ARGV[4] ~= '1' and not (last and tonumber(last) >= now - tonumber(ARGV[2])) then return -1 end
+local fresh = last and tonumber(last) >= now - tonumber(ARGV[2])
+if ARGV[4] ~= '1' and not fresh then return -1 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-local stale = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))
-for _, node in ipairs(stale) do
-  redis.call('DEL', ARGV[3] .. node)
-  redis.call('ZREM', KEYS[1], node)
+local live
+local function held(user, except)
+  live = live or redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')
+  for _, node in ipairs(live) do
+    if node ~= except and redis.call('HEXISTS', ARGV[3] .. node, user) == 1 then return true end
+  end
+  return false
 end
+local lost = {}
+if fresh then
+  local rooms, order = {}, {}
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))) do
+    local kept = redis.call('HGETALL', ARGV[5] .. node)
+    local of = {}
+    for i = 1, #kept, 2 do of[kept[i]] = kept[i + 1] end
+    local mark = ARGV[6] .. node
+    for _, user in ipairs(redis.call('HKEYS', ARGV[3] .. node)) do
+      if rooms[user] == nil then
+        table.insert(order, user)
+        rooms[user] = of[user] or ''
+      elseif of[user] then
+        rooms[user] = rooms[user] .. '\\n' .. of[user]
+      end
+      redis.call('SADD', mark, user)
+    end
+    redis.call('PEXPIRE', mark, ARGV[7])
+    redis.call('DEL', ARGV[3] .. node, ARGV[5] .. node)
+    redis.call('ZREM', KEYS[1], node)
+  end
+  for _, user in ipairs(order) do
+    if not held(user, nil) then
+      table.insert(lost, user)
+      table.insert(lost, rooms[user])
+    end
+  end
+end
+local marked, back = {}, {}
 if ARGV[4] == '1' then
-  redis.call('DEL', KEYS[2])
-  for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1]) end
+  redis.call('DEL', KEYS[2], KEYS[3])
+  for i = 8, #ARGV, 3 do
+    redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+    if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
+  end
+  marked = redis.call('SMEMBERS', KEYS[4])
+  redis.call('DEL', KEYS[4])
+  for _, user in ipairs(marked) do
+    if redis.call('HEXISTS', KEYS[2], user) == 1 and not held(user, ARGV[1]) then table.insert(back, user) end
+  end
 end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
-return #stale
+redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[2]) * 2)
+return {lost, marked, back}
 `);
 
-// KEYS: own presence, nodes. ARGV: user, count, ttl, node id, timeout, presence key
-// prefix, count before. Sets this node's count of the user's connections (not a delta: a
+// KEYS: own presence, nodes, own rooms, own drop mark. ARGV: user, count, ttl, node id,
+// timeout, presence key prefix, count before, settle ('1'/'0'), rooms (a JSON array, or
+// '': kept with the count, for the offline the survivors say if this node is dropped). Sets this node's count of the user's connections (not a delta: a
 // count an earlier failed call left wrong is set right). Returns 1 when the user crossed
 // zero here and no other live node has them: online or offline in the cluster. One
 // script, so exactly one process sees each crossing. The count before is the one in
@@ -191,7 +245,9 @@ return #stale
 // whose reply (and crossing) was lost. A settle returns -1, writing nothing, while this
 // node's heartbeat is stale: the other nodes' heartbeats may be stale for the same reason
 // (Redis was out of everyone's reach, or lost its data), and a crossing decided before
-// they beat again would count their users out.
+// they beat again would count their users out. A user in this node's drop mark (the node
+// was dropped, and the cluster no longer counts its connections) counts 0 before, and
+// leaves the mark: the rewrite must not say online for them a second time.
 const TRACK = script(`
 ${NOW}
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[4])
@@ -199,9 +255,17 @@ local fresh = beat and tonumber(beat) >= now - tonumber(ARGV[5])
 if ARGV[8] == '1' and not fresh then return -1 end
 local before = tonumber(ARGV[7])
 if ARGV[8] ~= '1' and fresh then before = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') end
+if not fresh and redis.call('SREM', KEYS[4], ARGV[1]) == 1 then before = 0 end
 local n = tonumber(ARGV[2])
-if n > 0 then redis.call('HSET', KEYS[1], ARGV[1], n) else redis.call('HDEL', KEYS[1], ARGV[1]) end
+if n > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], n)
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[9]) end
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if (before > 0) == (n > 0) then return 0 end
 for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[5]), '+inf')) do
   if node ~= ARGV[4] and redis.call('HEXISTS', ARGV[6] .. node, ARGV[1]) == 1 then return 0 end
@@ -234,10 +298,10 @@ return out
 // shard channel like the rooms': see SUBSCRIPTIONS.
 const ANNOUNCE = script(`return redis.call('SPUBLISH', KEYS[1], ARGV[1])`);
 
-// KEYS: nodes, own presence. ARGV: node id.
+// KEYS: nodes, own presence, own rooms, own drop mark. ARGV: node id.
 const LEAVE = script(`
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('DEL', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 return 1
 `);
 
@@ -339,6 +403,8 @@ interface RedisKeys {
   readonly control: string;
   readonly roomChannelPrefix: string;
   readonly presencePrefix: string;
+  readonly roomsPrefix: string;
+  readonly dropPrefix: string;
   seq(room: string): string;
   history(room: string): string;
   channel(room: string): string;
@@ -347,6 +413,30 @@ interface RedisKeys {
 
 /** TRACK's answer to a settle while this node's heartbeat is stale: nothing written, decide later. */
 const STALE = -1;
+
+/**
+ * How long a dropped node's mark (its users the cluster no longer counts) is kept for its
+ * return: a day. A node cut off for longer says no `online` for its users when it is back.
+ */
+const DROP_MARK_MS = 86_400_000;
+
+/**
+ * The rooms HEARTBEAT found for a lost user: one JSON array per dropped node that had the
+ * user, newline-joined (JSON text has no raw newline), as one deduplicated list.
+ */
+function lostRooms(joined: string): string[] {
+  const rooms = new Set<string>();
+  for (const part of joined.split('\n')) {
+    if (part === '') continue;
+    try {
+      const parsed: unknown = JSON.parse(part);
+      if (Array.isArray(parsed)) for (const room of parsed) if (typeof room === 'string') rooms.add(room);
+    } catch {
+      // Not written by this version: the offline goes to the rooms kept on each process only.
+    }
+  }
+  return [...rooms];
+}
 
 /** A `track` call whose count did not reach Redis, waiting for a later write to answer it. */
 interface UnsettledTrack {
@@ -377,7 +467,8 @@ const MAX_CID_MS = 2 ** 31 - 1;
  *   not be used for plain `SUBSCRIBE`s of your own for the same reason.
  * - Each process beats every `heartbeatMs` (a sorted set of node ids by Redis time) and
  *   keeps its users' connection counts in a hash; presence queries count only nodes
- *   beaten within `nodeTimeoutMs`, and survivors delete the records of dead ones.
+ *   beaten within `nodeTimeoutMs`, and survivors delete the records of dead ones and say
+ *   `offline` for their users (see {@link BackplaneHandlers.presence}).
  *
  * @example
  * ```ts
@@ -407,8 +498,14 @@ export class RedisBackplane implements Backplane {
   private readonly heartbeatMs: number;
   private readonly commandTimeoutMs: number;
   private readonly ownPresence: string;
+  /** This node's presence keys, as the scripts take them: counts, rooms, drop mark. */
+  private readonly ownKeys: [counts: string, rooms: string, dropMark: string];
   /** This node's open connections per user: the truth the Redis hash is repaired from. */
   private readonly counts = new Map<string, number>();
+  /**
+   * The rooms of each user's first connection here, as JSON: kept in Redis with the count, for the `offline` the other processes say if this one is dropped.
+   */
+  private readonly userRooms = new Map<string, string>();
   private readonly rooms = new Set<string>();
   private handlers: BackplaneHandlers | undefined;
   private timer: ReturnType<typeof setInterval> | undefined;
@@ -457,16 +554,19 @@ export class RedisBackplane implements Backplane {
       control: `${prefix}:control`,
       roomChannelPrefix: `${prefix}:room:`,
       presencePrefix: `${prefix}:presence:`,
+      roomsPrefix: `${prefix}:presence-rooms:`,
+      dropPrefix: `${prefix}:dropped:`,
       seq: (room) => `${prefix}:seq:${room}`,
       history: (room) => `${prefix}:history:${room}`,
       channel: (room) => `${prefix}:room:${room}`,
       cid: (key) => `${prefix}:cid:${key}`,
     };
     this.ownPresence = `${this.keys.presencePrefix}${this.nodeId}`;
+    this.ownKeys = [this.ownPresence, `${this.keys.roomsPrefix}${this.nodeId}`, `${this.keys.dropPrefix}${this.nodeId}`];
     this.history = new RedisHistoryStore(this.redis, this.keys, limit, (s, keys, args) => this.run(s, keys, args), this.commandTimeoutMs);
     this.presence = {
       nodeId: this.nodeId,
-      track: (user, delta) => this.track(user, delta),
+      track: (user, delta, rooms) => this.track(user, delta, rooms),
       onlineUsers: async () => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix])) as string[],
       nodesOf: async (user) => (await this.run(ONLINE, [this.keys.nodes], [this.nodeTimeoutMs, this.keys.presencePrefix, user])) as string[],
     };
@@ -565,7 +665,7 @@ export class RedisBackplane implements Backplane {
     sub.removeListener('ready', this.listeners.subscriberReady);
     this.redis.removeListener('ready', this.listeners.redisReady);
     try {
-      await withTimeout(this.run(LEAVE, [this.keys.nodes, this.ownPresence], [this.nodeId]), this.commandTimeoutMs, 'leave');
+      await withTimeout(this.run(LEAVE, [this.keys.nodes, ...this.ownKeys], [this.nodeId]), this.commandTimeoutMs, 'leave');
     } catch {
       // Unreachable Redis: the survivors remove this node once its heartbeat is stale.
     }
@@ -624,31 +724,46 @@ export class RedisBackplane implements Backplane {
     // crossings (a settle decides from the count before the first failed call, not from
     // the hash), so it goes ahead whether or not some still wait.
     await this.settle();
-    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0'];
-    if (rewrite) for (const [user, count] of this.counts) args.push(user, count);
+    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0', this.keys.roomsPrefix, this.keys.dropPrefix, DROP_MARK_MS];
+    if (rewrite) for (const [user, count] of this.counts) args.push(user, count, this.userRooms.get(user) ?? '');
     if (rewrite) this.dirty = false;
+    let reply: unknown;
     try {
-      const reply = await this.run(HEARTBEAT, [this.keys.nodes, this.ownPresence], args);
-      if (reply === -1) {
-        // Stale or dropped: beat again with the counts rewritten, in one step.
-        this.stale = true;
-        if (retry) await this.beat(true, false);
-        return;
-      }
-      if (rewrite && this.stale) {
-        this.stale = false;
-        this.settleFrom = Date.now() + this.heartbeatMs;
-      }
+      reply = await this.run(HEARTBEAT, [this.keys.nodes, ...this.ownKeys], args);
     } catch (error) {
       if (rewrite) this.dirty = true;
       throw error;
     }
+    if (reply === -1) {
+      // Stale or dropped: beat again with the counts rewritten, in one step.
+      this.stale = true;
+      if (retry) await this.beat(true, false);
+      return;
+    }
+    if (rewrite && this.stale) {
+      this.stale = false;
+      this.settleFrom = Date.now() + this.heartbeatMs;
+    }
+    const [lost, marked, back] = reply as [string[], string[], string[]];
+    // Dropped while cut off: the cluster no longer counted these users' connections here
+    // (the survivors said offline where no other process had them). The rewrite decided
+    // them again (back), so the counts still waiting for them are answered as no crossing.
+    for (const user of marked) {
+      for (const call of this.unsettled.get(user) ?? []) call.resolve(false);
+      this.unsettled.delete(user);
+    }
+    const users: LostUser[] = [];
+    for (let i = 0; i + 1 < lost.length; i += 2) users.push({ user: lost[i] as string, rooms: lostRooms(lost[i + 1] as string) });
+    if (users.length > 0) this.handlers?.presence('offline', users);
+    if (back.length > 0) this.handlers?.presence('online', back.map((user) => ({ user, rooms: [] })));
   }
 
-  private async track(user: string, delta: 1 | -1): Promise<boolean> {
+  private async track(user: string, delta: 1 | -1, rooms?: readonly string[]): Promise<boolean> {
     const next = (this.counts.get(user) ?? 0) + delta;
     if (next > 0) this.counts.set(user, next);
     else this.counts.delete(user);
+    if (next <= 0) this.userRooms.delete(user);
+    else if (next === 1 && delta === 1 && rooms) this.userRooms.set(user, JSON.stringify(rooms));
     if (this.closed) return false;
     const waiting = this.unsettled.get(user);
     if (waiting) {
@@ -684,9 +799,10 @@ export class RedisBackplane implements Backplane {
    * it (see TRACK); `settling`, to decide from it in any case.
    */
   private async writeCount(user: string, before: number, settling = false): Promise<number> {
-    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before, settling ? '1' : '0'];
+    const args = [user, this.counts.get(user) ?? 0, this.nodeTimeoutMs * 2, this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, before, settling ? '1' : '0', this.userRooms.get(user) ?? ''];
+    const [counts, rooms, dropMark] = this.ownKeys;
     // Bounded: a heartbeat waits for settle's writes, so one that hung would stop the beats.
-    return Number(await withTimeout(this.run(TRACK, [this.ownPresence, this.keys.nodes], args), this.commandTimeoutMs, 'presence'));
+    return Number(await withTimeout(this.run(TRACK, [counts, this.keys.nodes, rooms, dropMark], args), this.commandTimeoutMs, 'presence'));
   }
 
   /**

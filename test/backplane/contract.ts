@@ -408,5 +408,30 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(Date.now() - crashedAt).toBeLessThan(timeout * 3);
       expect(await n2!.backplane.presence.nodesOf('dave')).toEqual([]);
     });
+
+    it('says offline, once and in their rooms, for the users of a node that crashed, unless they are on another node', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob', 'carol', 'dave'], side: ['bob', 'dave'], other: ['erin', 'dave'] });
+      const [n1, n2, n3] = await cluster(table, 3, { presence: true });
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n2!, 'bob');
+      await connect(n1!, 'carol');
+      const carol = await connect(n3!, 'carol');
+      const dave = await connect(n3!, 'dave');
+      const seen = (client: TestClient): string[] => client.of('presence').map((f) => `${String(f.room)}:${String(f.user)}:${String(f.event)}`);
+      await bob.until(() => seen(bob).includes('side:dave:online'));
+      await alice.until(() => seen(alice).includes('team:dave:online'));
+
+      await fixture!.crash(n3!.backplane);
+      dave.ws.terminate();
+      carol.ws.terminate();
+      // Found by a survivor's heartbeat once n3's is older than the timeout.
+      await bob.until(() => seen(bob).includes('side:dave:offline'), fixture!.nodeTimeoutMs * 4, 'the offline of a crashed node\'s user');
+      await alice.until(() => seen(alice).includes('team:dave:offline'), 2_000, 'the offline in every room of the user');
+      await alice.quiet(fixture!.nodeTimeoutMs);
+      // Once, from one survivor; carol is still on n1, so she stays online.
+      expect(seen(alice).filter((f) => f.includes('dave') || f.includes('carol'))).toEqual(['team:carol:online', 'team:dave:online', 'team:dave:offline']);
+      expect(seen(bob).filter((f) => f.includes('dave') || f.includes('carol'))).toEqual(['team:carol:online', 'team:dave:online', 'side:dave:online', 'team:dave:offline', 'side:dave:offline']);
+      expect((await n1!.backplane.presence.onlineUsers()).sort()).toEqual(['alice', 'bob', 'carol']);
+    });
   });
 }

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import type { Backplane, MembershipChange } from '../../src/index.js';
+import type { Backplane, BackplaneHandlers, MembershipChange } from '../../src/index.js';
 import { RedisBackplane } from '../../src/backplanes/redis.js';
 import { TestClient, closeClients } from '../helpers/client.js';
 import { deleteKeys } from '../helpers/redis.js';
@@ -123,9 +123,10 @@ describe.skipIf(!up)('RedisBackplane', () => {
         message: () => undefined,
         membership: (change) => changes.push(change),
         reconnected: () => undefined,
+        presence: () => undefined,
         error: (error, phase) => errors.push(`${phase}: ${error.message}`),
       });
-      await b.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await b.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, presence: () => undefined, error: () => undefined });
       await a.subscribe('team');
       await a.unsubscribe('team');
       await b.announce({ kind: 'add', room: 'team', user: 'dave' });
@@ -258,7 +259,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       let failNextCount = false;
       // Node 1's next presence count fails, as during a blip of its command connection.
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
-        if (failNextCount && keys === 2 && String(args[0]).includes(':presence:')) {
+        if (failNextCount && keys === 4 && String(args[0]).includes(':presence:')) {
           failNextCount = false;
           return Promise.reject(new Error('Connection is closed.'));
         }
@@ -295,8 +296,8 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const outage = { down: false, beats: false, node2: false, slowNext: false, slowSent: false };
       let replies: Promise<unknown> = Promise.resolve();
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
-        const count = keys === 2 && String(args[0]).includes(':presence:');
-        const beat = keys === 2 && String(args[0]).endsWith(':nodes');
+        const count = keys === 4 && String(args[0]).includes(':presence:');
+        const beat = keys === 4 && String(args[0]).endsWith(':nodes');
         if ((count && outage.down) || (beat && outage.beats)) return Promise.reject(new Error('Connection is closed.'));
         const sent = (evalsha as Redis['evalsha'])(sha, keys, ...args);
         const slow = count && outage.slowNext;
@@ -309,7 +310,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const table = new MembershipTable({ team: ['alice', ...users] });
       const n1 = await startServer({ membership: table, presence: true, backplane: new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options }) });
       const flaky2 = intercepted(commands2, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
-        if (outage.node2 && keys === 2) return Promise.reject(new Error('Connection is closed.'));
+        if (outage.node2 && keys === 4) return Promise.reject(new Error('Connection is closed.'));
         return (evalsha as Redis['evalsha'])(sha, keys, ...args);
       });
       const backplane2 = new RedisBackplane({ redis: flaky2, subscriber: subscriber2, ...options });
@@ -374,13 +375,15 @@ describe.skipIf(!up)('RedisBackplane', () => {
       return { events: events('bob'), online: (await backplane2.presence.onlineUsers()).sort() };
     }
 
-    it('says offline for a last close made during an outage longer than nodeTimeoutMs once Redis is back', async () => {
-      const after = await longOutage(async ({ events, backplane2 }) => {
-        // Once node 2 drops node 1, bob is no longer online, and nobody has said so yet.
+    it('says offline for the users of a node cut off longer than nodeTimeoutMs when it is dropped, and nothing more once Redis is back', async () => {
+      const after = await longOutage(async ({ alice, events, backplane2 }) => {
+        // Node 2 drops node 1, and says offline for bob, whose close node 1 could not write.
         for (let i = 0; i < 60 && (await backplane2.presence.onlineUsers()).includes('bob'); i++) await new Promise((r) => setTimeout(r, 50));
         expect(await backplane2.presence.onlineUsers()).toEqual(['alice']);
-        expect(events('bob')).toEqual(['online']);
+        await alice.until(() => events('bob').length === 2, 1_000, 'the offline of the dropped node');
+        expect(events('bob')).toEqual(['online', 'offline']);
       });
+      // Node 1's late count of the close is not a second offline.
       expect(after).toEqual({ events: ['online', 'offline'], online: ['alice'] });
     });
 
@@ -389,8 +392,9 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(await longOutage(({ connectTo2 }) => connectTo2('bob'))).toEqual({ events: ['online'], online: ['alice', 'bob'] });
     });
 
-    it('says nothing for a close and reopen on the same node during a long outage', async () => {
-      expect(await longOutage(({ connectTo1 }) => connectTo1('bob'))).toEqual({ events: ['online'], online: ['alice', 'bob'] });
+    it('says offline when the node is dropped and online when it is back, for a user who closed and reopened on it meanwhile', async () => {
+      // While node 1 was dropped the cluster did not count bob: the frames say so, and bob is online again once node 1 is back.
+      expect(await longOutage(({ connectTo1 }) => connectTo1('bob'))).toEqual({ events: ['online', 'offline', 'online'], online: ['alice', 'bob'] });
     });
 
     it.each([
@@ -474,8 +478,8 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       const flags = { down: false, beats: false, loseNext: false, onBeatReply: (_reply: unknown): void => undefined };
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
-        const countWrite = keys === 2 && String(args[0]).includes(':presence:');
-        const beat = keys === 2 && String(args[0]).endsWith(':nodes');
+        const countWrite = keys === 4 && String(args[0]).includes(':presence:');
+        const beat = keys === 4 && String(args[0]).endsWith(':nodes');
         if ((countWrite && flags.down) || (beat && flags.beats)) return Promise.reject(new Error('Connection is closed.'));
         const reply = (evalsha as Redis['evalsha'])(sha, keys, ...args);
         if (countWrite && flags.loseNext) {
@@ -484,13 +488,21 @@ describe.skipIf(!up)('RedisBackplane', () => {
         }
         return beat ? reply.then((value) => (flags.onBeatReply(value), value)) : reply;
       });
-      const handlers = { message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined };
+      /** What each node's `presence` handler was told: `node:event:user[:rooms]`. */
+      const said: string[] = [];
+      const handlers = (node: number): BackplaneHandlers => ({
+        message: () => undefined,
+        membership: () => undefined,
+        reconnected: () => undefined,
+        presence: (event, users) => said.push(...users.map(({ user, rooms }) => [node, event, user, ...(rooms.length > 0 ? [rooms.join(',')] : [])].join(':'))),
+        error: () => undefined,
+      });
       const options = { prefix, ...timing, commandTimeoutMs: 1_000 };
       const nodes = [new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options })];
       if (count > 1) nodes.push(new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }));
-      for (const node of nodes) await node.start(handlers);
+      for (const [i, node] of nodes.entries()) await node.start(handlers(i + 1));
       started.push(...nodes);
-      return { flags, node1: nodes[0] as RedisBackplane, node2: nodes[1] };
+      return { flags, said, node1: nodes[0] as RedisBackplane, node2: nodes[1] };
     }
     const started: RedisBackplane[] = [];
     afterEach(async () => {
@@ -529,16 +541,18 @@ describe.skipIf(!up)('RedisBackplane', () => {
     });
 
     it.each([
-      ['says offline for a last close written between the heartbeat that finds the node dropped and its rewrite', -1, true],
-      ['says nothing for another open written between the heartbeat that finds the node dropped and its rewrite', 1, false],
+      ['says nothing more for a last close written between the heartbeat that finds the node dropped and its rewrite', -1, false],
+      ['says online for another open written between the heartbeat that finds the node dropped and its rewrite', 1, true],
     ] as const)('%s', async (_name, delta, crossed) => {
       // Node 1's heartbeats fail (or its event loop stalls) while its counts are fine, so
-      // nothing marks its hash dirty; node 2 drops it meanwhile.
-      const { flags, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      // nothing marks its hash dirty; node 2 drops it meanwhile, and says offline for bob.
+      const { flags, said, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 300 });
       expect(await node1.presence.track('bob', 1)).toBe(true);
       flags.beats = true;
-      for (let i = 0; i < 60 && (await node2!.presence.onlineUsers()).includes('bob'); i++) await sleep(50);
+      // Out of onlineUsers() once node 1's heartbeat is stale; said offline once node 2's next heartbeat drops it.
+      for (let i = 0; i < 60 && said.length === 0; i++) await sleep(50);
       expect(await node2!.presence.onlineUsers()).toEqual([]);
+      expect(said).toEqual(['2:offline:bob']);
       let tracked: Promise<boolean> | undefined;
       flags.onBeatReply = (reply) => {
         if (reply === -1 && !tracked) tracked = node1.presence.track('bob', delta);
@@ -547,7 +561,27 @@ describe.skipIf(!up)('RedisBackplane', () => {
       for (let i = 0; i < 60 && !tracked; i++) await sleep(20);
       expect(await tracked).toBe(crossed);
       await sleep(300);
-      expect(await node2!.presence.onlineUsers()).toEqual(crossed ? [] : ['bob']);
+      // The close: offline was said at the drop. The open: online now, by the write itself, not again by the rewrite.
+      expect(await node2!.presence.onlineUsers()).toEqual(crossed ? ['bob'] : []);
+      expect(said).toEqual(['2:offline:bob']);
+    });
+
+    it('says online again for a user still connected to a node that comes back after it was dropped, once', async () => {
+      const { flags, said, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 300 });
+      expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
+      expect(await node1.presence.track('carol', 1, ['team'])).toBe(true);
+      expect(await node2!.presence.track('carol', 1, ['team'])).toBe(false);
+      flags.beats = true;
+      for (let i = 0; i < 60 && said.length === 0; i++) await sleep(50);
+      // Carol is still on node 2: only bob is gone, with the rooms node 1 was told.
+      expect(said).toEqual(['2:offline:bob:team']);
+      flags.beats = false;
+      for (let i = 0; i < 60 && said.length === 1; i++) await sleep(50);
+      await sleep(300);
+      expect(said).toEqual(['2:offline:bob:team', '1:online:bob']);
+      expect((await node2!.presence.onlineUsers()).sort()).toEqual(['bob', 'carol']);
+      // Counted again: his last close is an offline, said once.
+      expect(await node1.presence.track('bob', -1)).toBe(true);
     });
 
     it.each([
@@ -597,7 +631,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const stalling = (real: Method): Method => (...args: never[]) => (stalled ? new Promise(() => {}) : real(...args));
       const hanging = intercepted(intercepted(redis, 'get', stalling), 'xrange', stalling);
       const node = new RedisBackplane({ redis: hanging, subscriber, prefix, heartbeatMs: 100, commandTimeoutMs: 300 });
-      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, presence: () => undefined, error: () => undefined });
       try {
         await node.history.append({ room: 'r', id: 'm1', from: null, data: 1, ts: 1 });
         expect(await node.history.since('r', 0)).toMatchObject([{ id: 'm1', seq: 1 }]);
@@ -623,7 +657,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
         return Promise.reject(new Error('Connection is closed.'));
       });
       const node = new RedisBackplane({ redis, subscriber: flaky, prefix, heartbeatMs: 100, commandTimeoutMs: 1_000 });
-      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await node.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, presence: () => undefined, error: () => undefined });
       try {
         failNext = true;
         await expect(node.subscribe('lost')).rejects.toThrow('Connection is closed');
@@ -871,7 +905,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       connections.push(redis, subscriber);
       for (const connection of [redis, subscriber]) connection.on('error', () => undefined);
       const backplane = new RedisBackplane({ redis, subscriber, prefix: `${FILE_PREFIX}:unreachable`, commandTimeoutMs: 300 });
-      await backplane.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, error: () => undefined });
+      await backplane.start({ message: () => undefined, membership: () => undefined, reconnected: () => undefined, presence: () => undefined, error: () => undefined });
       await backplane.subscribe('room');
       link.cut();
       await new Promise((resolve) => setTimeout(resolve, 50));
