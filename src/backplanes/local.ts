@@ -119,8 +119,9 @@ export class LocalBus {
       }
     }
     if (lost.size === 0) return [];
-    const live = this.liveNodes();
-    return [...lost].filter(([user]) => !live.some((record) => record.counts.has(user))).map(([user, rooms]) => ({ user, rooms: [...rooms] }));
+    // Every node not swept holds its users, stale or not, as on Redis (see `track`).
+    const left = [...this.nodes.values()];
+    return [...lost].filter(([user]) => !left.some((record) => record.counts.has(user))).map(([user, rooms]) => ({ user, rooms: [...rooms] }));
   }
 }
 
@@ -155,8 +156,9 @@ export class LocalBackplane implements Backplane {
         else record.counts.delete(user);
         if (next <= 0) record.userRooms.delete(user);
         else if (next === 1 && delta === 1 && rooms) record.userRooms.set(user, [...rooms]);
-        // Crossed zero here, and no other live node has the user: crossed in the cluster.
-        const crossed = (delta === 1 ? next === 1 : next <= 0) && !bus.liveNodes().some((live) => live !== record && live.counts.has(user));
+        // Crossed zero here, and no other node has the user: crossed in the cluster. A
+        // killed node not swept yet still holds its users: its sweep says their offline.
+        const crossed = (delta === 1 ? next === 1 : next <= 0) && ![...bus.nodes.values()].some((other) => other !== record && other.counts.has(user));
         return Promise.resolve(crossed);
       },
       onlineUsers: () => {

@@ -169,17 +169,19 @@ return redis.call('GET', KEYS[1])
 // the cluster no longer counts, for when it comes back. A node back from a stale
 // heartbeat drops nobody on that beat (the others, cut off with it, have not beaten again
 // yet: their users are not gone); its rewrite takes its own mark (marked), and back are
-// the marked users it still has and no other live node has, for it to say online.
+// the marked users it still has and no other node has, for it to say online. A node whose
+// heartbeat is stale but that nobody has dropped yet still holds its users here, as in
+// TRACK: the offline for them is said when it is dropped, not before.
 const HEARTBEAT = script(`
 ${NOW}
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
 local fresh = last and tonumber(last) >= now - tonumber(ARGV[2])
 if ARGV[4] ~= '1' and not fresh then return -1 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
-local live
+local nodes
 local function held(user, except)
-  live = live or redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')
-  for _, node in ipairs(live) do
+  nodes = nodes or redis.call('ZRANGE', KEYS[1], 0, -1)
+  for _, node in ipairs(nodes) do
     if node ~= except and redis.call('HEXISTS', ARGV[3] .. node, user) == 1 then return true end
   end
   return false
@@ -234,7 +236,7 @@ return {lost, marked, back}
 // timeout, presence key prefix, count before, settle ('1'/'0'), rooms (a JSON array, or
 // '': kept with the count, for the offline the survivors say if this node is dropped). Sets this node's count of the user's connections (not a delta: a
 // count an earlier failed call left wrong is set right). Returns 1 when the user crossed
-// zero here and no other live node has them: online or offline in the cluster. One
+// zero here and no other node has them (see below): online or offline in the cluster. One
 // script, so exactly one process sees each crossing. The count before is the one in
 // Redis while this node's heartbeat is fresh; once it is stale or gone (Redis out of the
 // node's reach for longer than the timeout), the other nodes have dropped or may drop
@@ -247,7 +249,11 @@ return {lost, marked, back}
 // (Redis was out of everyone's reach, or lost its data), and a crossing decided before
 // they beat again would count their users out. A user in this node's drop mark (the node
 // was dropped, and the cluster no longer counts its connections) counts 0 before, and
-// leaves the mark: the rewrite must not say online for them a second time.
+// leaves the mark: the rewrite must not say online for them a second time. Another node
+// holds the user while it is in the heartbeats, stale or not: a stale one is dropped by
+// the next live heartbeat, which says offline for its users then (see HEARTBEAT), so a
+// crossing decided here without it would be said twice (a last close elsewhere), or an
+// online said to a cluster that was never told the user left.
 const TRACK = script(`
 ${NOW}
 local beat = redis.call('ZSCORE', KEYS[2], ARGV[4])
@@ -267,7 +273,7 @@ end
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[3], ARGV[3])
 if (before > 0) == (n > 0) then return 0 end
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], now - tonumber(ARGV[5]), '+inf')) do
+for _, node in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
   if node ~= ARGV[4] and redis.call('HEXISTS', ARGV[6] .. node, ARGV[1]) == 1 then return 0 end
 end
 return 1

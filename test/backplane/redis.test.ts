@@ -476,7 +476,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
      */
     async function presenceNodes(count: number, timing: { heartbeatMs: number; nodeTimeoutMs: number }) {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
-      const flags = { down: false, beats: false, loseNext: false, onBeatReply: (_reply: unknown): void => undefined };
+      const flags = { down: false, beats: false, beats2: false, loseNext: false, onBeatReply: (_reply: unknown): void => undefined };
       const flaky = intercepted(commands1, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
         const countWrite = keys === 4 && String(args[0]).includes(':presence:');
         const beat = keys === 4 && String(args[0]).endsWith(':nodes');
@@ -499,7 +499,12 @@ describe.skipIf(!up)('RedisBackplane', () => {
       });
       const options = { prefix, ...timing, commandTimeoutMs: 1_000 };
       const nodes = [new RedisBackplane({ redis: flaky, subscriber: subscriber1, ...options })];
-      if (count > 1) nodes.push(new RedisBackplane({ redis: commands2, subscriber: subscriber2, ...options }));
+      // With `flags.beats2`, node 2's heartbeats fail.
+      const flaky2 = intercepted(commands2, 'evalsha', (evalsha) => (sha: string, keys: number, ...args: (string | number)[]) => {
+        if (flags.beats2 && keys === 4 && String(args[0]).endsWith(':nodes')) return Promise.reject(new Error('Connection is closed.'));
+        return (evalsha as Redis['evalsha'])(sha, keys, ...args);
+      });
+      if (count > 1) nodes.push(new RedisBackplane({ redis: flaky2, subscriber: subscriber2, ...options }));
       for (const [i, node] of nodes.entries()) await node.start(handlers(i + 1));
       started.push(...nodes);
       return { flags, said, node1: nodes[0] as RedisBackplane, node2: nodes[1] };
@@ -582,6 +587,75 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect((await node2!.presence.onlineUsers()).sort()).toEqual(['bob', 'carol']);
       // Counted again: his last close is an offline, said once.
       expect(await node1.presence.track('bob', -1)).toBe(true);
+    });
+
+    /** Makes `node`'s heartbeat in Redis older than any timeout, as after a stall or an outage, before anyone has dropped it. */
+    async function staleBeat(node: string): Promise<void> {
+      const adminRedis = admin(SHARED_PORT);
+      const [seconds] = await adminRedis.time();
+      await adminRedis.zadd(`${prefix}:nodes`, (Number(seconds) - 3_600) * 1000, node);
+      adminRedis.disconnect();
+    }
+
+    /** Waits until `node` is in the heartbeats (`true`) or out of them (`false`). */
+    async function beating(node: string, yes: boolean): Promise<void> {
+      const adminRedis = admin(SHARED_PORT);
+      for (let i = 0; i < 100 && ((await adminRedis.zscore(`${prefix}:nodes`, node)) !== null) !== yes; i++) await sleep(50);
+      expect((await adminRedis.zscore(`${prefix}:nodes`, node)) !== null).toBe(yes);
+      adminRedis.disconnect();
+    }
+
+    it('says offline once for a user whose last close on a live node comes while a stale node with them is not yet dropped', async () => {
+      const { flags, said, node1, node2 } = await presenceNodes(2, { heartbeatMs: 300, nodeTimeoutMs: 3_000 });
+      expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
+      expect(await node2!.presence.track('bob', 1, ['team'])).toBe(false);
+      flags.beats = true;
+      await staleBeat(node1.presence.nodeId);
+      const closed = await node2!.presence.track('bob', -1);
+      await beating(node1.presence.nodeId, false);
+      for (let i = 0; i < 20 && !closed && said.length === 0; i++) await sleep(50);
+      // The drop is the offline (bob's last connection was on node 1). Only had node 2
+      // dropped node 1 before the close (a heartbeat in between), is the close the offline.
+      expect({ closed, said }).toEqual(closed ? { closed, said: [] } : { closed, said: ['2:offline:bob:team'] });
+    });
+
+    it('says no online for a user still connected to a node that comes back while another node with them is stale', async () => {
+      const { flags, said, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 3_000 });
+      expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
+      expect(await node2!.presence.track('bob', 1, ['team'])).toBe(false);
+      // Node 2 drops node 1: bob is still on node 2, no offline.
+      flags.beats = true;
+      await staleBeat(node1.presence.nodeId);
+      await beating(node1.presence.nodeId, false);
+      // Node 2 goes stale too, and node 1 comes back before anyone dropped node 2.
+      flags.beats2 = true;
+      await staleBeat(node2!.presence.nodeId);
+      flags.beats = false;
+      await beating(node1.presence.nodeId, true);
+      await sleep(300);
+      // Nobody was told bob went offline: no online either.
+      expect(said).toEqual([]);
+    });
+
+    it('says offline for the users of a process restarted with the same nodeId before it was dropped', async () => {
+      const { flags, said, node1 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 3_000 });
+      expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
+      // Node 1 crashes (it writes nothing more) and is restarted at once, with its id.
+      flags.down = flags.beats = true;
+      const [redis, subscriber] = [client(SHARED_PORT), client(SHARED_PORT)];
+      owned.push(redis, subscriber);
+      const restarted = new RedisBackplane({ redis, subscriber, prefix, nodeId: node1.presence.nodeId, heartbeatMs: 100, nodeTimeoutMs: 3_000, commandTimeoutMs: 1_000 });
+      await restarted.start({
+        message: () => undefined,
+        membership: () => undefined,
+        reconnected: () => undefined,
+        presence: (event, users) => said.push(...users.map(({ user, rooms }) => ['3', event, user, ...rooms].join(':'))),
+        error: () => undefined,
+      });
+      started.push(restarted);
+      for (let i = 0; i < 20 && said.length === 0; i++) await sleep(50);
+      expect(await restarted.presence.onlineUsers()).toEqual([]);
+      expect(said).toEqual(['3:offline:bob:team']);
     });
 
     it.each([
