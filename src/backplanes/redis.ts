@@ -154,8 +154,9 @@ return redis.call('GET', KEYS[1])
 `);
 
 // KEYS: nodes, own presence, own rooms, own drop mark. ARGV: node id, timeout, presence
-// key prefix, rewrite ('1'/'0'), rooms key prefix, drop mark prefix, drop mark ttl, then
-// user, count, rooms (a JSON array) for each user of a rewrite.
+// key prefix, rewrite ('1'/'0'), rooms key prefix, drop mark prefix, drop mark ttl, first
+// ('1' on this process's first beat), then user, count, rooms (a JSON array) for each
+// user of a rewrite.
 //
 // Returns -1, without beating, when this node's heartbeat was stale or gone and it did not
 // rewrite: the other nodes may have dropped its hash, or it expired (PEXPIRE 2x the
@@ -169,7 +170,10 @@ return redis.call('GET', KEYS[1])
 // the cluster no longer counts, for when it comes back. A node back from a stale
 // heartbeat drops nobody on that beat (the others, cut off with it, have not beaten again
 // yet: their users are not gone); its rewrite takes its own mark (marked), and back are
-// the marked users it still has and no other node has, for it to say online. A node whose
+// the marked users it still has and no other node has, for it to say online. On a
+// process's first beat, whatever Redis holds under its id was left by another process that
+// ran with the same id (a restart, before anyone dropped it): those users are lost too,
+// those the rewrite does not write again and no other node has. A node whose
 // heartbeat is stale but that nobody has dropped yet still holds its users here, as in
 // TRACK: the offline for them is said when it is dropped, not before.
 const HEARTBEAT = script(`
@@ -186,38 +190,36 @@ local function held(user, except)
   end
   return false
 end
-local lost = {}
-if fresh then
-  local rooms, order = {}, {}
-  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))) do
-    local kept = redis.call('HGETALL', ARGV[5] .. node)
-    local of = {}
-    for i = 1, #kept, 2 do of[kept[i]] = kept[i + 1] end
-    local mark = ARGV[6] .. node
-    for _, user in ipairs(redis.call('HKEYS', ARGV[3] .. node)) do
-      if rooms[user] == nil then
-        table.insert(order, user)
-        rooms[user] = of[user] or ''
-      elseif of[user] then
-        rooms[user] = rooms[user] .. '\\n' .. of[user]
-      end
-      redis.call('SADD', mark, user)
+local rooms, order = {}, {}
+local function gather(counts, kept)
+  local of = {}
+  kept = redis.call('HGETALL', kept)
+  for i = 1, #kept, 2 do of[kept[i]] = kept[i + 1] end
+  local users = redis.call('HKEYS', counts)
+  for _, user in ipairs(users) do
+    if rooms[user] == nil then
+      table.insert(order, user)
+      rooms[user] = of[user] or ''
+    elseif of[user] then
+      rooms[user] = rooms[user] .. '\\n' .. of[user]
     end
+  end
+  return users
+end
+if fresh then
+  for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))) do
+    local mark = ARGV[6] .. node
+    for _, user in ipairs(gather(ARGV[3] .. node, ARGV[5] .. node)) do redis.call('SADD', mark, user) end
     redis.call('PEXPIRE', mark, ARGV[7])
     redis.call('DEL', ARGV[3] .. node, ARGV[5] .. node)
     redis.call('ZREM', KEYS[1], node)
   end
-  for _, user in ipairs(order) do
-    if not held(user, nil) then
-      table.insert(lost, user)
-      table.insert(lost, rooms[user])
-    end
-  end
 end
+if ARGV[8] == '1' then gather(KEYS[2], KEYS[3]) end
 local marked, back = {}, {}
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2], KEYS[3])
-  for i = 8, #ARGV, 3 do
+  for i = 9, #ARGV, 3 do
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
   end
@@ -225,6 +227,13 @@ if ARGV[4] == '1' then
   redis.call('DEL', KEYS[4])
   for _, user in ipairs(marked) do
     if redis.call('HEXISTS', KEYS[2], user) == 1 and not held(user, ARGV[1]) then table.insert(back, user) end
+  end
+end
+local lost = {}
+for _, user in ipairs(order) do
+  if not held(user, nil) then
+    table.insert(lost, user)
+    table.insert(lost, rooms[user])
   end
 end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
@@ -532,6 +541,11 @@ export class RedisBackplane implements Backplane {
    */
   private stale = false;
   private settleFrom = 0;
+  /**
+   * No heartbeat has reached Redis from this process yet: the counts Redis holds under its
+   * id, if any, are another process's, one restarted with the same `nodeId` (see HEARTBEAT).
+   */
+  private firstBeat = true;
   /** Whether the epoch was read since the subscriber last reconnected. */
   private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
@@ -730,7 +744,8 @@ export class RedisBackplane implements Backplane {
     // crossings (a settle decides from the count before the first failed call, not from
     // the hash), so it goes ahead whether or not some still wait.
     await this.settle();
-    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0', this.keys.roomsPrefix, this.keys.dropPrefix, DROP_MARK_MS];
+    const first = this.firstBeat ? '1' : '0';
+    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0', this.keys.roomsPrefix, this.keys.dropPrefix, DROP_MARK_MS, first];
     if (rewrite) for (const [user, count] of this.counts) args.push(user, count, this.userRooms.get(user) ?? '');
     if (rewrite) this.dirty = false;
     let reply: unknown;
@@ -740,6 +755,7 @@ export class RedisBackplane implements Backplane {
       if (rewrite) this.dirty = true;
       throw error;
     }
+    this.firstBeat = false;
     if (reply === -1) {
       // Stale or dropped: beat again with the counts rewritten, in one step.
       this.stale = true;
