@@ -155,8 +155,8 @@ return redis.call('GET', KEYS[1])
 
 // KEYS: nodes, own presence, own rooms, own drop mark. ARGV: node id, timeout, presence
 // key prefix, rewrite ('1'/'0'), rooms key prefix, drop mark prefix, drop mark ttl, first
-// ('1' on this process's first beat), then user, count, rooms (a JSON array) for each
-// user of a rewrite.
+// ('1' on this process's first beat), drop ('1' unless this node is in its grace after a
+// stale heartbeat), then user, count, rooms (a JSON array) for each user of a rewrite.
 //
 // Returns -1, without beating, when this node's heartbeat was stale or gone and it did not
 // rewrite: the other nodes may have dropped its hash, or it expired (PEXPIRE 2x the
@@ -164,12 +164,13 @@ return redis.call('GET', KEYS[1])
 // with a hash that misses its users, and TRACK would decide from that (see TRACK) until
 // the rewrite. So the node stays out until a beat rewrites its hash in the same step.
 //
-// Otherwise {lost, marked, back}. A node that was live before this beat drops the nodes
-// whose heartbeat is stale: lost are user, rooms pairs of their users no live node has,
-// for this node to say offline. Each dropped node gets a drop mark, the set of its users
-// the cluster no longer counts, for when it comes back. A node back from a stale
-// heartbeat drops nobody on that beat (the others, cut off with it, have not beaten again
-// yet: their users are not gone); its rewrite takes its own mark (marked), and back are
+// Otherwise {lost, marked, back, fresh}. A node that was live before this beat (fresh, 1)
+// drops the nodes whose heartbeat is stale, unless told not to (drop '0'): lost are user,
+// rooms pairs of their users no live node has, for this node to say offline. Each dropped
+// node gets a drop mark, the set of its users the cluster no longer counts, for when it
+// comes back. A node back from a stale heartbeat (fresh 0) drops nobody on that beat,
+// and its process none for nodeTimeoutMs more (the others, cut off with it, may not have
+// beaten again yet: their users are not gone); its rewrite takes its own mark (marked), and back are
 // the marked users it still has and no other node has, for it to say online. On a
 // process's first beat, whatever Redis holds under its id was left by another process that
 // ran with the same id (a restart, before anyone dropped it): those users are lost too,
@@ -206,7 +207,7 @@ local function gather(counts, kept)
   end
   return users
 end
-if fresh then
+if fresh and ARGV[9] == '1' then
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - tonumber(ARGV[2])))) do
     local mark = ARGV[6] .. node
     for _, user in ipairs(gather(ARGV[3] .. node, ARGV[5] .. node)) do redis.call('SADD', mark, user) end
@@ -219,7 +220,7 @@ if ARGV[8] == '1' then gather(KEYS[2], KEYS[3]) end
 local marked, back = {}, {}
 if ARGV[4] == '1' then
   redis.call('DEL', KEYS[2], KEYS[3])
-  for i = 9, #ARGV, 3 do
+  for i = 10, #ARGV, 3 do
     redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
     if ARGV[i + 2] ~= '' then redis.call('HSET', KEYS[3], ARGV[i], ARGV[i + 2]) end
   end
@@ -238,7 +239,7 @@ for _, user in ipairs(order) do
 end
 redis.call('PEXPIRE', KEYS[2], tonumber(ARGV[2]) * 2)
 redis.call('PEXPIRE', KEYS[3], tonumber(ARGV[2]) * 2)
-return {lost, marked, back}
+return {lost, marked, back, fresh and 1 or 0}
 `);
 
 // KEYS: own presence, nodes, own rooms, own drop mark. ARGV: user, count, ttl, node id,
@@ -546,6 +547,13 @@ export class RedisBackplane implements Backplane {
    * id, if any, are another process's, one restarted with the same `nodeId` (see HEARTBEAT).
    */
   private firstBeat = true;
+  /**
+   * Until then this process drops no other: it found its own heartbeat stale, and the
+   * processes cut off with it (every one, when Redis was out of everyone's reach) may come
+   * back later than it did, each on its client's reconnect schedule. A process that
+   * crashed meanwhile is dropped after that, by this one or by any live one.
+   */
+  private dropFrom = 0;
   /** Whether the epoch was read since the subscriber last reconnected. */
   private epochRead: 'done' | 'reading' | 'pending' = 'done';
   private closed = false;
@@ -745,7 +753,8 @@ export class RedisBackplane implements Backplane {
     // the hash), so it goes ahead whether or not some still wait.
     await this.settle();
     const first = this.firstBeat ? '1' : '0';
-    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0', this.keys.roomsPrefix, this.keys.dropPrefix, DROP_MARK_MS, first];
+    const drop = Date.now() >= this.dropFrom ? '1' : '0';
+    const args: (string | number)[] = [this.nodeId, this.nodeTimeoutMs, this.keys.presencePrefix, rewrite ? '1' : '0', this.keys.roomsPrefix, this.keys.dropPrefix, DROP_MARK_MS, first, drop];
     if (rewrite) for (const [user, count] of this.counts) args.push(user, count, this.userRooms.get(user) ?? '');
     if (rewrite) this.dirty = false;
     let reply: unknown;
@@ -755,6 +764,7 @@ export class RedisBackplane implements Backplane {
       if (rewrite) this.dirty = true;
       throw error;
     }
+    const wasFirst = this.firstBeat;
     this.firstBeat = false;
     if (reply === -1) {
       // Stale or dropped: beat again with the counts rewritten, in one step.
@@ -766,7 +776,10 @@ export class RedisBackplane implements Backplane {
       this.stale = false;
       this.settleFrom = Date.now() + this.heartbeatMs;
     }
-    const [lost, marked, back] = reply as [string[], string[], string[]];
+    const [lost, marked, back, fresh] = reply as [string[], string[], string[], number];
+    // Back from a stale heartbeat: the others cut off with it get as long to beat again
+    // as any process does before it drops them (see `dropFrom`).
+    if (fresh === 0 && !wasFirst) this.dropFrom = Date.now() + this.nodeTimeoutMs;
     // Dropped while cut off: the cluster no longer counted these users' connections here
     // (the survivors said offline where no other process had them). The rewrite decided
     // them again (back), so the counts still waiting for them are answered as no crossing.

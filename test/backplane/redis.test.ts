@@ -637,6 +637,23 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(said).toEqual([]);
     });
 
+    it('says nothing for the users of a node that comes back after every node was cut off, later than the others', async () => {
+      const { flags, said, node1, node2 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 600 });
+      expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
+      flags.beats = flags.beats2 = true;
+      await sleep(900);
+      // Node 2's connection is back first; node 1's a few heartbeats later, as clients
+      // reconnect on their own schedules. Node 1 is no crashed node: bob stayed.
+      flags.beats2 = false;
+      await beating(node2!.presence.nodeId, true);
+      await sleep(350);
+      flags.beats = false;
+      await beating(node1.presence.nodeId, true);
+      await sleep(300);
+      expect(said).toEqual([]);
+      expect(await node2!.presence.onlineUsers()).toEqual(['bob']);
+    });
+
     it('says offline for the users of a process restarted with the same nodeId before it was dropped', async () => {
       const { flags, said, node1 } = await presenceNodes(2, { heartbeatMs: 100, nodeTimeoutMs: 3_000 });
       expect(await node1.presence.track('bob', 1, ['team'])).toBe(true);
