@@ -32,7 +32,10 @@ export interface RoomManagerEvents {
   connect: (event: { connectionId: string; user: string; rooms: string[] }) => void;
   /** A connection closed. */
   disconnect: (event: { connectionId: string; user: string; code: number; reason: string }) => void;
-  /** A connection entered a room. */
+  /**
+   * A connection entered a room. For the rooms it was auto-joined to (`reason` `auto`), once
+   * `welcome` was sent, right before `connect`.
+   */
   join: (event: { connectionId: string; user: string; room: string; reason: JoinReason }) => void;
   /** A connection left a room. */
   leave: (event: { connectionId: string; user: string; room: string; reason: LeaveReason }) => void;
@@ -597,13 +600,19 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.removedWhileOpening.delete(conn);
     if ((conn.state as ConnState['state']) === 'closed') return;
     const joined: string[] = [];
+    const entered: string[] = [];
     for (const room of wanted) {
       if (removed?.has(room)) {
         // welcome.seqs speaks of the rooms welcome lists only.
         delete seqs[room];
         continue;
       }
-      if (!conn.rooms.has(room)) this.addToRoom(conn, room, 'member', 'auto');
+      if (!conn.rooms.has(room)) {
+        // The `join` events wait for welcome: a listener that broadcasts into the room (a
+        // "someone is here" message) would otherwise send it before welcome.
+        this.addToRoom(conn, room, 'member', 'auto', false);
+        entered.push(room);
+      }
       joined.push(room);
     }
     conn.state = 'open';
@@ -623,6 +632,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     });
     if (this.logging) {
       this.logger.info({ user: conn.user.id, connectionId: conn.id, rooms: joined.length }, `user ${conn.user.id} auto-joined to ${joined.length} rooms`);
+    }
+    for (const room of entered) {
+      if ((conn.state as ConnState['state']) === 'closed') break;
+      if (conn.rooms.has(room)) this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason: 'auto' });
     }
     this.notify('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
     if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', conn.rooms.keyList(), crossed ?? conn.user.open === 1);
@@ -1829,14 +1842,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return state;
   }
 
-  private addToRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason): void {
+  /** `notify` false: the caller emits the `join` event itself, later (auto-join, after welcome). */
+  private addToRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, notify = true): void {
     const membership: Membership = { conn, socket: conn.socket, mode, firstSeq: 0 };
     // Ensure-participants enters rooms synchronously; the subscription follows.
     if (this.backplane && !this.feeds.has(room)) void this.openFeed(room).catch(noop);
     conn.rooms.set(room, membership);
     this.roomState(room).members.add(membership);
     this.topology++;
-    this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason });
+    if (notify) this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason });
   }
 
   /**
