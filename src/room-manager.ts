@@ -690,17 +690,19 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * Puts a connection in a room in room order and tells it with `joined` carrying the
    * seq the live messages continue from. With a backplane, subscribes the room first.
    */
-  private async enterRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, ref: string | undefined): Promise<void> {
+  private async enterRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, ref: string | undefined): Promise<boolean> {
     if (this.backplane) await this.openFeed(room);
-    await this.inRoomOrder(room, async () => {
-      if (conn.state === 'closed') return;
+    return this.inRoomOrder(room, async () => {
+      if (conn.state === 'closed') return false;
       if (conn.rooms.has(room)) {
-        if (reason !== 'join') return;
+        if (reason !== 'join') return true;
       } else {
-        if (conn.rooms.size >= this.options.maxRoomsPerConnection) return;
+        // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
+        if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
         this.addToRoom(conn, room, mode, reason);
       }
       this.send(conn, { type: 'joined', room, seq: await this.roomSeq(room), ...(ref === undefined ? {} : { ref }) });
+      return true;
     });
   }
 
@@ -891,8 +893,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private async handleJoin(conn: ConnState, frame: JoinFrame): Promise<void> {
     const { room, ref } = frame;
     if (!conn.rooms.has(room)) {
-      if (conn.rooms.size >= this.options.maxRoomsPerConnection) {
+      const overLimit = (): void =>
         this.sendError(conn, 'forbidden', `room limit reached (at most ${this.options.maxRoomsPerConnection} rooms per connection)`, { ref, room });
+      if (conn.rooms.size >= this.options.maxRoomsPerConnection) {
+        overLimit();
         return;
       }
       let mode: Membership['mode'] = 'member';
@@ -904,8 +908,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         mode = 'admitted';
       }
       if (conn.state === 'closed') return;
-      if (conn.left.has(room)) (conn.left as Set<string>).delete(room);
-      await this.enterRoom(conn, room, mode, 'join', ref);
+      const hadLeft = conn.left.has(room);
+      if (hadLeft) (conn.left as Set<string>).delete(room);
+      if (await this.enterRoom(conn, room, mode, 'join', ref)) return;
+      if ((conn.state as ConnState['state']) === 'closed') return;
+      // Refused after all: the room limit filled while the loader or canJoin answered. A
+      // join that did not happen does not undo the connection's leave.
+      if (hadLeft && !conn.rooms.has(room)) markLeft(conn, room, this.options.maxRoomsPerConnection);
+      overLimit();
       return;
     }
     // In room order, so the seq cannot name a message that has not been sent yet.

@@ -28,6 +28,30 @@ describe('"The server\'s first frame after the upgrade is welcome"', () => {
     const here = await bob.next('message', (m) => (m.data as { here: string }).here === 'bob');
     expect(bob.frames[0]?.type).toBe('welcome');
     // The message follows the seq welcome announced for the room.
-    expect(here.seq).toBe((bob.welcome.seqs as Record<string, number>).a + 1);
+    expect(here.seq).toBe((bob.welcome.seqs as Record<string, number>).a! + 1);
+  });
+});
+
+describe('"join: joined {room, seq}, or error forbidden"', () => {
+  it('answers a join whose room limit filled while canJoin ran with forbidden, not silence', async () => {
+    let allow: () => void = () => {};
+    const gate = new Promise<void>((resolve) => (allow = resolve));
+    const membership = {
+      roomsOf: () => [],
+      membersOf: () => [],
+      canJoin: async (_user: unknown, room: string) => {
+        await gate;
+        return room === 'open';
+      },
+    };
+    const s = await startServer({ membership, maxRoomsPerConnection: 1 });
+    const alice = await connect(s.url, 'alice');
+    alice.send({ type: 'join', room: 'open', ref: 'j' });
+    await alice.quiet(50);
+    // The server admits the connection elsewhere meanwhile: its one room is taken.
+    expect(await s.manager.join(String(alice.welcome.connectionId), 'other')).toBe(true);
+    allow();
+    expect(await alice.replyTo('j')).toMatchObject({ type: 'error', code: 'forbidden', room: 'open' });
+    expect(s.manager.roomsOf(String(alice.welcome.connectionId))).toEqual(['other']);
   });
 });
