@@ -26,6 +26,8 @@ export const ERROR_CODES: readonly ErrorCode[] = [
  *
  * Throw it from an `onPublish` hook to refuse a publish with a code of your choice:
  * the publisher gets `{"type":"error","code":…,"message":…}` and nothing is broadcast.
+ * The code must be one of {@link ERROR_CODES}: any other (possible from JavaScript) is
+ * sent as `internal`, and reported as an `error` event, like a hook's plain `Error`.
  *
  * Check with {@link isRoomwireError} rather than `instanceof` where two copies of
  * roomwire may be loaded.

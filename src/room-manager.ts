@@ -5,7 +5,7 @@ import { PARTICIPANTS_PER_NOTICE, type Backplane, type ClusterCids, type LostUse
 import type { Connection, ConnectionHandlers, ConnectionInfo } from './connection.js';
 import { DedupeWindow } from './dedupe-window.js';
 import type { DeliveryReport } from './delivery-report.js';
-import { HandshakeError, RoomwireError, isHandshakeError, isRoomwireError, type ErrorCode } from './errors.js';
+import { ERROR_CODES, HandshakeError, RoomwireError, isHandshakeError, isRoomwireError, type ErrorCode } from './errors.js';
 import { InMemoryHistoryStore, type HistoryStore, type StoredMessage } from './history-store.js';
 import { createIdGenerator } from './ids.js';
 import { guardedLogger, silentLogger, type Logger } from './logger.js';
@@ -1038,7 +1038,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /** Answers a publish that failed: its own code for a `RoomwireError`, else `internal` (and reported). */
   private refusePublish(conn: ConnState, error: unknown, ref: string | undefined, room: string): void {
-    if (isRoomwireError(error)) {
+    // Only the protocol's codes go on the wire: a hook written in JavaScript (or against
+    // another copy of roomwire) may throw a RoomwireError of any string code.
+    if (isRoomwireError(error) && ERROR_CODES.includes(error.code)) {
       this.sendError(conn, error.code, error.message, { ref, room, details: error.details });
       return;
     }

@@ -1,4 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
+import { ERROR_CODES, RoomwireError } from '../../src/index.js';
 import { TestClient, closeClients } from '../helpers/client.js';
 import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/server.js';
 
@@ -53,5 +54,33 @@ describe('"join: joined {room, seq}, or error forbidden"', () => {
     allow();
     expect(await alice.replyTo('j')).toMatchObject({ type: 'error', code: 'forbidden', room: 'open' });
     expect(s.manager.roomsOf(String(alice.welcome.connectionId))).toEqual(['other']);
+  });
+});
+
+describe('"Error codes: bad_request, unknown_type, forbidden, too_large, rate_limited, history_gap, internal"', () => {
+  it('sends internal, not the code, when onPublish throws a RoomwireError of a code the protocol does not have', async () => {
+    const errors: string[] = [];
+    const s = await startServer({
+      membership: new MembershipTable({ a: ['alice', 'bob'] }),
+      onPublish: ({ data }) => {
+        // What a hook in JavaScript can do: nothing checks the code there.
+        if (data === 'odd') throw new RoomwireError('archived' as never, 'this conversation is archived');
+        if (data === 'known') throw new RoomwireError('forbidden', 'not now');
+        return data;
+      },
+    });
+    s.manager.on('error', (error, context) => errors.push(`${context.phase}: ${error.message}`));
+    const alice = await connect(s.url, 'alice');
+    const bob = await connect(s.url, 'bob');
+    const odd = await alice.request({ type: 'publish', room: 'a', data: 'odd' });
+    expect(odd).toMatchObject({ type: 'error', code: 'internal', room: 'a' });
+    expect(ERROR_CODES).toContain(odd.code);
+    expect(errors).toEqual(['publish: this conversation is archived']);
+    // A code of the protocol still goes through as the hook chose it.
+    expect(await alice.request({ type: 'publish', room: 'a', data: 'known' })).toMatchObject({ code: 'forbidden', message: 'not now' });
+    expect(await alice.request({ type: 'publish', room: 'a', data: 'fine' })).toMatchObject({ type: 'ack', seq: 1 });
+    await bob.next('message');
+    expect(await bob.quiet()).toEqual([]);
+    expect(bob.of('message').map((m) => m.data)).toEqual(['fine']);
   });
 });
