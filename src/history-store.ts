@@ -27,7 +27,8 @@ export interface HistoryStore {
    * Names this store's seq numbering; must change whenever seqs restart from 1 (a new
    * in-memory store). Sent in `welcome` so a client resuming against a restarted server
    * gets `history_gap` instead of messages that only look like the ones it missed.
-   * A durable store whose seqs never restart may leave it out.
+   * A durable store whose seqs never restart may leave it out. One over 64 characters
+   * (what `resume` takes back) is announced as a digest of it.
    */
   readonly epoch?: string | undefined;
   /** Gives the message the room's next `seq`, keeps it, and returns it. */

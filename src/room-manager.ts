@@ -1,4 +1,5 @@
 import { Buffer } from 'node:buffer';
+import { createHash } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import type { Handshake, Principal } from './authenticator.js';
 import { PARTICIPANTS_PER_NOTICE, type Backplane, type ClusterCids, type LostUser, type MembershipChange } from './backplane.js';
@@ -15,7 +16,7 @@ import { resolveOptions, type ResolvedOptions, type RoomManagerOptions } from '.
 import { decodeClientFrame } from './protocol/decode.js';
 import { encodeAck, encodeData, encodeMessageFrame, encodeServerFrame } from './protocol/encode.js';
 import type { ClientFrame, JoinFrame, LeaveFrame, PublishFrame, ResumeFrame, ServerFrame } from './protocol/frames.js';
-import { CloseCode, PROTOCOL_VERSION, ROOM_NAME_RULE, isRoomName } from './protocol/limits.js';
+import { CloseCode, MAX_EPOCH_LENGTH, PROTOCOL_VERSION, ROOM_NAME_RULE, isRoomName } from './protocol/limits.js';
 import { SmallMap, SmallSet } from './small-collections.js';
 import { MAX_TIMER_MS, TimeoutError, withTimeout } from './timeout.js';
 import { TokenBucket } from './token-bucket.js';
@@ -386,6 +387,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /** The history is roomwire's in-memory one, which keeps broadcast frames as the strings already encoded. */
   private readonly framedHistory: boolean;
   private sweepTimer: ReturnType<typeof setInterval> | undefined;
+  /** The last epoch over 64 characters and the digest `welcome` announces for it (see `wireEpoch`). */
+  private longEpoch: [epoch: string, wire: string] | undefined;
   /** The history's epoch the feeds' seqs belong to; a new one means the numbering restarted. */
   private feedEpoch: string | undefined;
 
@@ -625,7 +628,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       protocol: PROTOCOL_VERSION,
       connectionId: conn.id,
       user: { id: conn.user.id },
-      ...(this.history.epoch === undefined ? {} : { epoch: this.history.epoch }),
+      ...(this.history.epoch === undefined ? {} : { epoch: this.wireEpoch(this.history.epoch) }),
       rooms: joined,
       seqs,
       heartbeatMs: this.options.heartbeatMs,
@@ -714,6 +717,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private roomSeq(room: string): MaybePromise<number> {
     const feed = this.backplane ? this.feeds.get(room) : undefined;
     return feed?.active ? feed.sent : this.history.latestSeq(room);
+  }
+
+  /**
+   * The history's epoch as `welcome` announces it: as it is when `resume` can take it back
+   * (at most 64 characters), else a digest of it, so a store of one's own may name its
+   * numbering at any length. Kept for the last epoch seen: it changes only on a restart.
+   */
+  private wireEpoch(epoch: string): string {
+    if (epoch.length <= MAX_EPOCH_LENGTH) return epoch;
+    if (this.longEpoch?.[0] !== epoch) this.longEpoch = [epoch, `sha256:${createHash('sha256').update(epoch).digest('base64url')}`];
+    return this.longEpoch[1];
   }
 
   private armExpiry(conn: ConnState): void {
@@ -1146,7 +1160,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     const withRef = ref === undefined ? {} : { ref };
     // Seqs from another numbering (a restarted in-memory history) name other messages.
-    const otherEpoch = frame.epoch !== undefined && this.history.epoch !== undefined && frame.epoch !== this.history.epoch;
+    const epoch = this.history.epoch;
+    const otherEpoch = frame.epoch !== undefined && epoch !== undefined && frame.epoch !== this.wireEpoch(epoch);
     // Room names are client strings: a null prototype keeps `__proto__` an ordinary key.
     const answered: Record<string, { replayed: number }> = Object.create(null) as Record<string, { replayed: number }>;
     for (const [room, afterSeq] of entries) {

@@ -28,6 +28,9 @@ export const MAX_REF_LENGTH = 64;
 /** Longest client message id (`cid`) of a `publish`. */
 export const MAX_CID_LENGTH = 64;
 
+/** Longest `epoch` a `resume` may carry back; `welcome` never announces a longer one. */
+export const MAX_EPOCH_LENGTH = 64;
+
 /** WebSocket close codes of docs/protocol.md, "Closing". */
 export const CloseCode = {
   /** Server shutting down; reconnect elsewhere. */

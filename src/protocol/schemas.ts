@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { MAX_CID_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH, isRoomName } from './limits.js';
+import { MAX_CID_LENGTH, MAX_EPOCH_LENGTH, MAX_REF_LENGTH, MAX_ROOM_LENGTH, isRoomName } from './limits.js';
 
 /**
  * A string whose JavaScript length (UTF-16 code units, as docs/protocol.md measures) is within
@@ -55,7 +55,7 @@ export const clientFrameSchemas = {
   resume: z.object({
     type: z.literal('resume'),
     rooms: roomSeqsSchema,
-    epoch: jsString(0, MAX_REF_LENGTH, 'epoch').optional(),
+    epoch: jsString(0, MAX_EPOCH_LENGTH, 'epoch').optional(),
     ref: refSchema.optional(),
   }),
   /** The schema of {@link PingFrame}. */

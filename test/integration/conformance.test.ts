@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { ERROR_CODES, RoomwireError } from '../../src/index.js';
+import { ERROR_CODES, InMemoryHistoryStore, RoomwireError } from '../../src/index.js';
 import { TestClient, closeClients } from '../helpers/client.js';
 import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/server.js';
 
@@ -82,5 +82,30 @@ describe('"Error codes: bad_request, unknown_type, forbidden, too_large, rate_li
     await bob.next('message');
     expect(await bob.quiet()).toEqual([]);
     expect(bob.of('message').map((m) => m.data)).toEqual(['fine']);
+  });
+});
+
+describe('"welcome carries an optional epoch … resume accepts it back"', () => {
+  it('takes back the epoch of a history store whose epoch is longer than resume allows', async () => {
+    /** A store of one's own naming its numbering at length, as a URL or a path may. */
+    class NamedStore extends InMemoryHistoryStore {
+      override readonly epoch = `db://history/${'numbering-'.repeat(10)}`;
+    }
+    const store = new NamedStore();
+    const s = await startServer({ membership: new MembershipTable({ a: ['alice', 'bob'] }), history: store });
+    const alice = await connect(s.url, 'alice');
+    await alice.request({ type: 'publish', room: 'a', data: 1 });
+    const bob = await connect(s.url, 'bob');
+    const epoch = bob.welcome.epoch as string;
+    expect(typeof epoch).toBe('string');
+    // What the client sends back must pass the server's own check (at most 64 characters).
+    expect(epoch.length).toBeLessThanOrEqual(64);
+    bob.send({ type: 'resume', rooms: { a: 0 }, epoch, ref: 'same' });
+    expect(await bob.next('message')).toMatchObject({ seq: 1, ref: 'same' });
+    expect(await bob.next('resumed')).toEqual({ type: 'resumed', rooms: { a: { replayed: 1 } }, ref: 'same' });
+    // Another numbering's epoch still gets history_gap.
+    expect(await bob.request({ type: 'resume', rooms: { a: 1 }, epoch: 'another' })).toMatchObject({ code: 'history_gap', room: 'a' });
+    // Announced the same to every connection of the numbering.
+    expect((await connect(s.url, 'alice')).welcome.epoch).toBe(epoch);
   });
 });
