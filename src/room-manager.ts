@@ -797,13 +797,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.send(conn, frame.ref === undefined ? { type: 'pong' } : { type: 'pong', ref: frame.ref });
       return;
     }
+    // Shutting down: anything accepted now could be neither delivered nor acknowledged; the
+    // client resends it (same cid) after it reconnects elsewhere. Ignored before the rate
+    // limit too: a refusal would be an answer, and its strikes could close the connection
+    // with 4008 (reconnect later) instead of the 1001 (reconnect now) it is about to get.
+    if (this.closing) return;
     if (!this.takeToken(conn, frame.type === 'publish' ? 'publish' : 'join')) {
       this.refuseOverLimit(conn, frame.type === 'publish' ? 'publish' : 'join', frame.ref);
       return;
     }
-    // Shutting down: anything accepted now could be neither delivered nor acknowledged; the
-    // client resends it (same cid) after it reconnects elsewhere.
-    if (this.closing) return;
     if (conn.inflight >= MAX_INFLIGHT_FRAMES) {
       this.sendError(conn, 'rate_limited', 'too many frames waiting; slow down', { ref: frame.ref });
       return;

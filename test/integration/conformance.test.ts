@@ -109,3 +109,37 @@ describe('"welcome carries an optional epoch … resume accepts it back"', () =>
     expect((await connect(s.url, 'alice')).welcome.epoch).toBe(epoch);
   });
 });
+
+describe('note 13: "Once close() has begun, frames other than ping are ignored"', () => {
+  it('answers no frame over the rate limit during close(), and does not close the connection with 4008 for it', async () => {
+    let release: () => void = () => {};
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const s = await startServer({
+      membership: new MembershipTable({ a: ['alice'] }),
+      publishRate: { burst: 1, perSecond: 0.001 },
+      joinRate: { burst: 1, perSecond: 0.001 },
+      rateLimitStrikes: { burst: 1, perSecond: 0.001 },
+      onPublish: async ({ data }) => {
+        await held;
+        return data;
+      },
+    });
+    const alice = await connect(s.url, 'alice');
+    alice.send({ type: 'publish', room: 'a', data: 'held', cid: 'c1', ref: 'p1' });
+    await alice.quiet(50);
+    const closing = s.manager.close();
+    alice.send({ type: 'publish', room: 'a', data: 'late', cid: 'c2', ref: 'p2' });
+    alice.send({ type: 'join', room: 'a', ref: 'j1' });
+    alice.send({ type: 'leave', room: 'a', ref: 'l1' });
+    alice.send({ type: 'publish', room: 'a', data: 'later', cid: 'c3', ref: 'p3' });
+    alice.send({ type: 'ping', ref: 'ping' });
+    expect(await alice.replyTo('ping')).toMatchObject({ type: 'pong' });
+    release();
+    expect(await alice.replyTo('p1')).toMatchObject({ type: 'ack', seq: 1 });
+    await closing;
+    await alice.closed();
+    expect(alice.closeCode).toBe(1001);
+    // Ignored: neither answered nor counted against the connection.
+    expect(alice.frames.filter((f) => f.ref !== undefined).map((f) => f.ref)).toEqual(['ping', 'p1']);
+  });
+});
