@@ -1327,9 +1327,19 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const waiter = this.waiters.get(id);
     if (!waiter) return delivered;
     this.waiters.delete(id);
-    return this.inRoomOrder(room, async () => {
+    const direct = await this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
+      // A local connection entered the room meanwhile (an earlier direct delivery's
+      // ensure-participants, a join, an auto-join), opening its feed: the feed delivers
+      // this message in seq order with those published elsewhere, and once. Sent here as
+      // well, it would reach the connection again when the feed fetches from its baseline.
+      const feed = this.feeds.get(room);
+      if (feed) {
+        this.waiters.set(id, waiter);
+        this.accept(feed, message);
+        return undefined;
+      }
       const report = this.fanOut(message, snapshot, except, encodeData(message.data));
       // Ensure-participants may have brought a connection in, opening the room's feed.
       const opened = this.feeds.get(room);
@@ -1337,6 +1347,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.tellParticipants(room, message.seq);
       return { message, report };
     });
+    // Not awaited in the room task: the feed's delivery is a room task of its own.
+    return direct ?? delivered;
   }
 
   // ---------------------------------------------------------------- backplane feeds

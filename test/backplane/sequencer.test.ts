@@ -161,6 +161,27 @@ describe('the per-room sequencer', () => {
     expect(seqsOf(bob.frames)).toEqual(Array.from({ length: 11 }, (_, i) => i + 2));
   });
 
+  it('delivers in order and once the broadcasts that took the direct path before the room had a feed', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['bob'] });
+    const other = manager(table, bus.node());
+    const here = manager(table, bus.node());
+    await openFake(other, 'bob');
+    const alice = await openFake(here, 'alice');
+    // alice becomes a participant without addMember: the first broadcast here brings her in.
+    table.add('room', 'alice');
+    // Published before this process has a feed for the room: both of its copies take the
+    // direct path (the first one's room task waits for the loader meanwhile), and the
+    // first one's ensure-participants opens the feed.
+    const first = here.broadcast('room', 1);
+    const between = other.broadcast('room', 2);
+    const third = here.broadcast('room', 3);
+    await Promise.all([first, between, third]);
+    await settle(20);
+    expect(alice.of('joined')).toEqual([{ type: 'joined', room: 'room', seq: 0 }]);
+    expect(seqsOf(alice.frames)).toEqual([1, 2, 3]);
+  });
+
   it('refills after a reconnect also while a fill is running', async () => {
     const { bus, sender, lossy, bob } = await lossyPair();
     // The history answers slowly, so the gap fill for seq 2 is still running at the reconnect.
