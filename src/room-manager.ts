@@ -700,6 +700,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (conn.rooms.has(room)) {
         if (reason !== 'join') return true;
       } else {
+        // A `leave` handled while this waited (a retried auto-join subscribing the room)
+        // stands: only a join puts back a connection that left.
+        if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
         // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
         this.addToRoom(conn, room, mode, reason);

@@ -236,6 +236,29 @@ describe('the per-room sequencer', () => {
     expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
   });
 
+  it('does not put back a connection that left a room while its retried auto-join was subscribing', async () => {
+    const table = new MembershipTable({ room: ['bob'] });
+    let calls = 0;
+    const slow = new FlakyBackplane(new LocalBus().node());
+    const node = manager(table, slow, () => {
+      if (++calls === 1) throw new Error('database down');
+      return ['room'];
+    });
+    const bob = await openFake(node, 'bob');
+    expect(bob.of('welcome')[0]).toMatchObject({ rooms: [] });
+    // The retry (after 500 ms) finds the room and subscribes it, slowly; bob leaves meanwhile.
+    slow.subscribeDelayMs = 400;
+    await settle(650);
+    expect(slow.calls).toEqual(['subscribe room']);
+    bob.receive({ type: 'leave', room: 'room', ref: 'l' });
+    await settle(500);
+    expect(bob.of('left')).toEqual([{ type: 'left', room: 'room', ref: 'l' }]);
+    expect(bob.of('joined')).toEqual([]);
+    expect(node.roomsOf(bob.handlers.id)).toEqual([]);
+    await node.broadcast('room', 'not for bob');
+    expect(bob.of('message')).toEqual([]);
+  });
+
   it('keeps no state for a room whose copies arrive after its last local connection closed', async () => {
     const bus = new LocalBus();
     const table = new MembershipTable();
