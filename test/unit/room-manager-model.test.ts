@@ -331,6 +331,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       }
       case 'ack': {
         const seq = frame.seq as number;
+        sameMessage(conn, frame.id as string, roomName, seq);
         conn.stays.get(roomName)?.seqs.add(seq);
         let live = conn.live.get(roomName);
         if (!live) conn.live.set(roomName, (live = new Set()));
@@ -340,6 +341,15 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       case 'message': {
         const seq = frame.seq as number;
         const id = frame.id as string;
+        sameMessage(conn, id, roomName, seq);
+        const data = frame.data as { n?: number; hooked?: boolean } | null;
+        const n = data?.n;
+        if (typeof n !== 'number' || !senders.has(n)) fail(`conn ${conn.n}: message ${roomName} seq ${seq} carries data nobody sent`);
+        else {
+          const sender = senders.get(n)!;
+          if (frame.from !== sender) fail(`conn ${conn.n}: message from ${String(frame.from)}, sent by ${String(sender)}`);
+          if (cfg.hook && sender !== null && data?.hooked !== true) fail(`conn ${conn.n}: message ${roomName} seq ${seq} did not go through the hook`);
+        }
         if (request?.kind === 'resume') {
           const afterSeq = request.resume?.get(roomName);
           if (afterSeq === undefined) fail(`conn ${conn.n}: replay of ${roomName} it did not ask for`);
@@ -427,6 +437,16 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
     }
   };
   const cidAcks = new Map<string, Set<string>>();
+  /** Every message id seen, with its room and seq: an id names one message everywhere. */
+  const ids = new Map<string, string>();
+  /** Each published or broadcast data's `n` → who sent it (null: the server). */
+  const senders = new Map<number, string | null>();
+  const sameMessage = (conn: ConnModel, id: string, roomName: string, seq: number): void => {
+    const where = `${roomName}#${seq}`;
+    const known = ids.get(id);
+    if (known === undefined) ids.set(id, where);
+    else if (known !== where) fail(`conn ${conn.n}: id ${id} is ${where} here, ${known} before`);
+  };
   const cidErrors = new Set<string>();
 
   const track = (promise: Promise<unknown>, what: string, allowReject = false): Promise<unknown> => {
@@ -509,6 +529,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
           const r = ROOMS[op.room]!;
           const cidKey = op.cid === undefined ? undefined : `${conn.user}|${r}|${op.cid}`;
           const data = { key: cidKey ?? null, n: ++counter, refuse: cfg.hook && op.refuse };
+          senders.set(data.n, conn.user);
           send(conn, 'publish', { type: 'publish', room: r, data, ...(op.cid === undefined ? {} : { cid: op.cid }) }, { room: r, ...(cidKey === undefined ? {} : { cidKey }) });
           break;
         }
@@ -590,7 +611,8 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
                 .filter((c) => c.welcomed && !c.gone && !c.socket.closedWith && !c.dirty && !shut.has(c.node) && !waiting.has(c))
                 .map((c) => ({ c, should: (isParticipant(r, c.user) && !c.left.has(r)) || c.stays.has(r) }))
             : [];
-          const p = managerOf(n).broadcast(r, { key: null, n: ++counter });
+          senders.set(++counter, null);
+          const p = managerOf(n).broadcast(r, { key: null, n: counter });
           let id: string | undefined;
           const q = track(
             p.then((report) => {
