@@ -631,7 +631,8 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
               }
             }),
             'broadcast',
-            bus !== undefined && shut.has(n),
+            // Documented: once close() has closed the connections, broadcast() is refused.
+            shut.has(n),
           );
           if (!wait) break;
           await q;
