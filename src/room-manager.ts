@@ -707,9 +707,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
         this.addToRoom(conn, room, mode, reason);
       }
-      this.send(conn, { type: 'joined', room, seq: await this.roomSeq(room), ...(ref === undefined ? {} : { ref }) });
-      return true;
+      return this.sendJoined(conn, room, ref);
     });
+  }
+
+  /**
+   * Tells a connection in `room` so, with the seq its live messages continue from; inside
+   * a room-order task. False, sending nothing, when it is not in the room by then (taken
+   * out while the seq was read, by `removeMember` say): `joined` after its `left` would
+   * tell the client it is in a room it is not in.
+   */
+  private async sendJoined(conn: ConnState, room: string, ref: string | undefined): Promise<boolean> {
+    const seq = await this.roomSeq(room);
+    if (!conn.rooms.has(room)) return false;
+    this.send(conn, { type: 'joined', room, seq, ...(ref === undefined ? {} : { ref }) });
+    return true;
   }
 
   /**
@@ -938,9 +950,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     // In room order, so the seq cannot name a message that has not been sent yet.
-    await this.inRoomOrder(room, async () => {
-      this.send(conn, { type: 'joined', room, seq: await this.roomSeq(room), ...(ref === undefined ? {} : { ref }) });
-    });
+    const answered = await this.inRoomOrder(room, () => this.sendJoined(conn, room, ref));
+    // Decided again as the join of a room it is not in: admitted, or refused, as of now.
+    if (!answered && conn.state !== 'closed') await this.handleJoin(conn, frame);
   }
 
   private handleLeave(conn: ConnState, frame: LeaveFrame): void {

@@ -664,6 +664,23 @@ describe('RoomManager core (in-memory connections)', () => {
     await expect(rooms.authenticate({ url: '/', headers: {} })).rejects.toMatchObject({ status: 403 });
   });
 
+  it('never answers a join with joined after the connection was taken out of the room', async () => {
+    // The join of a room the connection is in is answered in room order; a removal made
+    // while it read the room's seq comes first, so the join is decided again: refused.
+    const table = new MembershipTable({ a: ['alice'] });
+    const rooms = manager(table);
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'join', room: 'a', ref: 'j' });
+    table.rooms.get('a')!.delete('alice');
+    await rooms.removeMember('a', 'alice');
+    await settle();
+    expect(alice.frames.slice(1).map((f) => [f.type, f.ref ?? null, f.code ?? null])).toEqual([
+      ['left', null, null],
+      ['error', 'j', 'forbidden'],
+    ]);
+    expect(rooms.roomsOf(alice.handlers.id)).toEqual([]);
+  });
+
   it('refuses broadcast() once close() has closed the connections, with or without a backplane', async () => {
     for (const backplane of [undefined, new LocalBus().node()]) {
       let release!: () => void;
