@@ -943,10 +943,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (hadLeft) (conn.left as Set<string>).delete(room);
       if (await this.enterRoom(conn, room, mode, 'join', ref)) return;
       if ((conn.state as ConnState['state']) === 'closed') return;
-      // Refused after all: the room limit filled while the loader or canJoin answered. A
-      // join that did not happen does not undo the connection's leave.
+      // Not joined after all. A join that did not happen does not undo the connection's leave.
       if (hadLeft && !conn.rooms.has(room)) markLeft(conn, room, this.options.maxRoomsPerConnection);
-      overLimit();
+      // The room limit filled while the loader or canJoin answered;
+      if (conn.rooms.size >= this.options.maxRoomsPerConnection) overLimit();
+      // or the connection was taken out again while its seq was read: decided again, as of now.
+      else await this.handleJoin(conn, frame);
       return;
     }
     // In room order, so the seq cannot name a message that has not been sent yet.

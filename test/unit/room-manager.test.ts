@@ -681,6 +681,25 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(rooms.roomsOf(alice.handlers.id)).toEqual([]);
   });
 
+  it('decides a join again, not as over the room limit, when the connection is taken out while it is answered', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    const rooms = manager(table);
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'leave', room: 'a', ref: 'l' });
+    alice.receive({ type: 'join', room: 'a', ref: 'j' });
+    // In the room again, its joined not sent yet: the seq is being read.
+    for (let i = 0; i < 50 && !rooms.roomsOf(alice.handlers.id).includes('a'); i++) await Promise.resolve();
+    expect(rooms.roomsOf(alice.handlers.id)).toEqual(['a']);
+    table.rooms.get('a')!.delete('alice');
+    await rooms.removeMember('a', 'alice');
+    await settle();
+    expect(alice.frames.slice(1).map((f) => [f.type, f.ref ?? null, f.code ?? null, f.message ?? null])).toEqual([
+      ['left', 'l', null, null],
+      ['left', null, null, null],
+      ['error', 'j', 'forbidden', 'not allowed to join this room'],
+    ]);
+  });
+
   it('refuses broadcast() once close() has closed the connections, with or without a backplane', async () => {
     for (const backplane of [undefined, new LocalBus().node()]) {
       let release!: () => void;
