@@ -56,7 +56,10 @@ export interface RoomManagerEvents {
 export interface BroadcastOptions {
   /** The sending user's id, or null (the default) for the server. */
   from?: string | null | undefined;
-  /** A connection id that does not get the message (the one that caused it). */
+  /**
+   * A connection id that does not get the message (the one that caused it). A connection
+   * of this process only: with a backplane, one on another process gets the message.
+   */
   except?: string | undefined;
 }
 
