@@ -4,6 +4,7 @@ import { SignJWT } from 'jose';
 import { RoomManager, type MembershipLoader, type RoomManagerOptions } from '../../src/index.js';
 import { jwtAuthenticator } from '../../src/auth/jwt.js';
 import { attachWebSocket, type WebSocketAdapter, type WebSocketAdapterOptions } from '../../src/transports/ws.js';
+import { TestClient } from './client.js';
 
 export const TEST_SECRET = 'roomwire-test-secret';
 
@@ -12,6 +13,11 @@ export async function tokenFor(sub: string, options: { expiresIn?: string | numb
   const jwt = new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setSubject(sub).setIssuedAt();
   if (options.expiresIn !== undefined) jwt.setExpirationTime(options.expiresIn);
   return jwt.sign(new TextEncoder().encode(options.secret ?? TEST_SECRET));
+}
+
+/** A client of `user` (a JWT from {@link tokenFor}), once its `welcome` arrived. */
+export async function connectAs(url: string, user: string): Promise<TestClient> {
+  return TestClient.connect(url, await tokenFor(user));
 }
 
 /**

@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { ERROR_CODES, InMemoryHistoryStore, RoomwireError } from '../../src/index.js';
-import { TestClient, closeClients } from '../helpers/client.js';
-import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/server.js';
+import { closeClients } from '../helpers/client.js';
+import { MembershipTable, closeAll, connectAs, startServer } from '../helpers/server.js';
 
 /**
  * Rules of docs/protocol.md checked letter by letter over real WebSocket frames, where
@@ -13,9 +13,7 @@ afterEach(async () => {
   await closeAll();
 });
 
-async function connect(url: string, user: string): Promise<TestClient> {
-  return TestClient.connect(url, await tokenFor(user));
-}
+const connect = connectAs;
 
 describe('"The server\'s first frame after the upgrade is welcome"', () => {
   it('holds when a join listener broadcasts into the room the connection is auto-joined to', async () => {

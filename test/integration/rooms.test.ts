@@ -1,16 +1,14 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { HandshakeError } from '../../src/index.js';
 import { TestClient, closeClients } from '../helpers/client.js';
-import { MembershipTable, closeAll, startServer, tokenFor } from '../helpers/server.js';
+import { MembershipTable, closeAll, connectAs, startServer } from '../helpers/server.js';
 
 afterEach(async () => {
   await closeClients();
   await closeAll();
 });
 
-async function connect(url: string, user: string): Promise<TestClient> {
-  return TestClient.connect(url, await tokenFor(user));
-}
+const connect = connectAs;
 
 describe('rooms over real WebSockets', () => {
   it('auto-joins before welcome: a message published right after welcome arrives', async () => {
