@@ -68,9 +68,10 @@ export interface BackplaneHandlers {
   /**
    * A message published into a room this process subscribed to, by any process (this
    * one included). May arrive twice or out of order around a reconnect: the manager
-   * orders by `seq` and drops duplicates.
+   * orders by `seq` and drops duplicates. `except`: the connection id `publish` was
+   * given, which its live delivery leaves out, wherever that connection is.
    */
-  message(message: StoredMessage): void;
+  message(message: StoredMessage, except?: string): void;
   /** A change announced by another process (never one's own). */
   membership(change: MembershipChange): void;
   /**
@@ -205,8 +206,13 @@ export interface Backplane {
    * published and the call resolves that earlier message's `id` and `seq` (the other
    * fields are this call's). Check and publish are one atomic step. A backplane that
    * ignores `cid` leaves the manager's own per-process window as the only one.
+   *
+   * With `except` (a `broadcast()` whose excepted connection is not on this process),
+   * hand it to every subscriber's `handlers.message` with the message, so the process
+   * that holds that connection leaves it out. A backplane that drops it leaves that
+   * connection getting the message.
    */
-  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage>;
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage>;
   /**
    * Optional: publishes in progress, by `cid`. With it, a client's retry on another
    * process waits for the first attempt instead of running `onPublish` alongside it.

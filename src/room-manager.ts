@@ -57,8 +57,8 @@ export interface BroadcastOptions {
   /** The sending user's id, or null (the default) for the server. */
   from?: string | null | undefined;
   /**
-   * A connection id that does not get the message (the one that caused it). A connection
-   * of this process only: with a backplane, one on another process gets the message.
+   * A connection id that does not get the message (the one that caused it). With a
+   * backplane, on whichever process holds it: the id travels with the message.
    */
   except?: string | undefined;
 }
@@ -256,6 +256,9 @@ const MAX_DEDUPE_ENTRIES = 100_000;
 const MAX_INFLIGHT_FRAMES = 256;
 /** Users whose rooms a process keeps for a later `offline` from another (`awayRooms`); the oldest are forgotten first past this. */
 const MAX_AWAY_USERS = 10_000;
+
+/** Pending `except`s of broadcasts from other processes (see `remoteExcepts`): far more than are ever in flight. */
+const MAX_REMOTE_EXCEPTS = 1_000;
 const noop = (): void => {};
 /** Returned by membership calls that have nothing to wait for, without a new promise each time. */
 const RESOLVED: Promise<void> = Promise.resolve();
@@ -348,6 +351,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly feeds = new Map<string, RoomFeed>();
   private readonly waiters = new Map<string, DeliveryWaiter>();
   /**
+   * Connections of this process that a broadcast made on another one leaves out
+   * (`broadcast()`'s `except`), by message id, until the message is delivered. Usually empty.
+   */
+  private readonly remoteExcepts = new Map<string, ConnState>();
+  /**
    * Rooms a user was removed from while one of their connections was opening: its
    * `roomsOf` answer may predate the removal, so auto-join skips them. Entries live only
    * until that connection's auto-join ends.
@@ -416,7 +424,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.smallFrameBytes = Math.min(this.options.maxFrameBytes, Math.floor(this.options.maxMessageBytes / DATA_GROWTH));
     if (this.backplane) {
       this.started = this.backplane.start({
-        message: (message) => this.received(message),
+        message: (message, except) => this.received(message, except),
         membership: (change) => this.applyChange(change),
         reconnected: () => this.refillAll(),
         error: (error, phase) => this.reportError(`backplane.${phase}`, error, {}),
@@ -1124,7 +1132,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         const transformed = await hook({ user: conn.principal, connectionId: conn.id, room: frame.room, data, cid: frame.cid });
         if (transformed !== undefined) data = transformed;
       }
-      const { message } = await this.deliver(frame.room, conn.user.id, data, conn, key);
+      const { message } = await this.deliver(frame.room, conn.user.id, data, conn, undefined, key);
       return message;
     } catch (error) {
       // Refused: a retry may publish. Unconfirmed: the claim stays until it lapses, since
@@ -1252,7 +1260,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
     if (this.shutDown) throw new RoomwireError('internal', 'room manager closed: nothing was broadcast');
     const except = options.except === undefined ? undefined : this.conns.get(options.except);
-    const { report } = await this.deliver(room, options.from ?? null, data, except);
+    // A connection of another process: the id travels with the message, to leave it out there.
+    const remote = except === undefined ? options.except : undefined;
+    const { report } = await this.deliver(room, options.from ?? null, data, except, remote);
     return report;
   }
 
@@ -1261,6 +1271,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     from: string | null,
     data: unknown,
     except: ConnState | undefined,
+    remoteExcept?: string,
     cidKey?: string,
   ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
     let dataJson: string;
@@ -1271,7 +1282,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     const stored = data === undefined ? null : data;
     // One branch per broadcast: the single-process path below is unchanged.
-    if (this.backplane) return this.deliverClustered(this.backplane, room, from, stored, except, cidKey);
+    if (this.backplane) return this.deliverClustered(this.backplane, room, from, stored, except, remoteExcept, cidKey);
     return this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
@@ -1292,6 +1303,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     from: string | null,
     data: unknown,
     except: ConnState | undefined,
+    remoteExcept: string | undefined,
     cidKey: string | undefined,
   ): Promise<{ message: StoredMessage; report: DeliveryReport }> {
     const id = this.nextId();
@@ -1304,7 +1316,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     let message: StoredMessage;
     try {
       await this.started;
-      message = await backplane.publish({ room, id, from, data, ts: Date.now() }, cid);
+      message = await backplane.publish({ room, id, from, data, ts: Date.now() }, cid, remoteExcept);
       if (message.id !== id) {
         // Its cid was published before, on this or another process: nothing went out now.
         this.waiters.delete(id);
@@ -1426,9 +1438,18 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** A message from the backplane's subscription. */
-  private received(message: StoredMessage): void {
+  private received(message: StoredMessage, except: string | undefined): void {
     const feed = this.feeds.get(message.room);
-    if (feed) this.accept(feed, message);
+    if (!feed) return;
+    if (except !== undefined) {
+      const conn = this.conns.get(except);
+      if (conn) {
+        // Taken when the message is delivered or skipped; bounded for those never seen again.
+        if (this.remoteExcepts.size >= MAX_REMOTE_EXCEPTS) this.remoteExcepts.delete(this.remoteExcepts.keys().next().value as string);
+        this.remoteExcepts.set(message.id, conn);
+      }
+    }
+    this.accept(feed, message);
   }
 
   /** The sequencer: deliver in seq order, drop duplicates, hold messages ahead of a gap. */
@@ -1601,7 +1622,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private deliverFromFeed(feed: RoomFeed, message: StoredMessage, snapshot: MembersSnapshot, waiter: DeliveryWaiter | undefined): void {
-    const report = this.fanOut(message, snapshot, waiter?.except, encodeData(message.data));
+    const report = this.fanOut(message, snapshot, waiter?.except ?? this.takeRemoteExcept(message.id), encodeData(message.data));
     if (message.seq > feed.sent) feed.sent = message.seq;
     if (waiter) {
       this.tellParticipants(message.room, message.seq);
@@ -1611,7 +1632,16 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /** A message this process will not deliver (a duplicate, or older than the baseline). */
   private skipped(message: StoredMessage): void {
+    if (this.remoteExcepts.size > 0) this.remoteExcepts.delete(message.id);
     this.releaseWaiter(message.id, message);
+  }
+
+  /** The connection here that a broadcast from another process leaves out, if any (see `remoteExcepts`). */
+  private takeRemoteExcept(id: string): ConnState | undefined {
+    if (this.remoteExcepts.size === 0) return undefined;
+    const conn = this.remoteExcepts.get(id);
+    if (conn) this.remoteExcepts.delete(id);
+    return conn;
   }
 
   private emptyReport(message: StoredMessage): DeliveryReport {

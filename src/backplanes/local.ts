@@ -201,7 +201,7 @@ export class LocalBackplane implements Backplane {
     return Promise.resolve();
   }
 
-  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage> {
     if (this.record.handlers === undefined) return Promise.reject(new Error('backplane is not started or was closed'));
     const earlier = cid && this.bus.cid(cid.key);
     if (earlier?.id !== undefined && earlier.seq !== undefined) return Promise.resolve({ ...message, id: earlier.id, seq: earlier.seq });
@@ -211,7 +211,7 @@ export class LocalBackplane implements Backplane {
     // append order, so it receives a room's messages in seq order.
     for (const record of this.bus.nodes.values()) {
       const handlers = record.handlers;
-      if (handlers && record.rooms.has(stored.room)) queueMicrotask(() => handlers.message(stored));
+      if (handlers && record.rooms.has(stored.room)) queueMicrotask(() => handlers.message(stored, except));
     }
     return Promise.resolve(stored);
   }

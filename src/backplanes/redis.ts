@@ -333,9 +333,15 @@ function asError(error: unknown): Error {
 type Unsequenced = Omit<StoredMessage, 'seq'>;
 
 function parseMessage(json: string, seq: number): StoredMessage {
-  const raw = JSON.parse(json) as Unsequenced;
+  return parsePublished(json, seq)[0];
+}
+
+/** A published payload: the message, and the connection its live delivery leaves out. */
+function parsePublished(json: string, seq: number): [StoredMessage, string | undefined] {
+  const raw = JSON.parse(json) as Unsequenced & { except?: unknown };
   if (typeof raw.room !== 'string' || typeof raw.id !== 'string' || typeof raw.ts !== 'number') throw new Error('malformed message in Redis');
-  return { room: raw.room, id: raw.id, seq, from: raw.from ?? null, data: raw.data, ts: raw.ts };
+  const message = { room: raw.room, id: raw.id, seq, from: raw.from ?? null, data: raw.data, ts: raw.ts };
+  return [message, typeof raw.except === 'string' ? raw.except : undefined];
 }
 
 /**
@@ -372,9 +378,10 @@ export class RedisHistoryStore implements HistoryStore {
    * Gives the message its seq, appends it to the room's stream and publishes it,
    * atomically. With `cid`, see {@link RedisBackplane.publish}.
    */
-  async append(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
+  async append(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage> {
     const { room, id, from, data, ts } = message;
-    const json = JSON.stringify({ room, id, from, data, ts });
+    // `except` travels with the message (stream entries keep it too; reads ignore it).
+    const json = JSON.stringify(except === undefined ? { room, id, from, data, ts } : { room, id, from, data, ts, except });
     const keys = [this.keys.seq(room), this.keys.history(room), this.keys.epoch];
     const args: (string | number)[] = [this.limit, this.keys.channel(room), json, this.candidate];
     const windowMs = cid === undefined ? 0 : Math.min(Math.ceil(cid.windowMs), MAX_CID_MS);
@@ -642,9 +649,9 @@ export class RedisBackplane implements Backplane {
    * and seq. Redis keeps each published cid for the window (`dedupeWindowMs`, 5 minutes
    * by default): one small key per publish that has a cid.
    */
-  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid): Promise<StoredMessage> {
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage> {
     if (this.closed) return Promise.reject(new Error('backplane closed'));
-    return withTimeout(this.history.append(message, cid), this.commandTimeoutMs, 'publish');
+    return withTimeout(this.history.append(message, cid, except), this.commandTimeoutMs, 'publish');
   }
 
   private async claim(key: string, holdMs: number): Promise<CidClaim> {
@@ -897,7 +904,8 @@ export class RedisBackplane implements Backplane {
       }
       if (!channel.startsWith(this.keys.roomChannelPrefix)) return;
       const newline = payload.indexOf('\n');
-      handlers.message(parseMessage(payload.slice(newline + 1), Number(payload.slice(0, newline))));
+      const [message, except] = parsePublished(payload.slice(newline + 1), Number(payload.slice(0, newline)));
+      handlers.message(message, except);
     } catch (error) {
       handlers.error(asError(error), 'message');
     }

@@ -384,6 +384,25 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(await b.publish({ ...message, id: 'm4' }, cid)).toMatchObject({ id: 'm4', seq: first.seq + 2 });
     });
 
+    it('leaves out the connection a broadcast excepts, whichever node holds it', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob', 'carol'] });
+      const [n1, n2] = await cluster(table, 2);
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n1!, 'bob');
+      const carol = await connect(n2!, 'carol');
+      const aliceId = alice.welcome.connectionId as string;
+      // The HTTP request that caused it reached n2; alice's WebSocket is on n1.
+      await n2!.server.manager.broadcast('team', 'one', { except: aliceId });
+      await n1!.server.manager.broadcast('team', 'two', { except: aliceId });
+      await n2!.server.manager.broadcast('team', 'three');
+      for (const client of [bob, carol]) await client.until((frames) => frames.filter((f) => f.type === 'message').length === 3, 5_000, 'the broadcasts');
+      await alice.until((frames) => frames.some((f) => f.type === 'message'), 5_000, 'the broadcast not excepted');
+      await alice.quiet(200);
+      expect(messages(alice).map((m) => m.data)).toEqual(['three']);
+      expect(messages(bob).map((m) => m.data)).toEqual(['one', 'two', 'three']);
+      expect(messages(carol).map((m) => m.data)).toEqual(['one', 'two', 'three']);
+    });
+
     it('goes on when a node dies mid-stream, and stops counting its users as online', async () => {
       const table = new MembershipTable({ live: ['alice', 'bob', 'dave'] });
       const [n1, n2, n3] = await cluster(table);

@@ -616,9 +616,8 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
             : [];
           senders.set(++counter, null);
           const excepted = op.except === undefined ? undefined : connAt(op.except);
-          // Not checked: with a backplane, `except` leaves out a connection of the broadcasting
-          // process only; another process does not know the id, and sends it the message.
-          const except = excepted?.node === n ? excepted : undefined;
+          // With a backplane the id travels with the message: left out on whichever process.
+          const except = excepted;
           const p = managerOf(n).broadcast(r, { key: null, n: counter }, excepted ? { except: excepted.socket.handlers.id } : {});
           let id: string | undefined;
           const q = track(
