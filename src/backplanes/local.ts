@@ -102,7 +102,7 @@ export class LocalBus {
 
   /**
    * @internal Forgets the crashed nodes whose heartbeat went stale, as a survivor on Redis
-   * does: their users no other live node has are lost (offline), with their rooms. Only
+   * does: their users that no node left has are lost (offline), with their rooms. Only
    * killed nodes: in one process a node that is still running is never cut off, however
    * late its timer fires after a blocked event loop.
    */

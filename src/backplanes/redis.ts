@@ -166,17 +166,17 @@ return redis.call('GET', KEYS[1])
 //
 // Otherwise {lost, marked, back, fresh}. A node that was live before this beat (fresh, 1)
 // drops the nodes whose heartbeat is stale, unless told not to (drop '0'): lost are user,
-// rooms pairs of their users no live node has, for this node to say offline. Each dropped
+// rooms pairs of their users no node left has, for this node to say offline. Each dropped
 // node gets a drop mark, the set of its users the cluster no longer counts, for when it
-// comes back. A node back from a stale heartbeat (fresh 0) drops nobody on that beat,
-// and its process none for nodeTimeoutMs more (the others, cut off with it, may not have
-// beaten again yet: their users are not gone); its rewrite takes its own mark (marked), and back are
-// the marked users it still has and no other node has, for it to say online. On a
-// process's first beat, whatever Redis holds under its id was left by another process that
-// ran with the same id (a restart, before anyone dropped it): those users are lost too,
-// those the rewrite does not write again and no other node has. A node whose
-// heartbeat is stale but that nobody has dropped yet still holds its users here, as in
-// TRACK: the offline for them is said when it is dropped, not before.
+// comes back. A node back from a stale heartbeat (fresh 0) drops nobody on that beat, and
+// its process none for nodeTimeoutMs more (the others, cut off with it, may not have
+// beaten again yet: their users are not gone). Its rewrite takes its own mark (marked);
+// back are the marked users it still has and no other node has, for it to say online.
+// On a process's first beat, whatever Redis holds under its id was left by another
+// process that ran with the same id (a restart, before anyone dropped it): those users
+// are lost too, those the rewrite does not write again and no other node has. A node
+// whose heartbeat is stale but that nobody has dropped yet still holds its users here,
+// as in TRACK: the offline for them is said when it is dropped, not before.
 const HEARTBEAT = script(`
 ${NOW}
 local last = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -244,7 +244,8 @@ return {lost, marked, back, fresh and 1 or 0}
 
 // KEYS: own presence, nodes, own rooms, own drop mark. ARGV: user, count, ttl, node id,
 // timeout, presence key prefix, count before, settle ('1'/'0'), rooms (a JSON array, or
-// '': kept with the count, for the offline the survivors say if this node is dropped). Sets this node's count of the user's connections (not a delta: a
+// '': kept with the count, for the offline the survivors say if this node is dropped).
+// Sets this node's count of the user's connections (not a delta: a
 // count an earlier failed call left wrong is set right). Returns 1 when the user crossed
 // zero here and no other node has them (see below): online or offline in the cluster. One
 // script, so exactly one process sees each crossing. The count before is the one in
@@ -526,7 +527,8 @@ export class RedisBackplane implements Backplane {
   /** This node's open connections per user: the truth the Redis hash is repaired from. */
   private readonly counts = new Map<string, number>();
   /**
-   * The rooms of each user's first connection here, as JSON: kept in Redis with the count, for the `offline` the other processes say if this one is dropped.
+   * The rooms of each user's first connection here, as JSON: kept in Redis with the
+   * count, for the `offline` the other processes say if this one is dropped.
    */
   private readonly userRooms = new Map<string, string>();
   private readonly rooms = new Set<string>();
