@@ -15,6 +15,12 @@ export interface StoredMessage {
   readonly data: unknown;
   /** When it was accepted, in ms since the epoch. */
   readonly ts: number;
+  /**
+   * The connection its broadcast left out (`broadcast()`'s `except`), on a message read
+   * back from a backplane's history that keeps it: a process catching up on the room
+   * from the history leaves that connection out too. Never sent to clients.
+   */
+  readonly except?: string | undefined;
 }
 
 /**

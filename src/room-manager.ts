@@ -1441,15 +1441,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private received(message: StoredMessage, except: string | undefined): void {
     const feed = this.feeds.get(message.room);
     if (!feed) return;
-    if (except !== undefined) {
-      const conn = this.conns.get(except);
-      if (conn) {
-        // Taken when the message is delivered or skipped; bounded for those never seen again.
-        if (this.remoteExcepts.size >= MAX_REMOTE_EXCEPTS) this.remoteExcepts.delete(this.remoteExcepts.keys().next().value as string);
-        this.remoteExcepts.set(message.id, conn);
-      }
-    }
+    if (except !== undefined) this.noteRemoteExcept(message.id, except);
     this.accept(feed, message);
+  }
+
+  /** Remembers that the delivery of message `id` leaves out connection `except`, if it is here. */
+  private noteRemoteExcept(id: string, except: string): void {
+    const conn = this.conns.get(except);
+    if (!conn) return;
+    // Taken when the message is delivered or skipped; bounded for those never seen again.
+    if (this.remoteExcepts.size >= MAX_REMOTE_EXCEPTS) this.remoteExcepts.delete(this.remoteExcepts.keys().next().value as string);
+    this.remoteExcepts.set(id, conn);
   }
 
   /** The sequencer: deliver in seq order, drop duplicates, hold messages ahead of a gap. */
@@ -1519,7 +1521,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           feed.last = first - 1;
           for (const { conn } of this.rooms.get(room)?.members ?? []) safeClose(conn.socket, CloseCode.GoingAway, 'messages lost; reconnect and resume');
         } else {
-          for (const message of missing) if (message.seq > feed.last && !feed.pending.has(message.seq)) feed.pending.set(message.seq, message);
+          for (const message of missing) {
+            if (message.seq <= feed.last || feed.pending.has(message.seq)) continue;
+            feed.pending.set(message.seq, message);
+            // Caught up from the history, a broadcast still leaves out what it left out live.
+            if (message.except !== undefined) this.noteRemoteExcept(message.id, message.except);
+          }
         }
       }
     } catch (error) {
@@ -2212,7 +2219,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (!outside(conn)) continue;
         this.addToRoom(conn, room, 'member', 'ensure');
         this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
-        if (missed) for (const m of missed) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+        if (missed) {
+          for (const m of missed) {
+            if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+          }
+        }
         // Sent live: a resume must not send them again (nor one after a leave).
         const membership = conn.rooms.get(room);
         if (missed && missed.length > 0 && membership && membership.firstSeq === 0) {

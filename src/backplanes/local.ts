@@ -1,6 +1,31 @@
 import type { Backplane, BackplaneHandlers, CidClaim, ClusterCids, ClusterPresence, LostUser, MembershipChange, PublishCid } from '../backplane.js';
 import { InMemoryHistoryStore, type StoredMessage } from '../history-store.js';
 
+/** The latest broadcasts' `except`s a {@link LocalBus} keeps for reads of its history. */
+const MAX_EXCEPTS = 1_000;
+
+/**
+ * The bus's history: a message read back carries the connection its broadcast left out,
+ * as the Redis backplane's stream entries do (for the latest {@link MAX_EXCEPTS} of them).
+ */
+class BusHistory extends InMemoryHistoryStore {
+  private readonly excepts = new Map<string, string>();
+
+  except(id: string, connectionId: string): void {
+    if (this.excepts.size >= MAX_EXCEPTS) this.excepts.delete(this.excepts.keys().next().value as string);
+    this.excepts.set(id, connectionId);
+  }
+
+  override since(room: string, afterSeq: number, untilSeq?: number): StoredMessage[] | null {
+    const messages = super.since(room, afterSeq, untilSeq);
+    if (!messages || this.excepts.size === 0) return messages;
+    return messages.map((message) => {
+      const except = this.excepts.get(message.id);
+      return except === undefined ? message : { ...message, except };
+    });
+  }
+}
+
 /** Options of a {@link LocalBus}. */
 export interface LocalBusOptions {
   /** Messages kept per room for `resume`. @default 500 */
@@ -48,6 +73,8 @@ interface CidRecord {
 export class LocalBus {
   /** The shared seq and history. */
   readonly history: InMemoryHistoryStore;
+  /** @internal The same history, as the nodes write to it. */
+  readonly busHistory: BusHistory;
   /** @internal */
   readonly nodes = new Map<string, NodeRecord>();
   /** @internal */
@@ -59,7 +86,8 @@ export class LocalBus {
   private readonly cids = new Map<string, CidRecord>();
 
   constructor(options: LocalBusOptions = {}) {
-    this.history = new InMemoryHistoryStore(options.historyLimit ?? 500);
+    this.busHistory = new BusHistory(options.historyLimit ?? 500);
+    this.history = this.busHistory;
     this.nodeTimeoutMs = options.nodeTimeoutMs ?? 15_000;
     this.heartbeatMs = options.heartbeatMs ?? Math.max(1, Math.floor(this.nodeTimeoutMs / 3));
   }
@@ -206,6 +234,7 @@ export class LocalBackplane implements Backplane {
     const earlier = cid && this.bus.cid(cid.key);
     if (earlier?.id !== undefined && earlier.seq !== undefined) return Promise.resolve({ ...message, id: earlier.id, seq: earlier.seq });
     const stored = this.history.append(message);
+    if (except !== undefined) this.bus.busHistory.except(stored.id, except);
     if (cid && cid.windowMs > 0) this.bus.setCid(cid.key, { id: stored.id, seq: stored.seq }, cid.windowMs);
     // Appended and queued in one synchronous step: each subscriber's microtasks run in
     // append order, so it receives a room's messages in seq order.

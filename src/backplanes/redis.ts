@@ -333,16 +333,12 @@ function asError(error: unknown): Error {
 /** What a stream entry and a published payload hold: the message without its seq. */
 type Unsequenced = Omit<StoredMessage, 'seq'>;
 
+/** A published payload or a stream entry: the message, with the connection its broadcast left out, if any. */
 function parseMessage(json: string, seq: number): StoredMessage {
-  return parsePublished(json, seq)[0];
-}
-
-/** A published payload: the message, and the connection its live delivery leaves out. */
-function parsePublished(json: string, seq: number): [StoredMessage, string | undefined] {
-  const raw = JSON.parse(json) as Unsequenced & { except?: unknown };
+  const raw = JSON.parse(json) as Unsequenced;
   if (typeof raw.room !== 'string' || typeof raw.id !== 'string' || typeof raw.ts !== 'number') throw new Error('malformed message in Redis');
   const message = { room: raw.room, id: raw.id, seq, from: raw.from ?? null, data: raw.data, ts: raw.ts };
-  return [message, typeof raw.except === 'string' ? raw.except : undefined];
+  return typeof raw.except === 'string' ? { ...message, except: raw.except } : message;
 }
 
 /**
@@ -381,7 +377,7 @@ export class RedisHistoryStore implements HistoryStore {
    */
   async append(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage> {
     const { room, id, from, data, ts } = message;
-    // `except` travels with the message (stream entries keep it too; reads ignore it).
+    // `except` travels with the message, and stays in the stream entry for a process that catches up.
     const json = JSON.stringify(except === undefined ? { room, id, from, data, ts } : { room, id, from, data, ts, except });
     const keys = [this.keys.seq(room), this.keys.history(room), this.keys.epoch];
     const args: (string | number)[] = [this.limit, this.keys.channel(room), json, this.candidate];
@@ -906,8 +902,8 @@ export class RedisBackplane implements Backplane {
       }
       if (!channel.startsWith(this.keys.roomChannelPrefix)) return;
       const newline = payload.indexOf('\n');
-      const [message, except] = parsePublished(payload.slice(newline + 1), Number(payload.slice(0, newline)));
-      handlers.message(message, except);
+      const message = parseMessage(payload.slice(newline + 1), Number(payload.slice(0, newline)));
+      handlers.message(message, message.except);
     } catch (error) {
       handlers.error(asError(error), 'message');
     }

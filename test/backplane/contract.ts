@@ -403,6 +403,23 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(messages(carol).map((m) => m.data)).toEqual(['one', 'two', 'three']);
     });
 
+    it('leaves the excepted connection out of a broadcast it is brought into the room for', async () => {
+      const table = new MembershipTable({ team: ['alice', 'bob'] });
+      const [n1, , n3] = await cluster(table);
+      const alice = await connect(n1!, 'alice');
+      const carol = await connect(n3!, 'carol');
+      const carolTab = await connect(n3!, 'carol');
+      table.add('team', 'carol');
+      // carol posted it over HTTP from her first tab; the broadcast finds her a participant
+      // and her node brings both tabs in, sending them the room's messages from it on.
+      await n1!.server.manager.broadcast('team', 'hers', { except: carol.welcome.connectionId as string });
+      expect(await carolTab.next('message')).toMatchObject({ seq: 1, data: 'hers' });
+      await alice.request({ type: 'publish', room: 'team', data: 'next' });
+      for (const tab of [carol, carolTab]) await tab.next('message', (m) => m.seq === 2);
+      expect(messages(carol).map((m) => m.data)).toEqual(['next']);
+      expect(messages(carolTab).map((m) => m.data)).toEqual(['hers', 'next']);
+    });
+
     it('goes on when a node dies mid-stream, and stops counting its users as online', async () => {
       const table = new MembershipTable({ live: ['alice', 'bob', 'dave'] });
       const [n1, n2, n3] = await cluster(table);

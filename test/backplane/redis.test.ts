@@ -254,6 +254,29 @@ describe.skipIf(!up)('RedisBackplane', () => {
       expect(bob.of('message').map((m) => m.seq)).toEqual([1, 2, 3, 4, 5, 6]);
     });
 
+    it('leaves the excepted connection out of a broadcast its node catches up from the stream', async () => {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
+      const { n1, n2, alice, bob } = await chatOnTwoNodes(commands1, subscriber1, commands2, subscriber2);
+      const bobTab = await TestClient.connect(n2.url, await tokenFor('bob'));
+      const bobId = bob.welcome.connectionId as string;
+      await n1.manager.broadcast('chat', 'one', { except: bobId });
+      await bobTab.next('message', (m) => m.seq === 1);
+      // Node 2's subscriber is cut off while the next broadcast, leaving bob's first
+      // connection out, is published: node 2 fetches it from the stream once it is back.
+      const back = new Promise((resolve) => subscriber2.once('ready', resolve));
+      const gone = new Promise((resolve) => subscriber2.once('close', resolve));
+      subscriber2.disconnect(true);
+      await gone;
+      await n1.manager.broadcast('chat', 'two', { except: bobId });
+      await back;
+      await bobTab.next('message', (m) => m.seq === 2);
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'three' })).toMatchObject({ type: 'ack', seq: 3 });
+      await bob.next('message', (m) => m.seq === 3);
+      await bob.quiet(200);
+      expect(bob.of('message').map((m) => m.data)).toEqual(['three']);
+      expect(bobTab.of('message').map((m) => m.data)).toEqual(['one', 'two', 'three']);
+    });
+
     it('says offline only when the last connection closes, though one count did not reach Redis', async () => {
       const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
       let failNextCount = false;
