@@ -6,6 +6,7 @@ import {
   type BackplaneHandlers,
   type LocalBackplane,
   type MembershipChange,
+  type PublishCid,
   type StoredMessage,
 } from '../../src/index.js';
 import { openFake, settle } from '../helpers/fake-connection.js';
@@ -34,14 +35,14 @@ class FlakyBackplane implements Backplane {
     this.handlers = handlers;
     return this.inner.start({
       ...handlers,
-      message: (message) => {
-        if (!this.drop(message)) handlers.message(message);
+      message: (message, except) => {
+        if (!this.drop(message)) handlers.message(message, except);
       },
     });
   }
 
-  publish(message: Omit<StoredMessage, 'seq'>): Promise<StoredMessage> {
-    return this.failPublish ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.publish(message);
+  publish(message: Omit<StoredMessage, 'seq'>, cid?: PublishCid, except?: string): Promise<StoredMessage> {
+    return this.failPublish ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.publish(message, cid, except);
   }
 
   /** How long a subscribe takes, as over a slow link to Redis. */
@@ -109,6 +110,17 @@ describe('the per-room sequencer', () => {
     expect(seqsOf(bob.frames)).toEqual([1]);
     await settle(400);
     expect(seqsOf(bob.frames)).toEqual([1, 2, 3]);
+  });
+
+  it('leaves the excepted connection out of a message whose copy it fetches from the history', async () => {
+    const { sender, lossy, receiver, bob } = await lossyPair();
+    const bobTab = await openFake(receiver, 'bob');
+    const bobId = bob.of('welcome')[0]!.connectionId as string;
+    lossy.drop = (message) => message.seq === 2;
+    for (const n of [1, 2, 3]) await sender.broadcast('room', n, { except: bobId });
+    await settle(400);
+    expect(seqsOf(bobTab.frames)).toEqual([1, 2, 3]);
+    expect(seqsOf(bob.frames)).toEqual([]);
   });
 
   it('refills every subscribed room after a reconnect, even a room that went quiet', async () => {
