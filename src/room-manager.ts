@@ -1124,7 +1124,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const hook = this.options.onPublish;
     const cids = key === undefined || this.options.dedupeWindowMs <= 0 ? undefined : this.backplane?.cids;
     if (hook && cids && key !== undefined) {
-      const earlier = await this.claimCid(cids, key);
+      let earlier: { id: string; seq: number } | undefined;
+      try {
+        earlier = await this.claimCid(cids, key);
+      } catch (error) {
+        if (isRoomwireError(error)) throw error;
+        // The backplane could not be asked (unreachable, or slow): nothing was published,
+        // and the retry the error asks for is safe. Said as for a publish it did not confirm.
+        this.reportError('backplane.cids', error, { connectionId: conn.id, user: conn.user.id, room: frame.room });
+        throw new RoomwireError(
+          'internal',
+          'publish not confirmed: the backplane is unavailable or slow, and nothing was published; retry with the same cid to have it delivered once',
+          { cause: error },
+        );
+      }
       if (earlier) return earlier;
     }
     try {

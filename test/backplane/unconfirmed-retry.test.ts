@@ -69,3 +69,60 @@ describe('a retry of an unconfirmed publish (review)', () => {
     await rooms.close();
   });
 });
+
+describe('a publish with an onPublish hook while the backplane is unreachable', () => {
+  it('is refused internal with the advice to retry with the same cid, and the retry is delivered once', async () => {
+    const inner = new LocalBus().node();
+    let down = false;
+    const refuse = (): Promise<never> => Promise.reject(new Error("Stream isn't writeable and enableOfflineQueue options is false"));
+    // As RedisBackplane while Redis is out of reach: every command fails at once.
+    const backplane: Backplane = {
+      history: inner.history,
+      presence: inner.presence,
+      cids: {
+        claim: (key, holdMs) => (down ? refuse() : inner.cids!.claim(key, holdMs)),
+        release: (key) => (down ? refuse() : inner.cids!.release(key)),
+      },
+      start: (handlers) => inner.start(handlers),
+      publish: (message, cid, except) => (down ? refuse() : inner.publish(message, cid, except)),
+      subscribe: (room) => inner.subscribe(room),
+      unsubscribe: (room) => inner.unsubscribe(room),
+      announce: (change) => inner.announce(change),
+      close: () => inner.close(),
+    };
+    let hookRuns = 0;
+    const rooms = new RoomManager({
+      authenticate: () => ({ id: 'unused' }),
+      membership: new MembershipTable({ chat: ['alice', 'bob'] }),
+      backplane,
+      onPublish: ({ data }) => {
+        hookRuns++;
+        return data;
+      },
+    });
+    const phases: string[] = [];
+    rooms.on('error', (_error, context) => phases.push(context.phase));
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await settle(20);
+
+    down = true;
+    alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r1' });
+    await settle(20);
+    // docs/scaling.md, "Never a silent drop": the error says what to do, as for a publish
+    // the backplane did not confirm; the failure is the backplane's, not the hook's.
+    expect(alice.of('error')).toEqual([
+      expect.objectContaining({ code: 'internal', ref: 'r1', room: 'chat', message: expect.stringMatching(/^publish not confirmed: .*retry with the same cid/) }),
+    ]);
+    expect(phases).toEqual(['backplane.cids']);
+    expect(hookRuns).toBe(0);
+
+    down = false;
+    alice.receive({ type: 'publish', room: 'chat', data: 'hello', cid: 'c1', ref: 'r2' });
+    await settle(20);
+    expect(alice.of('ack')).toEqual([expect.objectContaining({ ref: 'r2', seq: 1 })]);
+    expect(bob.of('message').map((m) => m.data)).toEqual(['hello']);
+    expect(hookRuns).toBe(1);
+    await rooms.close();
+  });
+});
