@@ -2038,6 +2038,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * says so). The user's open connections enter the room at once, each told with a
    * `joined` frame, and get the next message without reconnecting. Connections that
    * sent `leave` for the room stay out.
+   *
+   * @throws {RoomwireError} `bad_request` for an invalid room name. With a backplane,
+   * `internal` ("could not tell the other processes about this membership change: …")
+   * when the announce failed: this process's connections entered the room all the same
+   * (the failure is also an `error` event, phase `backplane.announce`), and the other
+   * processes catch up when their cached participants expire. It also rejects with the
+   * backplane's error when the room could not be subscribed (no connection entered it here).
    */
   async addMember(room: string, user: string): Promise<void> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);

@@ -17,6 +17,7 @@ class FlakyBackplane implements Backplane {
   /** Subscription copies this returns true for never arrive. */
   drop: (message: StoredMessage) => boolean = () => false;
   failPublish = false;
+  failAnnounce = false;
   handlers: BackplaneHandlers | undefined;
   /** subscribe/unsubscribe calls, in order. */
   readonly calls: string[] = [];
@@ -60,7 +61,7 @@ class FlakyBackplane implements Backplane {
   }
 
   announce(change: MembershipChange): Promise<void> {
-    return this.inner.announce(change);
+    return this.failAnnounce ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.announce(change);
   }
 
   close(): Promise<void> {
@@ -230,6 +231,28 @@ describe('the per-room sequencer', () => {
     await settle(10);
     expect(alice.of('ack')).toEqual([expect.objectContaining({ seq: 1, ref: 'q' })]);
     expect(bob.of('message').map((m) => m.data)).toEqual(['kept']);
+  });
+
+  it('addMember joins here but rejects internal when the other processes cannot be told; removeMember resolves (docs/errors.md)', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice'] });
+    const flaky = new FlakyBackplane(bus.node());
+    const node = manager(table, flaky);
+    const errors: string[] = [];
+    node.on('error', (_error, context) => errors.push(context.phase));
+    const alice = await openFake(node, 'alice');
+    flaky.failAnnounce = true;
+    table.add('other', 'alice');
+    await expect(node.addMember('other', 'alice')).rejects.toMatchObject({
+      name: 'RoomwireError',
+      code: 'internal',
+      message: expect.stringMatching(/^could not tell the other processes/),
+    });
+    // This process's part is done: the connection is in the room.
+    expect(alice.of('joined')).toEqual([{ type: 'joined', room: 'other', seq: 0 }]);
+    await expect(node.removeMember('other', 'alice')).resolves.toBeUndefined();
+    expect(alice.of('left')).toEqual([{ type: 'left', room: 'other' }]);
+    expect(errors).toEqual(['backplane.announce', 'backplane.announce']);
   });
 
   it('retries roomsOf for a connection whose auto-join failed', async () => {
