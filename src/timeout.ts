@@ -1,4 +1,8 @@
-/** Raised when a membership loader call takes longer than `loaderTimeoutMs`. */
+/**
+ * Raised when a call takes longer than it may: a membership loader call past
+ * `loaderTimeoutMs`, an authenticator past `authTimeoutMs`, a `RedisBackplane` command
+ * past `commandTimeoutMs`. Seen in the `error` event.
+ */
 export class TimeoutError extends Error {
   /** Always `'TimeoutError'`, to check by name where `instanceof` fails across copies. */
   override readonly name = 'TimeoutError';

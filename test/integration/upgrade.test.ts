@@ -451,9 +451,13 @@ describe('upgrade: two adapters on one server', () => {
 describe('upgrade: a hung authenticator', () => {
   it('is refused with 401 after authTimeoutMs instead of holding the socket', async () => {
     const s = await startServer({ membership: table(), authTimeoutMs: 50, authenticate: () => new Promise<never>(() => {}) });
+    const errors: { name: string; phase: string }[] = [];
+    s.manager.on('error', (error, { phase }) => errors.push({ name: error.name, phase }));
     const answer = await rawUpgrade(s, '/ws');
     expect(answer.status).toBe(401);
     expect(JSON.parse(answer.body)).toEqual({ error: { code: 'unauthorized', message: 'authentication timed out' } });
+    // A TimeoutError, as for a loader call past loaderTimeoutMs (docs/errors.md, "Thrown errors").
+    expect(errors).toEqual([{ name: 'TimeoutError', phase: 'authenticate' }]);
   });
 });
 
