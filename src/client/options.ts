@@ -2,7 +2,7 @@ import type { WebSocketConstructor } from './websocket.js';
 
 /** Reconnect timing: exponential backoff with full jitter. */
 export interface ReconnectOptions {
-  /** The shortest wait before a retry, in ms; the first retry waits between this and twice this. @default 500 */
+  /** The shortest wait before a retry, in ms; the first retry waits between this and `factor` times this (twice, by default). @default 500 */
   minDelayMs?: number | undefined;
   /** The longest wait before a retry, in ms; after close code 4008 the wait is between half this and this. @default 20000 */
   maxDelayMs?: number | undefined;

@@ -15,6 +15,8 @@ describe('backoffDelay', () => {
     expect([0, 1, 2, 3, 4, 10].map((retry) => at(retry, 1))).toEqual([200, 400, 800, 1_000, 1_000, 1_000]);
     expect(at(1, 0.5)).toBe(250);
     expect(backoffDelay(0, 500, 100, 2, () => 1)).toBe(500); // a floor above the cap wins
+    // The first retry waits between minDelayMs and factor times it (ReconnectOptions.minDelayMs).
+    expect([0, 1].map((random) => backoffDelay(0, 100, 10_000, 3, () => random))).toEqual([100, 300]);
     for (let i = 0; i < 200; i++) {
       const delay = backoffDelay(i % 12, 100, 1_000, 2);
       expect(delay).toBeGreaterThanOrEqual(100);
