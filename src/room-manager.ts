@@ -869,7 +869,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
     // Answered after welcome, which is always the first frame a connection gets.
     if (early.refused >= MAX_INFLIGHT_FRAMES) {
-      if (!early.closing) safeClose(conn.socket, CloseCode.TooSlow, 'too many frames before welcome');
+      if (!early.closing) {
+        // Logged as every other 4008 is, so an operator sees why the client was closed.
+        this.logger.warn({ user: conn.user.id, connectionId: conn.id }, `closing connection ${conn.id} of user ${conn.user.id}: too many frames before welcome`);
+        safeClose(conn.socket, CloseCode.TooSlow, 'too many frames before welcome');
+      }
       early.closing = true;
       return;
     }

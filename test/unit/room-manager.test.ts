@@ -652,6 +652,20 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(frames.at(-1)).toMatchObject({ code: 'rate_limited', message: 'too many frames before welcome' });
   });
 
+  it('logs the 4008 of a flood before welcome at warn, as every other 4008 (docs/troubleshooting.md)', async () => {
+    const warnings: string[] = [];
+    const noop = (): void => undefined;
+    const rooms = manager(new MembershipTable({ a: ['alice'] }), {
+      membership: { roomsOf: () => new Promise<never>(() => undefined), membersOf: () => [] },
+      logger: { debug: noop, info: noop, warn: (_object: unknown, message?: string) => void warnings.push(String(message)), error: noop },
+    });
+    const flood = new FakeConnection();
+    flood.handlers = rooms.open(flood, { id: 'alice' });
+    for (let i = 0; i < 600; i++) flood.receive({ type: 'ping', ref: `p${i}` });
+    expect(flood.closedWith).toEqual({ code: 4008, reason: 'too many frames before welcome' });
+    expect(warnings).toEqual([`closing connection ${flood.handlers.id} of user alice: too many frames before welcome`]);
+  });
+
   it('closes every connection with 1001 on close() and refuses new ones', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }));
     const alice = await openFake(rooms, 'alice');
