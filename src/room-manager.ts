@@ -35,7 +35,8 @@ export interface RoomManagerEvents {
   disconnect: (event: { connectionId: string; user: string; code: number; reason: string }) => void;
   /**
    * A connection entered a room. For the rooms it was auto-joined to (`reason` `auto`), once
-   * `welcome` was sent, right before `connect`.
+   * `welcome` was sent, right before `connect`; with a backplane, the rooms of a `roomsOf`
+   * retried after it failed at connect (also `auto`) later, each with its `joined` frame.
    */
   join: (event: { connectionId: string; user: string; room: string; reason: JoinReason }) => void;
   /** A connection left a room. */

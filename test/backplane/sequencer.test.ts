@@ -263,10 +263,15 @@ describe('the per-room sequencer', () => {
       if (++calls === 1) throw new Error('database down');
       return ['room'];
     });
+    const events: string[] = [];
+    node.on('connect', ({ rooms }) => events.push(`connect [${rooms.join()}]`));
+    node.on('join', ({ room, reason }) => events.push(`join ${room} ${reason}`));
     const bob = await openFake(node, 'bob');
     expect(bob.of('welcome')[0]).toMatchObject({ rooms: [] });
     await settle(700);
     expect(bob.of('joined')).toEqual([{ type: 'joined', room: 'room', seq: 0 }]);
+    // The retried auto-join's `join` event (reason auto) comes with its joined, after connect.
+    expect(events).toEqual(['connect []', 'join room auto']);
     await node.broadcast('room', 'reached');
     expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
   });
