@@ -24,7 +24,12 @@ import type { RateLimit } from './options.js';
 
 /** Why a connection entered a room. */
 export type JoinReason = 'auto' | 'join' | 'ensure' | 'member' | 'server';
-/** Why a connection left a room. */
+/**
+ * Why a connection left a room: `leave`, the client sent `leave`; `removed`, its user
+ * stopped being a participant (`removeMember`, or ensure-participants found the loader no
+ * longer lists them); `server`, a server-side `leave()`, or the connection closed (one
+ * event per room it was in, right before `disconnect`).
+ */
 export type LeaveReason = 'leave' | 'removed' | 'server';
 
 /** The typed events of a {@link RoomManager}. */

@@ -666,6 +666,22 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(warnings).toEqual([`closing connection ${flood.handlers.id} of user alice: too many frames before welcome`]);
   });
 
+  it('gives each leave event its reason: leave, removed (removeMember, ensure-participants), server (leave(), a close)', async () => {
+    const table = new MembershipTable({ a: ['alice'], b: ['alice'], c: ['alice'], d: ['alice'], e: ['alice'] });
+    const rooms = manager(table);
+    const leaves: string[] = [];
+    rooms.on('leave', ({ room, reason }) => leaves.push(`${room} ${reason}`));
+    const alice = await openFake(rooms, 'alice');
+    alice.receive({ type: 'leave', room: 'a' });
+    await settle();
+    await rooms.removeMember('b', 'alice');
+    table.remove('c', 'alice');
+    await rooms.broadcast('c', 'after the loader dropped alice');
+    rooms.leave(alice.handlers.id, 'd');
+    alice.handlers.closed(1000, 'bye');
+    expect(leaves).toEqual(['a leave', 'b removed', 'c removed', 'd server', 'e server']);
+  });
+
   it('closes every connection with 1001 on close() and refuses new ones', async () => {
     const rooms = manager(new MembershipTable({ a: ['alice'] }));
     const alice = await openFake(rooms, 'alice');
