@@ -40,7 +40,11 @@ export interface ClientEvents {
   presence: (frame: PresenceFrame) => void;
   /** The client's state changed. */
   state: (state: ClientState) => void;
-  /** Something failed that no promise reports: a refused rejoin, an unexpected `error` frame, credentials refused for good. */
+  /**
+   * Something failed that no promise reports: a refused rejoin, an unexpected `error` frame,
+   * credentials refused for good or a token function that threw (`unauthorized`), a
+   * connection attempt that ended before `welcome` (`unreachable`; the client retries).
+   */
   error: (error: ClientError) => void;
   /**
    * Messages of `room` may have been missed and cannot be replayed (the server's history
