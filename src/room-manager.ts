@@ -2351,7 +2351,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * publish whose `onPublish` hook is running is delivered and acknowledged), closes
    * every open connection with 1001 ("server shutting down; reconnect elsewhere"), and
    * resolves once all have closed. All of it takes at most `closeTimeoutMs`: then the
-   * remaining connections are dropped. Idempotent.
+   * remaining connections are dropped. With a backplane, it then also waits for the
+   * backplane's own close (leaving the cluster), which is not counted in `closeTimeoutMs`:
+   * `RedisBackplane` bounds each of its steps by its `commandTimeoutMs`. Idempotent.
    */
   close(): Promise<void> {
     this.closing ??= this.shutdown();

@@ -64,7 +64,11 @@ class FlakyBackplane implements Backplane {
     return this.failAnnounce ? Promise.reject(new Error('connect ECONNREFUSED 127.0.0.1:6379')) : this.inner.announce(change);
   }
 
-  close(): Promise<void> {
+  /** How long close() takes, as a backplane leaving a cluster over a stalled link does. */
+  closeDelayMs = 0;
+
+  async close(): Promise<void> {
+    if (this.closeDelayMs > 0) await settle(this.closeDelayMs);
     return this.inner.close();
   }
 }
@@ -253,6 +257,23 @@ describe('the per-room sequencer', () => {
     await expect(node.removeMember('other', 'alice')).resolves.toBeUndefined();
     expect(alice.of('left')).toEqual([{ type: 'left', room: 'other' }]);
     expect(errors).toEqual(['backplane.announce', 'backplane.announce']);
+  });
+
+  it('close() takes closeTimeoutMs for the connections, then the backplane\'s own close on top (docs/concepts.md)', async () => {
+    const flaky = new FlakyBackplane(new LocalBus().node());
+    const node = new RoomManager({
+      authenticate: () => ({ id: 'unused' }),
+      membership: new MembershipTable({ room: ['alice'] }),
+      backplane: flaky,
+      closeTimeoutMs: 100,
+    });
+    const alice = await openFake(node, 'alice');
+    flaky.closeDelayMs = 400;
+    const started = Date.now();
+    await node.close();
+    expect(alice.closedWith).toEqual({ code: 1001, reason: 'server shutting down' });
+    // Leaving the cluster (presence removed, subscriptions dropped) is waited for, past closeTimeoutMs.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(390);
   });
 
   it('retries roomsOf for a connection whose auto-join failed', async () => {
