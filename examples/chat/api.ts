@@ -120,7 +120,8 @@ const login: ApiHandler = async ({ db, jwtSecret }, call) => {
 
 const listConversations: ApiHandler = ({ db }, call) => ({ status: 200, body: db.conversationsOf(caller(call)) });
 
-const createConversation: ApiHandler = async ({ db, manager }, call) => {
+const createConversation: ApiHandler = async (context, call) => {
+  const { db } = context;
   const user = caller(call);
   const input = parse(createConversationSchema, call.body);
   const participants = [...new Set([user, ...(input.participants ?? [])])];
@@ -129,9 +130,23 @@ const createConversation: ApiHandler = async ({ db, manager }, call) => {
   const conversation = db.createConversation(input.title, participants);
   // Online participants' sockets enter the new room now (each gets `joined`), so pages
   // can show the conversation without polling.
-  for (const participant of participants) await manager.addMember(conversation.room, participant);
+  for (const participant of participants) await tellSockets(context, conversation.room, participant);
   return { status: 201, body: conversation };
 };
+
+/**
+ * `addMember` for a participant the database already holds. Its failure (with REDIS_URL,
+ * Redis out of reach) is logged, not answered: the change is stored, a retry of the
+ * request would create a second conversation, and the sockets catch up anyway (the next
+ * broadcast into the room checks its participants, and the cached ones expire).
+ */
+async function tellSockets({ manager, logger }: ApiContext, room: string, user: string): Promise<void> {
+  try {
+    await manager.addMember(room, user);
+  } catch (error) {
+    logger.error({ err: error, room, user }, 'addMember of a stored participant failed');
+  }
+}
 
 const addParticipant: ApiHandler = async (context, call) => {
   const conversation = ownConversation(context, call);
@@ -139,7 +154,7 @@ const addParticipant: ApiHandler = async (context, call) => {
   if (!context.db.user(user)) throw new ApiError('not_found', `no user ${JSON.stringify(user)}`);
   context.db.addParticipant(conversation.id, user);
   // Also when they already were one: addMember is idempotent and repairs a socket that missed its join.
-  await context.manager.addMember(conversation.room, user);
+  await tellSockets(context, conversation.room, user);
   return { status: 200, body: context.db.conversation(conversation.id) };
 };
 

@@ -1,5 +1,6 @@
 import { gzipSync } from 'node:zlib';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
+import { RoomwireError } from '../../src/index.js';
 import { TestClient, closeClients, upgradeStatus } from '../helpers/client.js';
 import type { RunningChatServer } from '../../examples/chat/server.js';
 import { FRAMEWORKS, SECRET, call, cleanUp, foreignToken, login, startChat, tempDatabase, wsUrl, type Answer } from './harness.js';
@@ -127,6 +128,17 @@ describe.each(FRAMEWORKS)('chat example on %s', (_name, start) => {
       expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/participants`, { token: dave, body: { user: 'dave' } }), 403, 'forbidden');
       expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/participants`, { token: bob, body: {} }), 400, 'bad_request');
       expectError(await call(server, 'POST', `/api/v1/conversations/${DM}/participants`, { token: bob, raw: '{"user"' }), 400, 'bad_request');
+    });
+
+    it('answers a stored change 201 or 200 when addMember fails (Redis out of reach), so a retry creates nothing twice', async () => {
+      const refused = vi.spyOn(server.chat.manager, 'addMember').mockRejectedValue(new RoomwireError('internal', 'could not tell the other processes about this membership change: Redis down'));
+      const created = await call(server, 'POST', '/api/v1/conversations', { token: dave, body: { title: 'offline redis', participants: ['carol'] } });
+      expect(created.status).toBe(201);
+      const added = await call(server, 'POST', `/api/v1/conversations/${created.body.id}/participants`, { token: dave, body: { user: 'bob' } });
+      expect(added.status).toBe(200);
+      expect(added.body.participants).toEqual(['dave', 'carol', 'bob']);
+      expect(refused).toHaveBeenCalledTimes(3);
+      expect((await call(server, 'GET', '/api/v1/conversations', { token: dave })).body.map((c: { title: string }) => c.title)).toEqual(['offline redis']);
     });
 
     it('DELETE /api/v1/conversations/:id/participants/:user removes one: 204; 404 not a participant or unknown conversation; 403 outsider', async () => {
