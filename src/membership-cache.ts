@@ -21,9 +21,14 @@ interface Entry {
   members: Set<string> | undefined;
   expiresAt: number;
   loading: Promise<void> | undefined;
-  /** addMember/removeMember calls made while a load was in flight, replayed onto its answer. */
+  /** The generation `loading` answers for: a load asked before invalidate() is not shared after it. */
+  loadingFor: number;
+  /** addMember/removeMember calls made while the loader is being asked, replayed onto its answer. */
   pendingOps: [add: boolean, user: string][] | undefined;
-  /** Bumped by invalidate(); a load that started before it is used once but not kept fresh. */
+  /**
+   * Bumped by invalidate(); a load that started before it is used once, by the callers
+   * already waiting for it, but not kept fresh nor shared with later callers.
+   */
   generation: number;
   /** Changes whenever `members` does. */
   stamp: number;
@@ -42,7 +47,8 @@ export interface MembershipCacheOptions {
 /**
  * Caches `membersOf(room)` per room so ensure-participants costs a lookup, not a loader
  * call, per broadcast. Concurrent misses share one loader call; `addMember` and
- * `removeMember` apply at once, also to a load already in flight.
+ * `removeMember` apply at once, also to a load already in flight. A miss after
+ * `invalidate` gets an answer asked after it, never one already on its way.
  */
 export class MembershipCache {
   private readonly entries = new Map<string, Entry>();
@@ -74,8 +80,8 @@ export class MembershipCache {
     const entry = this.entries.get(room);
     if (entry?.members && entry.expiresAt > this.now()) return { users: entry.members, stale: false };
     const target = entry ?? this.create(room);
-    target.loading ??= this.fetch(room, target);
-    return target.loading.then(() => ({ users: target.members ?? null, stale: target.stale }));
+    const loading = target.loading && target.loadingFor === target.generation ? target.loading : this.startLoad(room, target);
+    return loading.then(() => ({ users: target.members ?? null, stale: target.stale }));
   }
 
   /** Adds `user` to the cached participants of `room` (no-op for a room not cached). */
@@ -113,7 +119,7 @@ export class MembershipCache {
       else entry.members.delete(user);
       entry.stamp = ++this.stamps;
     }
-    if (entry.loading) (entry.pendingOps ??= []).push([add, user]);
+    entry.pendingOps?.push([add, user]);
   }
 
   private create(room: string): Entry {
@@ -129,6 +135,7 @@ export class MembershipCache {
       members: undefined,
       expiresAt: 0,
       loading: undefined,
+      loadingFor: 0,
       pendingOps: undefined,
       generation: 0,
       stamp: ++this.stamps,
@@ -138,8 +145,27 @@ export class MembershipCache {
     return entry;
   }
 
+  /**
+   * Starts a load of `room` into `entry`. One invalidated while in flight (its answer may
+   * predate the change) is awaited first, so loads of an entry never overlap.
+   */
+  private startLoad(room: string, entry: Entry): Promise<void> {
+    const previous = entry.loading;
+    const loading = previous ? previous.then(() => this.fetch(room, entry)) : this.fetch(room, entry);
+    entry.loading = loading;
+    entry.loadingFor = entry.generation;
+    void loading.then(() => {
+      if (entry.loading === loading) entry.loading = undefined;
+    });
+    return loading;
+  }
+
   private async fetch(room: string, entry: Entry): Promise<void> {
     const generation = entry.generation;
+    // Only changes made from now on can be missing from the loader's answer: the
+    // application changes its data before it calls addMember or removeMember.
+    const ops: [add: boolean, user: string][] = [];
+    entry.pendingOps = ops;
     try {
       const answer = await withTimeout(
         Promise.resolve().then(() => this.loader.membersOf(room)),
@@ -147,7 +173,7 @@ export class MembershipCache {
         `membersOf(${JSON.stringify(room)})`,
       );
       const members = toStringSet(answer);
-      for (const [add, user] of entry.pendingOps ?? []) {
+      for (const [add, user] of ops) {
         if (add) members.add(user);
         else members.delete(user);
       }
@@ -161,7 +187,6 @@ export class MembershipCache {
       this.options.onError(room, error);
     } finally {
       entry.pendingOps = undefined;
-      entry.loading = undefined;
     }
   }
 }

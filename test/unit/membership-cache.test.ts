@@ -276,6 +276,27 @@ describe('MembershipCache: add, remove, invalidate', () => {
     expect(await load(cache, 'general')).toEqual({ users: ['alice', 'bob'], stale: false });
     expect(loader.calls).toHaveLength(2);
   });
+
+  it('a load after invalidate does not share the one already in flight: it gets an answer asked after it', async () => {
+    const { cache, loader } = setup();
+    const before = loader.later();
+    const after = loader.later();
+    const first = load(cache, 'general');
+    // The application removed bob, then said so with invalidate (not removeMember).
+    cache.invalidate('general');
+    const second = load(cache, 'general');
+    const third = load(cache, 'general');
+    before.resolve(['alice', 'bob']);
+    expect(await first).toEqual({ users: ['alice', 'bob'], stale: false });
+    // Asked once the first answered: loads of one room never overlap.
+    expect(loader.calls).toHaveLength(2);
+    cache.remove('general', 'alice');
+    after.resolve(['alice']);
+    expect(await second).toEqual({ users: [], stale: false });
+    expect(await third).toEqual({ users: [], stale: false });
+    expect(await load(cache, 'general')).toEqual({ users: [], stale: false });
+    expect(loader.calls).toHaveLength(2);
+  });
 });
 
 describe('MembershipCache: loader failures', () => {

@@ -378,6 +378,38 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
   });
 
+  it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const answers: (() => void)[] = [];
+    const rooms = manager(table, {
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        // Reads the table when asked, answers when the test says so.
+        membersOf: async (room) => {
+          const answer = table.membersOf(room);
+          await new Promise<void>((resolve) => answers.push(resolve));
+          return answer;
+        },
+      },
+    });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    const carol = await openFake(rooms, 'carol');
+    // carol's join asks the loader, which reads bob still listed.
+    carol.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    expect(answers).toHaveLength(1);
+    table.remove('r', 'bob');
+    await rooms.invalidate('r');
+    const sent = rooms.broadcast('r', 'after removal');
+    for (let i = 0; i < 3; i++) {
+      answers.splice(0).forEach((answer) => answer());
+      await settle();
+    }
+    expect(await sent).toMatchObject({ participants: 1, removed: 1 });
+    expect(bob.frames.slice(1)).toEqual([{ type: 'left', room: 'r' }]);
+  });
+
   it('refuses a server-side broadcast into a room name with an unpaired surrogate', async () => {
     const rooms = manager(new MembershipTable({}));
     await expect(rooms.broadcast('x\uD800', 'hi')).rejects.toMatchObject({ name: 'RoomwireError', code: 'bad_request' });
@@ -454,6 +486,42 @@ describe('RoomManager core (in-memory connections)', () => {
     for (let i = 0; i < 100 && bob.of('resumed').length === 0; i++) await settle(10);
     expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { r: { replayed: 0 } }, ref: 'x' }]);
     expect(bob.of('message')).toHaveLength(1);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('brings in a user added on another node while this node had a load of the room in flight', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const answers: (() => void)[] = [];
+    const slow = {
+      roomsOf: (user: { id: string }) => table.roomsOf(user),
+      membersOf: async (room: string) => {
+        const answer = table.membersOf(room);
+        await new Promise<void>((resolve) => answers.push(resolve));
+        return answer;
+      },
+    };
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, { backplane: bus.node(), membership: slow });
+    await openFake(n1, 'alice');
+    await n1.broadcast('r', 'before');
+    // dave, alone on node 2, asks to join before he is a participant: node 2 loads the room.
+    const dave = await openFake(n2, 'dave');
+    dave.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    expect(answers).toHaveLength(1);
+    table.add('r', 'dave');
+    await n1.addMember('r', 'dave');
+    for (let i = 0; i < 5; i++) {
+      answers.splice(0).forEach((answer) => answer());
+      await settle(2);
+    }
+    // Refused as of the first answer, then brought in by the addMember.
+    expect(dave.frames.slice(1).map((f) => f.type)).toEqual(['error', 'joined']);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['after']);
     await n1.close();
     await n2.close();
   });
