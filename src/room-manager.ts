@@ -362,11 +362,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly remoteExcepts = new Map<string, ConnState>();
   /**
-   * Rooms a user was removed from while one of their connections was opening: its
-   * `roomsOf` answer may predate the removal, so auto-join skips them. Entries live only
+   * Rooms a user was added to (true) or removed from (false) while one of their
+   * connections was opening: its `roomsOf` answer may predate the change, so auto-join
+   * skips a removed room and enters an added one after `welcome`. Entries live only
    * until that connection's auto-join ends.
    */
-  private readonly removedWhileOpening = new Map<ConnState, Set<string>>();
+  private readonly changedWhileOpening = new Map<ConnState, Map<string, boolean>>();
   /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
@@ -578,7 +579,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
     }
     if (conn.state === 'closed') {
-      this.removedWhileOpening.delete(conn);
+      this.changedWhileOpening.delete(conn);
       return;
     }
     const wanted: string[] = [];
@@ -602,7 +603,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await Promise.all(wanted.map((room) => this.openFeed(room)));
       // It may have closed while the subscriptions were made.
       if ((conn.state as ConnState['state']) === 'closed') {
-        this.removedWhileOpening.delete(conn);
+        this.changedWhileOpening.delete(conn);
         return;
       }
       if (!loaded) this.retryRoomsOf(conn, 1);
@@ -616,13 +617,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const latest = this.roomSeq(room);
       seqs[room] = latest instanceof Promise ? await latest : latest;
     }
-    const removed = this.removedWhileOpening.get(conn);
-    this.removedWhileOpening.delete(conn);
+    const changed = this.changedWhileOpening.get(conn);
+    this.changedWhileOpening.delete(conn);
     if ((conn.state as ConnState['state']) === 'closed') return;
     const joined: string[] = [];
     const entered: string[] = [];
     for (const room of wanted) {
-      if (removed?.has(room)) {
+      if (changed?.get(room) === false) {
         // welcome.seqs speaks of the rooms welcome lists only.
         delete seqs[room];
         continue;
@@ -660,6 +661,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.notify('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
     if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', conn.rooms.keyList(), crossed ?? conn.user.open === 1);
     this.armExpiry(conn);
+    // Added while roomsOf answered or the rooms were subscribed: entered now, each told with
+    // `joined`, as addMember does for an open connection.
+    for (const [room, added] of changed ?? []) {
+      if (!added || conn.rooms.has(room)) continue;
+      this.enterRoom(conn, room, 'member', 'member', undefined).catch((error: unknown) =>
+        this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }),
+      );
+    }
     const early = conn.early;
     conn.early = undefined;
     if (early) {
@@ -785,7 +794,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     conn.state = 'closed';
     this.topology++;
     conn.early = undefined;
-    if (this.removedWhileOpening.size > 0) this.removedWhileOpening.delete(conn);
+    if (this.changedWhileOpening.size > 0) this.changedWhileOpening.delete(conn);
     if (conn.expiryTimer) clearTimeout(conn.expiryTimer);
     const user = conn.user;
     if (wasOpen) {
@@ -2067,8 +2076,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    // Added back after a removal: an opening connection may join it after all.
-    for (const conn of state.conns) this.removedWhileOpening.get(conn)?.delete(room);
+    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, true);
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     if (this.backplane) {
@@ -2109,12 +2117,16 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const state = this.users.get(user);
     if (!state) return;
     for (const conn of state.conns) {
-      if (conn.state === 'opening') {
-        const removed = this.removedWhileOpening.get(conn);
-        if (removed) removed.add(room);
-        else this.removedWhileOpening.set(conn, new Set([room]));
-      } else this.removeFromRoom(conn, room, true, 'removed');
+      if (conn.state === 'opening') this.changeWhileOpening(conn, room, false);
+      else this.removeFromRoom(conn, room, true, 'removed');
     }
+  }
+
+  /** Records an addition (true) or a removal (false) for an opening connection's auto-join; the last one counts. */
+  private changeWhileOpening(conn: ConnState, room: string, added: boolean): void {
+    const changed = this.changedWhileOpening.get(conn);
+    if (changed) changed.set(room, added);
+    else this.changedWhileOpening.set(conn, new Map([[room, added]]));
   }
 
   /**

@@ -756,7 +756,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       conns: Map<string, unknown>;
       users: Map<string, unknown>;
       rooms: Map<string, { members: Set<unknown>; tail: unknown }>;
-      removedWhileOpening: Map<unknown, unknown>;
+      changedWhileOpening: Map<unknown, unknown>;
       waiters: Map<string, unknown>;
       awayRooms: Map<string, unknown>;
       inflightFrames: number;
@@ -764,7 +764,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
     if (internals.conns.size !== 0) fail(`node ${n}: ${internals.conns.size} connections left`);
     if (internals.users.size !== 0) fail(`node ${n}: ${internals.users.size} users left`);
     if (internals.rooms.size !== 0) fail(`node ${n}: ${internals.rooms.size} room states left (${[...internals.rooms.keys()].join(',')})`);
-    if (internals.removedWhileOpening.size !== 0) fail(`node ${n}: removedWhileOpening holds ${internals.removedWhileOpening.size}`);
+    if (internals.changedWhileOpening.size !== 0) fail(`node ${n}: changedWhileOpening holds ${internals.changedWhileOpening.size}`);
     // A broadcast refused after close() waits a while for a late copy: bounded by a timer.
     if (internals.waiters.size !== 0 && !shut.has(n)) fail(`node ${n}: ${internals.waiters.size} waiters left`);
     // A closed process hears no more of the cluster's presence: what it kept is garbage with it.

@@ -526,6 +526,45 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('brings in a connection that was auto-joining on another node when its user was added', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, {
+      backplane: bus.node(),
+      membership: {
+        // dave's answer is read before the application adds him.
+        roomsOf: async (user) => {
+          const answer = table.roomsOf(user);
+          if (user.id === 'dave') await gate;
+          return answer;
+        },
+        membersOf: (room) => table.membersOf(room),
+      },
+    });
+    await openFake(n1, 'alice');
+    await n1.broadcast('r', 'before');
+    const dave = new FakeConnection();
+    dave.handlers = n2.open(dave, { id: 'dave' });
+    await settle();
+    table.add('r', 'dave');
+    await n1.addMember('r', 'dave');
+    await settle();
+    release();
+    await dave.handlers.ready;
+    for (let i = 0; i < 100 && dave.of('joined').length === 0; i++) await settle(10);
+    expect(dave.frames.map((f) => f.type)).toEqual(['welcome', 'joined']);
+    expect(dave.frames[0]).toMatchObject({ rooms: [] });
+    expect(dave.frames[1]).toEqual({ type: 'joined', room: 'r', seq: 1 });
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('keeps the rooms an always-connected user left, for their offline, bounded like the connection’s left rooms', async () => {
     const table = new MembershipTable({ home: ['alice', 'bob'] });
     const rooms = manager(table, { presence: true, maxRoomsPerConnection: 10, joinRate: false });
