@@ -369,6 +369,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly changedWhileOpening = new Map<ConnState, Map<string, boolean>>();
   /**
+   * `addMember`s still waiting to put connections in a room, by room and user (as JSON):
+   * a `removeMember` meanwhile cancels them. Entries live only while they wait.
+   */
+  private readonly adding = new Map<string, { cancelled: boolean; count: number }>();
+  /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
    * and bounded: the latest `maxRoomsPerConnection` rooms.
@@ -665,9 +670,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     // `joined`, as addMember does for an open connection.
     for (const [room, added] of changed ?? []) {
       if (!added || conn.rooms.has(room)) continue;
-      this.enterRoom(conn, room, 'member', 'member', undefined).catch((error: unknown) =>
-        this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }),
-      );
+      this.bringIn(conn.user, room).catch((error: unknown) => this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }));
     }
     const early = conn.early;
     conn.early = undefined;
@@ -2077,24 +2080,37 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const state = this.users.get(user);
     if (!state) return;
     for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, true);
+    await this.bringIn(state, room);
+  }
+
+  /**
+   * Puts the user's open connections in `room`, each told with `joined`, in room order:
+   * those that did not leave it, up to their room limit. A `removeMember` made while this
+   * waits for its turn wins: the user is not put back.
+   */
+  private async bringIn(user: UserState, room: string): Promise<void> {
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
-    if (this.backplane) {
-      let any = false;
-      for (const conn of state.conns) any ||= eligible(conn);
-      if (!any) return;
-      await this.openFeed(room);
+    if (![...user.conns].some(eligible)) return;
+    const key = JSON.stringify([room, user.id]);
+    let adding = this.adding.get(key);
+    if (!adding) this.adding.set(key, (adding = { cancelled: false, count: 0 }));
+    adding.count++;
+    try {
+      if (this.backplane) await this.openFeed(room);
+      await this.inRoomOrder(room, async () => {
+        if (adding.cancelled || ![...user.conns].some(eligible)) return;
+        const seq = await this.roomSeq(room);
+        // Checked again after the read: a removal, a leave or a close may have come meanwhile.
+        for (const conn of user.conns) {
+          if (adding.cancelled || !eligible(conn)) continue;
+          this.addToRoom(conn, room, 'member', 'member');
+          this.send(conn, { type: 'joined', room, seq });
+        }
+      });
+    } finally {
+      if (--adding.count === 0 && this.adding.get(key) === adding) this.adding.delete(key);
     }
-    await this.inRoomOrder(room, async () => {
-      const targets = [...state.conns].filter(eligible);
-      if (targets.length === 0) return;
-      const seq = await this.roomSeq(room);
-      for (const conn of targets) {
-        if (conn.state !== 'open' || conn.rooms.has(room)) continue;
-        this.addToRoom(conn, room, 'member', 'member');
-        this.send(conn, { type: 'joined', room, seq });
-      }
-    });
   }
 
   /**
@@ -2116,6 +2132,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.remove(room, user);
     const state = this.users.get(user);
     if (!state) return;
+    const key = JSON.stringify([room, user]);
+    const adding = this.adding.get(key);
+    if (adding) {
+      adding.cancelled = true;
+      this.adding.delete(key);
+    }
     for (const conn of state.conns) {
       if (conn.state === 'opening') this.changeWhileOpening(conn, room, false);
       else this.removeFromRoom(conn, room, true, 'removed');

@@ -757,6 +757,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       users: Map<string, unknown>;
       rooms: Map<string, { members: Set<unknown>; tail: unknown }>;
       changedWhileOpening: Map<unknown, unknown>;
+      adding: Map<string, unknown>;
       waiters: Map<string, unknown>;
       awayRooms: Map<string, unknown>;
       inflightFrames: number;
@@ -765,6 +766,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
     if (internals.users.size !== 0) fail(`node ${n}: ${internals.users.size} users left`);
     if (internals.rooms.size !== 0) fail(`node ${n}: ${internals.rooms.size} room states left (${[...internals.rooms.keys()].join(',')})`);
     if (internals.changedWhileOpening.size !== 0) fail(`node ${n}: changedWhileOpening holds ${internals.changedWhileOpening.size}`);
+    if (internals.adding.size !== 0) fail(`node ${n}: adding holds ${internals.adding.size}`);
     // A broadcast refused after close() waits a while for a late copy: bounded by a timer.
     if (internals.waiters.size !== 0 && !shut.has(n)) fail(`node ${n}: ${internals.waiters.size} waiters left`);
     // A closed process hears no more of the cluster's presence: what it kept is garbage with it.

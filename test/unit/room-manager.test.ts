@@ -378,6 +378,46 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
   });
 
+  it('does not put in a user removed while their addMember waited for the room', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const answers: (() => void)[] = [];
+    const rooms = manager(table, {
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        membersOf: async (room) => {
+          const answer = table.membersOf(room);
+          await new Promise<void>((resolve) => answers.push(resolve));
+          return answer;
+        },
+      },
+    });
+    await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    // A broadcast holds the room while the loader answers: the addMember waits for it.
+    const sent = rooms.broadcast('r', 'one');
+    await settle();
+    table.add('r', 'bob');
+    const adding = rooms.addMember('r', 'bob');
+    table.remove('r', 'bob');
+    await rooms.removeMember('r', 'bob');
+    answers.splice(0).forEach((answer) => answer());
+    await sent;
+    await adding;
+    expect(bob.frames.slice(1)).toEqual([]);
+    expect(rooms.roomsOf(bob.handlers.id)).toEqual([]);
+    bob.receive({ type: 'resume', rooms: { r: 0 }, ref: 'r' });
+    bob.receive({ type: 'publish', room: 'r', data: 'sneaky', ref: 'p' });
+    for (let i = 0; i < 3; i++) {
+      answers.splice(0).forEach((answer) => answer());
+      await settle();
+    }
+    expect(bob.frames.slice(1).map((f) => [f.type, f.code, f.ref])).toEqual([
+      ['error', 'forbidden', 'r'],
+      ['resumed', undefined, 'r'],
+      ['error', 'forbidden', 'p'],
+    ]);
+  });
+
   it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
     const answers: (() => void)[] = [];
