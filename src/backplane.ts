@@ -47,6 +47,15 @@ export type MembershipChange =
     }
   | {
       /**
+       * The announcing process was cut off from the others and is back: the changes
+       * announced meanwhile never reached it. Every other process tells it the
+       * participants of its rooms again, with its next broadcast into each
+       * (`participants`), so connections there outside a room are found.
+       */
+      readonly kind: 'rejoined';
+    }
+  | {
+      /**
        * `user`'s first connection in the cluster opened (`online`) or its last one
        * closed (`offline`); every process sends `presence` frames to its members of
        * `rooms` (when the manager's `presence` option is on).
@@ -76,8 +85,9 @@ export interface BackplaneHandlers {
   membership(change: MembershipChange): void;
   /**
    * The connection to the other processes was lost and is back (subscriptions active
-   * again). Messages published in between were not received: the manager refills every
-   * subscribed room from the history.
+   * again). Messages published and changes announced in between were not received: the
+   * manager refills every subscribed room from the history, forgets its cached
+   * participants, and announces that it is back (`rejoined`).
    */
   reconnected(): void;
   /** Something failed in the background (a heartbeat, a presence write); the backplane retries. */

@@ -106,6 +106,11 @@ export class MembershipCache {
     }
   }
 
+  /** Forgets the cached answer of every room, as {@link invalidate} does one. */
+  invalidateAll(): void {
+    for (const room of [...this.entries.keys()]) this.invalidate(room);
+  }
+
   /** Number of rooms cached. */
   get size(): number {
     return this.entries.size;

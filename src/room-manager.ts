@@ -438,7 +438,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.started = this.backplane.start({
         message: (message, except) => this.received(message, except),
         membership: (change) => this.applyChange(change),
-        reconnected: () => this.refillAll(),
+        reconnected: () => this.rejoin(),
         error: (error, phase) => this.reportError(`backplane.${phase}`, error, {}),
         presence: (event, users) => this.clusterPresence(event, users),
       });
@@ -1582,6 +1582,19 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /**
+   * After a reconnect: what was announced meanwhile never arrived. Removals and additions
+   * are found again by forgetting the cached participants (the next broadcast into each
+   * room reconciles it with the loader); the other processes are asked to tell their
+   * rooms' participants again, for connections here outside a room this process does not
+   * receive. Then the messages are refilled.
+   */
+  private rejoin(): void {
+    this.membership.invalidateAll();
+    this.announce({ kind: 'rejoined' })?.catch(noop);
+    this.refillAll();
+  }
+
+  /**
    * After a reconnect: fetch what every subscribed room missed meanwhile. Retried with
    * backoff, since the command connection may come back later than the subscriber, and
    * a quiet room would otherwise only notice its gap with its next message.
@@ -2175,7 +2188,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.started;
       await backplane.announce(change);
     })().catch((error: unknown) => {
-      this.reportError('backplane.announce', error, change.kind === 'presence' ? { user: change.user } : { room: change.room });
+      this.reportError('backplane.announce', error, change.kind === 'presence' ? { user: change.user } : 'room' in change ? { room: change.room } : {});
       throw new RoomwireError('internal', `could not tell the other processes about this membership change: ${asError(error).message}`, { cause: error });
     });
   }
@@ -2205,6 +2218,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         return;
       case 'invalidate':
         this.membership.invalidate(change.room);
+        return;
+      case 'rejoined':
+        // Told again with the next broadcast into each room.
+        this.told.clear();
         return;
       case 'participants':
         this.reachLocally(change.room, change.users, change.seq).catch((error: unknown) => this.reportError('ensure', error, { room: change.room }));

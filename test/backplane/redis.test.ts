@@ -164,7 +164,7 @@ describe.skipIf(!up)('RedisBackplane', () => {
       const n2 = await startServer({ membership: table, publishRate: false, backplane: new RedisBackplane({ redis: redis2, subscriber: subscriber2, ...options }) });
       const alice = await TestClient.connect(n1.url, await tokenFor('alice'));
       const bob = await TestClient.connect(n2.url, await tokenFor('bob'));
-      return { n1, n2, alice, bob };
+      return { n1, n2, alice, bob, table };
     }
 
     it.each(['same', 'other'] as const)('gives a publish it did not confirm in time once, not to its publisher, and a retry with its cid on the %s node its ack', async (retryOn) => {
@@ -275,6 +275,31 @@ describe.skipIf(!up)('RedisBackplane', () => {
       await bob.quiet(200);
       expect(bob.of('message').map((m) => m.data)).toEqual(['three']);
       expect(bobTab.of('message').map((m) => m.data)).toEqual(['one', 'two', 'three']);
+    });
+
+    it('applies the membership changes announced while its subscriber was away once it is back', async () => {
+      const [commands1, subscriber1, commands2, subscriber2] = twoNodes();
+      const { n1, n2, alice, bob, table } = await chatOnTwoNodes(commands1, subscriber1, commands2, subscriber2);
+      // carol's only connection is on node 2, outside the room.
+      const carol = await TestClient.connect(n2.url, await tokenFor('carol'));
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'one' })).toMatchObject({ type: 'ack', seq: 1 });
+      await bob.next('message', (m) => m.seq === 1);
+      // Node 2's subscriber drops; node 1 removes bob and adds carol before it is back.
+      const back = new Promise((resolve) => subscriber2.once('ready', resolve));
+      subscriber2.disconnect(true);
+      table.remove('chat', 'bob');
+      await n1.manager.removeMember('chat', 'bob');
+      table.add('chat', 'carol');
+      await n1.manager.addMember('chat', 'carol');
+      await back;
+      // Back: node 2 forgets the participants it had cached, as it may have missed changes.
+      for (let i = 0; i < 100 && n2.manager.stats().cachedRooms > 0; i++) await new Promise((resolve) => setTimeout(resolve, 20));
+      expect(await alice.request({ type: 'publish', room: 'chat', data: 'two' })).toMatchObject({ type: 'ack', seq: 2 });
+      expect(await carol.next('joined')).toEqual({ type: 'joined', room: 'chat', seq: 1 });
+      expect(await carol.next('message')).toMatchObject({ seq: 2, data: 'two' });
+      await bob.quiet(300);
+      expect(bob.of('message').map((m) => m.seq)).toEqual([1]);
+      expect(bob.of('left')).toEqual([{ type: 'left', room: 'chat' }]);
     });
 
     it('says offline only when the last connection closes, though one count did not reach Redis', async () => {

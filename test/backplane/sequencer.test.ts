@@ -32,12 +32,18 @@ class FlakyBackplane implements Backplane {
     return this.inner.presence;
   }
 
+  /** While true, membership changes announced by the other processes never arrive. */
+  deaf = false;
+
   start(handlers: BackplaneHandlers): Promise<void> {
     this.handlers = handlers;
     return this.inner.start({
       ...handlers,
       message: (message, except) => {
         if (!this.drop(message)) handlers.message(message, except);
+      },
+      membership: (change) => {
+        if (!this.deaf) handlers.membership(change);
       },
     });
   }
@@ -140,6 +146,33 @@ describe('the per-room sequencer', () => {
     lossy.handlers!.reconnected();
     await settle(20);
     expect(seqsOf(bob.frames)).toEqual([1, 2, 3]);
+  });
+
+  it('applies the membership changes it missed once it is back: bob removed, carol outside the room added', async () => {
+    const { table, sender, lossy, receiver, bob } = await lossyPair();
+    const carol = await openFake(receiver, 'carol');
+    await sender.broadcast('room', 1);
+    lossy.drop = () => true;
+    lossy.deaf = true;
+    table.remove('room', 'bob');
+    await sender.removeMember('room', 'bob');
+    table.add('room', 'carol');
+    await sender.addMember('room', 'carol');
+    await settle(20);
+    lossy.drop = () => false;
+    lossy.deaf = false;
+    lossy.handlers!.reconnected();
+    await settle(20);
+    await sender.broadcast('room', 2);
+    await settle(20);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['message', 1],
+      ['left', undefined],
+    ]);
+    expect(carol.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 1],
+      ['message', 2],
+    ]);
   });
 
   it('closes with 1001 the connections of a room whose missing messages the history no longer has', async () => {
