@@ -205,6 +205,16 @@ interface RoomFeed {
   idleSince: number | undefined;
 }
 
+/** Additions of one user to one room waiting for their turn; see `RoomManager.adding`. */
+interface Adding {
+  /** The room and user, as JSON. */
+  readonly key: string;
+  /** Set by a `removeMember` made meanwhile: they put nobody in. */
+  cancelled: boolean;
+  /** How many wait. */
+  waiting: number;
+}
+
 /** A local publish waiting for its local delivery. */
 interface DeliveryWaiter {
   /** The connection that does not get the message (the publisher). */
@@ -369,10 +379,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly changedWhileOpening = new Map<ConnState, Map<string, boolean>>();
   /**
-   * `addMember`s still waiting to put connections in a room, by room and user (as JSON):
-   * a `removeMember` meanwhile cancels them. Entries live only while they wait.
+   * Additions still waiting to put connections in a room (`addMember`, a `participants`
+   * notice), by room and user: a `removeMember` meanwhile cancels them. Entries live only
+   * while they wait.
    */
-  private readonly adding = new Map<string, { cancelled: boolean; count: number }>();
+  private readonly adding = new Map<string, Adding>();
   /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
@@ -2105,10 +2116,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     if (![...user.conns].some(eligible)) return;
-    const key = JSON.stringify([room, user.id]);
-    let adding = this.adding.get(key);
-    if (!adding) this.adding.set(key, (adding = { cancelled: false, count: 0 }));
-    adding.count++;
+    const adding = this.beginAdding(room, user.id);
     try {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2122,8 +2130,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         }
       });
     } finally {
-      if (--adding.count === 0 && this.adding.get(key) === adding) this.adding.delete(key);
+      this.endAdding(adding);
     }
+  }
+
+  /** Registers an addition of `user` to `room` that waits for its turn (see {@link adding}); end it with `endAdding`. */
+  private beginAdding(room: string, user: string): Adding {
+    const key = JSON.stringify([room, user]);
+    let adding = this.adding.get(key);
+    if (!adding) this.adding.set(key, (adding = { key, cancelled: false, waiting: 0 }));
+    adding.waiting++;
+    return adding;
+  }
+
+  private endAdding(adding: Adding): void {
+    if (--adding.waiting === 0 && this.adding.get(adding.key) === adding) this.adding.delete(adding.key);
   }
 
   /**
@@ -2145,11 +2166,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.remove(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    const key = JSON.stringify([room, user]);
-    const adding = this.adding.get(key);
+    const adding = this.adding.get(JSON.stringify([room, user]));
     if (adding) {
       adding.cancelled = true;
-      this.adding.delete(key);
+      this.adding.delete(adding.key);
     }
     for (const conn of state.conns) {
       if (conn.state === 'opening') this.changeWhileOpening(conn, room, false);
@@ -2286,34 +2306,42 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (candidates.length === 0 || this.closing) return;
     // This process's cache does not know them yet: ask the loader, never trust the notice alone.
     if (unknown) this.membership.invalidate(room);
-    await this.openFeed(room);
-    await this.inRoomOrder(room, async () => {
-      const loaded = this.membership.load(room);
-      const snapshot = loaded instanceof Promise ? await loaded : loaded;
-      const entering = candidates.filter((conn) => outside(conn) && snapshot.users?.has(conn.user.id) === true);
-      if (entering.length === 0) return;
-      const sent = await this.roomSeq(room);
-      const from = Math.min(seq - 1, sent);
-      const missed = sent > from ? await this.history.since(room, from, sent) : [];
-      if (missed === null) this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
-      for (const conn of entering) {
-        if (!outside(conn)) continue;
-        this.addToRoom(conn, room, 'member', 'ensure');
-        this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
-        if (missed) {
-          for (const m of missed) {
-            if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    // A removal made while they wait for their turn, or for the history, keeps them out.
+    const adding = new Map<string, Adding>();
+    for (const conn of candidates) if (!adding.has(conn.user.id)) adding.set(conn.user.id, this.beginAdding(room, conn.user.id));
+    const wanted = (conn: ConnState): boolean => outside(conn) && adding.get(conn.user.id)?.cancelled === false;
+    try {
+      await this.openFeed(room);
+      await this.inRoomOrder(room, async () => {
+        const loaded = this.membership.load(room);
+        const snapshot = loaded instanceof Promise ? await loaded : loaded;
+        const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
+        if (entering.length === 0) return;
+        const sent = await this.roomSeq(room);
+        const from = Math.min(seq - 1, sent);
+        const missed = sent > from ? await this.history.since(room, from, sent) : [];
+        if (missed === null) this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
+        for (const conn of entering) {
+          if (!wanted(conn)) continue;
+          this.addToRoom(conn, room, 'member', 'ensure');
+          this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
+          if (missed) {
+            for (const m of missed) {
+              if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+            }
+          }
+          // Sent live: a resume must not send them again (nor one after a leave).
+          const membership = conn.rooms.get(room);
+          if (missed && missed.length > 0 && membership && membership.firstSeq === 0) {
+            membership.firstSeq = missed[0]!.seq;
+            const state = this.rooms.get(room);
+            if (state && missed.at(-1)!.seq > state.lastSent) state.lastSent = missed.at(-1)!.seq;
           }
         }
-        // Sent live: a resume must not send them again (nor one after a leave).
-        const membership = conn.rooms.get(room);
-        if (missed && missed.length > 0 && membership && membership.firstSeq === 0) {
-          membership.firstSeq = missed[0]!.seq;
-          const state = this.rooms.get(room);
-          if (state && missed.at(-1)!.seq > state.lastSent) state.lastSent = missed.at(-1)!.seq;
-        }
-      }
-    });
+      });
+    } finally {
+      for (const entry of adding.values()) this.endAdding(entry);
+    }
   }
 
   /**

@@ -4,6 +4,7 @@ import {
   RoomManager,
   type Backplane,
   type BackplaneHandlers,
+  type HistoryStore,
   type LocalBackplane,
   type MembershipChange,
   type PublishCid,
@@ -22,10 +23,23 @@ class FlakyBackplane implements Backplane {
   /** subscribe/unsubscribe calls, in order. */
   readonly calls: string[] = [];
 
-  constructor(private readonly inner: LocalBackplane) {}
+  /** How long a read of messages (`history.since`) takes, as over a slow link to Redis. */
+  sinceDelayMs = 0;
+  readonly history: HistoryStore;
 
-  get history() {
-    return this.inner.history;
+  constructor(private readonly inner: LocalBackplane) {
+    const history = inner.history;
+    this.history = {
+      get epoch() {
+        return history.epoch;
+      },
+      append: (message) => history.append(message),
+      latestSeq: (room) => history.latestSeq(room),
+      since: async (room, afterSeq, untilSeq) => {
+        if (this.sinceDelayMs > 0) await settle(this.sinceDelayMs);
+        return history.since(room, afterSeq, untilSeq);
+      },
+    };
   }
 
   get presence() {
@@ -173,6 +187,29 @@ describe('the per-room sequencer', () => {
       ['joined', 1],
       ['message', 2],
     ]);
+  });
+
+  it('does not bring in a participant another node found once they were removed while their messages were read', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['alice'] });
+    const sender = manager(table, bus.node());
+    const slow = new FlakyBackplane(bus.node());
+    const receiver = manager(table, slow);
+    await openFake(sender, 'alice');
+    const bob = await openFake(receiver, 'bob');
+    // bob becomes a participant without addMember: the sender's broadcast finds him, and
+    // the receiver reads what he missed from the history, slowly. He is removed meanwhile.
+    table.add('room', 'bob');
+    slow.sinceDelayMs = 50;
+    await sender.broadcast('room', 'found');
+    await settle(10);
+    table.remove('room', 'bob');
+    await sender.removeMember('room', 'bob');
+    await settle(100);
+    expect(receiver.roomsOf(bob.handlers.id)).toEqual([]);
+    bob.receive({ type: 'publish', room: 'room', data: 'after removal', ref: 'p' });
+    await settle(20);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.code])).toEqual([['error', 'forbidden']]);
   });
 
   it('closes with 1001 the connections of a room whose missing messages the history no longer has', async () => {
