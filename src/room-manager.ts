@@ -380,8 +380,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private readonly changedWhileOpening = new Map<ConnState, Map<string, boolean>>();
   /**
    * Additions still waiting to put connections in a room (`addMember`, a `participants`
-   * notice), by room and user: a `removeMember` meanwhile cancels them. Entries live only
-   * while they wait.
+   * notice, a join), by room and user: a `removeMember` meanwhile cancels them. Entries
+   * live only while they wait.
    */
   private readonly adding = new Map<string, Adding>();
   /**
@@ -734,21 +734,28 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * seq the live messages continue from. With a backplane, subscribes the room first.
    */
   private async enterRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, ref: string | undefined): Promise<boolean> {
-    if (this.backplane) await this.openFeed(room);
-    return this.inRoomOrder(room, async () => {
-      if (conn.state === 'closed') return false;
-      if (conn.rooms.has(room)) {
-        if (reason !== 'join') return true;
-      } else {
-        // A `leave` handled while this waited (a retried auto-join subscribing the room)
-        // stands: only a join puts back a connection that left.
-        if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
-        // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
-        if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-        this.addToRoom(conn, room, mode, reason);
-      }
-      return this.sendJoined(conn, room, ref);
-    });
+    const adding = this.beginAdding(room, conn.user.id);
+    try {
+      if (this.backplane) await this.openFeed(room);
+      return await this.inRoomOrder(room, async () => {
+        if (conn.state === 'closed') return false;
+        if (conn.rooms.has(room)) {
+          if (reason !== 'join') return true;
+        } else {
+          // A `removeMember` made while this waited (a join subscribing the room) stands.
+          if (adding.cancelled) return false;
+          // A `leave` handled while this waited (a retried auto-join subscribing the room)
+          // stands: only a join puts back a connection that left.
+          if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
+          // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
+          if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+          this.addToRoom(conn, room, mode, reason);
+        }
+        return this.sendJoined(conn, room, ref);
+      });
+    } finally {
+      this.endAdding(adding);
+    }
   }
 
   /**

@@ -390,6 +390,26 @@ describe('the per-room sequencer', () => {
     expect(bob.of('message')).toEqual([]);
   });
 
+  it('refuses a join whose user was removed while it subscribed the room, and lets nothing in', async () => {
+    const table = new MembershipTable({ room: ['bob'] });
+    const slow = new FlakyBackplane(new LocalBus().node());
+    const node = manager(table, slow, () => []);
+    const bob = await openFake(node, 'bob');
+    slow.subscribeDelayMs = 50;
+    bob.receive({ type: 'join', room: 'room', ref: 'j' });
+    await settle(10);
+    table.remove('room', 'bob');
+    await node.removeMember('room', 'bob');
+    await settle(100);
+    expect(node.roomsOf(bob.handlers.id)).toEqual([]);
+    bob.receive({ type: 'publish', room: 'room', data: 'after removal', ref: 'p' });
+    await settle(20);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.ref, f.code])).toEqual([
+      ['error', 'j', 'forbidden'],
+      ['error', 'p', 'forbidden'],
+    ]);
+  });
+
   it('keeps no state for a room whose copies arrive after its last local connection closed', async () => {
     const bus = new LocalBus();
     const table = new MembershipTable();
