@@ -13,6 +13,12 @@ export type MembershipChange =
       readonly room: string;
       /** The user who now participates. */
       readonly user: string;
+      /**
+       * The room's latest seq when it was announced: the user's connections on the other
+       * processes are sent the messages after it, however late they enter the room there.
+       * Without it, what follows their entry.
+       */
+      readonly seq?: number | undefined;
     }
   | {
       /** `removeMember(room, user)`. */

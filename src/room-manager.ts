@@ -205,6 +205,12 @@ interface RoomFeed {
   idleSince: number | undefined;
 }
 
+/** An `addMember`, here or announced by another process. */
+interface Addition {
+  /** The room's seq when it was made: its connections get the messages after it. Undefined: what follows their entry. */
+  readonly from: number | undefined;
+}
+
 /** Additions of one user to one room waiting for their turn; see `RoomManager.adding`. */
 interface Adding {
   /** The room and user, as JSON. */
@@ -372,12 +378,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly remoteExcepts = new Map<string, ConnState>();
   /**
-   * Rooms a user was added to (true) or removed from (false) while one of their
-   * connections was opening: its `roomsOf` answer may predate the change, so auto-join
-   * skips a removed room and enters an added one after `welcome`. Entries live only
-   * until that connection's auto-join ends.
+   * Rooms a user was added to or removed from (false) while one of their connections was
+   * opening: its `roomsOf` answer may predate the change, so auto-join skips a removed
+   * room and enters an added one after `welcome`. Entries live only until that
+   * connection's auto-join ends.
    */
-  private readonly changedWhileOpening = new Map<ConnState, Map<string, boolean>>();
+  private readonly changedWhileOpening = new Map<ConnState, Map<string, Addition | false>>();
   /**
    * Additions still waiting to put connections in a room (`addMember`, a `participants`
    * notice, a join), by room and user: a `removeMember` meanwhile cancels them. Entries
@@ -679,9 +685,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.armExpiry(conn);
     // Added while roomsOf answered or the rooms were subscribed: entered now, each told with
     // `joined`, as addMember does for an open connection.
-    for (const [room, added] of changed ?? []) {
-      if (!added || conn.rooms.has(room)) continue;
-      this.bringIn(conn.user, room).catch((error: unknown) => this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }));
+    for (const [room, addition] of changed ?? []) {
+      if (!addition || conn.rooms.has(room)) continue;
+      this.bringIn(conn.user, room, addition).catch((error: unknown) => this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }));
     }
     const early = conn.early;
     conn.early = undefined;
@@ -2101,17 +2107,33 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   async addMember(room: string, user: string): Promise<void> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
-    const announced = this.announce({ kind: 'add', room, user });
-    await this.addLocally(room, user);
+    const announced = this.backplane ? this.announceAdd(room, user) : undefined;
+    await this.addLocally(room, user, { from: undefined });
     if (announced) await announced;
   }
 
-  private async addLocally(room: string, user: string): Promise<void> {
+  /**
+   * Announces an `addMember` with the room's latest seq: the user's connections on other
+   * processes are sent every message after it, however late they enter the room there
+   * (it may have to be subscribed first, and a broadcast may follow this call at once).
+   * Without it (the history did not answer) they get what follows their entry.
+   */
+  private async announceAdd(room: string, user: string): Promise<void> {
+    let seq: number | undefined;
+    try {
+      seq = await this.history.latestSeq(room);
+    } catch (error) {
+      this.reportError('backplane.history', error, { room });
+    }
+    await this.announce({ kind: 'add', room, user, seq });
+  }
+
+  private async addLocally(room: string, user: string, addition: Addition): Promise<void> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, true);
-    await this.bringIn(state, room);
+    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, addition);
+    await this.bringIn(state, room, addition);
   }
 
   /**
@@ -2119,7 +2141,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * those that did not leave it, up to their room limit. A `removeMember` made while this
    * waits for its turn wins: the user is not put back.
    */
-  private async bringIn(user: UserState, room: string): Promise<void> {
+  private async bringIn(user: UserState, room: string, { from }: Addition): Promise<void> {
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     if (![...user.conns].some(eligible)) return;
@@ -2128,16 +2150,43 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
         if (adding.cancelled || ![...user.conns].some(eligible)) return;
-        const seq = await this.roomSeq(room);
-        // Checked again after the read: a removal, a leave or a close may have come meanwhile.
+        const sent = await this.roomSeq(room);
+        const { seq, missed } = await this.missedSince(room, from === undefined ? sent : Math.min(from, sent), sent);
+        // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
-          this.addToRoom(conn, room, 'member', 'member');
-          this.send(conn, { type: 'joined', room, seq });
+          this.enterWith(conn, room, 'member', seq, missed);
         }
       });
     } finally {
       this.endAdding(adding);
+    }
+  }
+
+  /**
+   * The messages of `room` after `from` up to `sent` (what this process has sent live), for
+   * connections entering it late, and the seq their `joined` says: `from`, or `sent` when
+   * the history no longer reaches back that far (reported).
+   */
+  private async missedSince(room: string, from: number, sent: number): Promise<{ seq: number; missed: readonly StoredMessage[] }> {
+    const missed = sent > from ? await this.history.since(room, from, sent) : [];
+    if (missed !== null) return { seq: from, missed };
+    this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
+    return { seq: sent, missed: [] };
+  }
+
+  /** Puts `conn` in `room`, tells it with `joined` at `seq` and sends it `missed`, the messages after it, as sent live. */
+  private enterWith(conn: ConnState, room: string, reason: JoinReason, seq: number, missed: readonly StoredMessage[]): void {
+    this.addToRoom(conn, room, 'member', reason);
+    this.send(conn, { type: 'joined', room, seq });
+    // As sent live, so without a broadcast's excepted connection.
+    for (const m of missed) if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    // Sent live: a resume must not send them again (nor one after a leave).
+    const membership = conn.rooms.get(room);
+    if (missed.length > 0 && membership && membership.firstSeq === 0) {
+      membership.firstSeq = missed[0]!.seq;
+      const state = this.rooms.get(room);
+      if (state && missed.at(-1)!.seq > state.lastSent) state.lastSent = missed.at(-1)!.seq;
     }
   }
 
@@ -2184,11 +2233,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Records an addition (true) or a removal (false) for an opening connection's auto-join; the last one counts. */
-  private changeWhileOpening(conn: ConnState, room: string, added: boolean): void {
+  /** Records an addition or a removal (false) for an opening connection's auto-join; the last one counts. */
+  private changeWhileOpening(conn: ConnState, room: string, change: Addition | false): void {
     const changed = this.changedWhileOpening.get(conn);
-    if (changed) changed.set(room, added);
-    else this.changedWhileOpening.set(conn, new Map([[room, added]]));
+    if (changed) changed.set(room, change);
+    else this.changedWhileOpening.set(conn, new Map([[room, change]]));
   }
 
   /**
@@ -2225,17 +2274,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * writes: a removal made here since may be newer. So the loader is asked, and only a
    * user it still lists is brought in, as ensure-participants would.
    */
-  private async addAnnounced(room: string, user: string): Promise<void> {
+  private async addAnnounced(room: string, user: string, from: number | undefined): Promise<void> {
     this.membership.invalidate(room);
     if (!this.users.has(user)) return;
-    if (await this.isParticipant(room, user)) await this.addLocally(room, user);
+    if (await this.isParticipant(room, user)) await this.addLocally(room, user, { from });
   }
 
   /** A change announced by another process: applied here, not announced again. */
   private applyChange(change: MembershipChange): void {
     switch (change.kind) {
       case 'add':
-        this.addAnnounced(change.room, change.user).catch((error: unknown) => this.reportError('addMember', error, { room: change.room, user: change.user }));
+        this.addAnnounced(change.room, change.user, change.seq).catch((error: unknown) => this.reportError('addMember', error, { room: change.room, user: change.user }));
         return;
       case 'remove':
         this.removeLocally(change.room, change.user);
@@ -2325,26 +2374,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
         const sent = await this.roomSeq(room);
-        const from = Math.min(seq - 1, sent);
-        const missed = sent > from ? await this.history.since(room, from, sent) : [];
-        if (missed === null) this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
-        for (const conn of entering) {
-          if (!wanted(conn)) continue;
-          this.addToRoom(conn, room, 'member', 'ensure');
-          this.send(conn, { type: 'joined', room, seq: missed === null ? sent : from });
-          if (missed) {
-            for (const m of missed) {
-              if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
-            }
-          }
-          // Sent live: a resume must not send them again (nor one after a leave).
-          const membership = conn.rooms.get(room);
-          if (missed && missed.length > 0 && membership && membership.firstSeq === 0) {
-            membership.firstSeq = missed[0]!.seq;
-            const state = this.rooms.get(room);
-            if (state && missed.at(-1)!.seq > state.lastSent) state.lastSent = missed.at(-1)!.seq;
-          }
-        }
+        const { seq: joinedAt, missed } = await this.missedSince(room, Math.min(seq - 1, sent), sent);
+        for (const conn of entering) if (wanted(conn)) this.enterWith(conn, room, 'ensure', joinedAt, missed);
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);

@@ -135,6 +135,26 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(messages(carol)).toHaveLength(1);
     });
 
+    it('delivers the broadcast made right after addMember to the added user on another node, once', async () => {
+      // The usual "alice added carol" message: published as soon as addMember resolves,
+      // while carol's node may still be subscribing the room.
+      const table = new MembershipTable({ team: ['alice'] });
+      const [n1, n2] = await cluster(table, 2);
+      const alice = await connect(n1!, 'alice');
+      const carol = await connect(n2!, 'carol');
+      await alice.request({ type: 'publish', room: 'team', data: 'before carol' });
+      table.add('team', 'carol');
+      await n1!.server.manager.addMember('team', 'carol');
+      await n1!.server.manager.broadcast('team', 'carol joined');
+      expect(await carol.next('joined')).toEqual({ type: 'joined', room: 'team', seq: 1 });
+      expect(await carol.next('message')).toMatchObject({ seq: 2, data: 'carol joined' });
+      await alice.request({ type: 'publish', room: 'team', data: 'hello carol' });
+      await carol.next('message', (m) => m.seq === 3);
+      expect(await carol.quiet(200)).toEqual([]);
+      expect(messages(carol).map((m) => m.seq)).toEqual([2, 3]);
+      expect(carol.of('joined')).toHaveLength(1);
+    });
+
     it('keeps out a user whose removal on one node raced their addition on another', async () => {
       // The application's writes: added (node 1's route), then removed (node 2's route).
       // Node 1's notice reaches node 2 after node 2's own removal.

@@ -591,16 +591,19 @@ describe('RoomManager core (in-memory connections)', () => {
     await settle();
     table.add('r', 'dave');
     await n1.addMember('r', 'dave');
+    // Published once addMember resolved: dave gets it, though his connection was not open yet.
+    await n1.broadcast('r', 'added');
     await settle();
     release();
     await dave.handlers.ready;
-    for (let i = 0; i < 100 && dave.of('joined').length === 0; i++) await settle(10);
-    expect(dave.frames.map((f) => f.type)).toEqual(['welcome', 'joined']);
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    expect(dave.frames.map((f) => f.type)).toEqual(['welcome', 'joined', 'message']);
     expect(dave.frames[0]).toMatchObject({ rooms: [] });
     expect(dave.frames[1]).toEqual({ type: 'joined', room: 'r', seq: 1 });
+    expect(dave.frames[2]).toMatchObject({ seq: 2, data: 'added' });
     await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['after']);
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
     await n1.close();
     await n2.close();
   });
