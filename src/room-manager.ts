@@ -262,7 +262,10 @@ const CID_CLAIM_MS = 30_000;
 const CID_POLL_MAX_MS = 1_000;
 /** Earlier stays of one connection in one room a resume keeps apart; older ones are forgotten. */
 const MAX_STAYS_PER_ROOM = 16;
-/** Attempts of `roomsOf` for one connection in backplane mode, and the first backoff. */
+/**
+ * Attempts of `roomsOf` for one connection in backplane mode, and the first backoff; the
+ * same for a `membersOf` that failed while another process's notice was checked.
+ */
 const ROOMS_OF_ATTEMPTS = 6;
 const ROOMS_OF_BACKOFF_MS = 500;
 
@@ -2274,10 +2277,27 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * writes: a removal made here since may be newer. So the loader is asked, and only a
    * user it still lists is brought in, as ensure-participants would.
    */
-  private async addAnnounced(room: string, user: string, from: number | undefined): Promise<void> {
+  private async addAnnounced(room: string, user: string, from: number | undefined, attempt = 1): Promise<void> {
     this.membership.invalidate(room);
     if (!this.users.has(user)) return;
-    if (await this.isParticipant(room, user)) await this.addLocally(room, user, { from });
+    const loaded = this.membership.load(room);
+    const snapshot = loaded instanceof Promise ? await loaded : loaded;
+    if (snapshot.stale) this.checkAgain(attempt, (next) => this.addAnnounced(room, user, from, next), { room, user });
+    if (snapshot.users?.has(user) === true) await this.addLocally(room, user, { from });
+  }
+
+  /**
+   * Another process's notice (`addMember`, `participants`) whose check failed (the loader
+   * did not answer, so only what it answered before was known): checked again with
+   * backoff, as a failed `roomsOf` is, since the process that sent it counts its users as
+   * told and will not send it again.
+   */
+  private checkAgain(attempt: number, check: (attempt: number) => Promise<void>, context: { room: string; user?: string }): void {
+    if (attempt >= ROOMS_OF_ATTEMPTS) return;
+    const timer = setTimeout(() => {
+      if (!this.closing) check(attempt + 1).catch((error: unknown) => this.reportError('ensure', error, context));
+    }, ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
+    timer.unref?.();
   }
 
   /** A change announced by another process: applied here, not announced again. */
@@ -2344,7 +2364,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * Connections of theirs here that are outside the room (and did not leave it) enter it,
    * after this process's own loader agrees, and are sent the messages from `seq` on.
    */
-  private async reachLocally(room: string, users: readonly string[], seq: number): Promise<void> {
+  private async reachLocally(room: string, users: readonly string[], seq: number, attempt = 1): Promise<void> {
     const outside = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     const candidates: ConnState[] = [];
@@ -2371,6 +2391,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       await this.inRoomOrder(room, async () => {
         const loaded = this.membership.load(room);
         const snapshot = loaded instanceof Promise ? await loaded : loaded;
+        if (snapshot.stale) this.checkAgain(attempt, (next) => this.reachLocally(room, users, seq, next), { room });
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
         const sent = await this.roomSeq(room);

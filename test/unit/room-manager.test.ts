@@ -566,6 +566,50 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it.each(['addMember', 'a participants notice'] as const)('brings in a user another node found once the loader answers again, after %s it failed to check', async (how) => {
+    const table = new MembershipTable({ r: ['alice'] });
+    let failNext = false;
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, {
+      backplane: bus.node(),
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        membersOf: (room) => {
+          if (failNext) {
+            failNext = false;
+            throw new Error('database down');
+          }
+          return table.membersOf(room);
+        },
+      },
+    });
+    n2.on('error', () => undefined);
+    await openFake(n1, 'alice');
+    await n1.broadcast('r', 'before');
+    const dave = await openFake(n2, 'dave');
+    table.add('r', 'dave');
+    // Without addMember, node 1 finds dave once it asks its loader again.
+    if (how === 'a participants notice') await n1.invalidate('r');
+    await settle();
+    failNext = true;
+    if (how === 'addMember') await n1.addMember('r', 'dave');
+    await n1.broadcast('r', 'while the loader was down');
+    await settle(20);
+    expect(dave.frames.slice(1)).toEqual([]);
+    // Checked again half a second later: the user enters, with what they missed.
+    await settle(600);
+    expect(dave.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 1],
+      ['message', 2],
+    ]);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['while the loader was down', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('brings in a connection that was auto-joining on another node when its user was added', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     let release: () => void = () => undefined;
