@@ -384,7 +384,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * Rooms a user was added to or removed from (false) while one of their connections was
    * opening: its `roomsOf` answer may predate the change, so auto-join skips a removed
    * room and enters an added one after `welcome`. Entries live only until that
-   * connection's auto-join ends.
+   * connection's auto-join ends; a connection retrying `roomsOf` has one too, for its
+   * removals, until the retry has entered its rooms.
    */
   private readonly changedWhileOpening = new Map<ConnState, Map<string, Addition | false>>();
   /**
@@ -714,24 +715,32 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const timer = setTimeout(() => {
       void (async () => {
         if (conn.state === 'closed' || this.closing) return;
-        let rooms: Set<string>;
+        // The answer may predate a removal made while it comes, as at connect: kept until
+        // the last room is entered (see changedWhileOpening).
+        const changed = new Map<string, Addition | false>();
+        this.changedWhileOpening.set(conn, changed);
         try {
-          rooms = toStringSet(
-            await withTimeout(
-              Promise.resolve().then(() => this.options.membership.roomsOf(conn.principal)),
-              this.options.loaderTimeoutMs,
-              'roomsOf',
-            ),
-          );
-        } catch (error) {
-          this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
-          this.retryRoomsOf(conn, attempt + 1);
-          return;
-        }
-        for (const room of rooms) {
-          if (!isRoomName(room) || conn.rooms.has(room) || conn.left.has(room)) continue;
-          if (conn.rooms.size >= this.options.maxRoomsPerConnection) break;
-          await this.enterRoom(conn, room, 'member', 'auto', undefined);
+          let rooms: Set<string>;
+          try {
+            rooms = toStringSet(
+              await withTimeout(
+                Promise.resolve().then(() => this.options.membership.roomsOf(conn.principal)),
+                this.options.loaderTimeoutMs,
+                'roomsOf',
+              ),
+            );
+          } catch (error) {
+            this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id });
+            this.retryRoomsOf(conn, attempt + 1);
+            return;
+          }
+          for (const room of rooms) {
+            if (!isRoomName(room) || conn.rooms.has(room) || conn.left.has(room) || changed.get(room) === false) continue;
+            if (conn.rooms.size >= this.options.maxRoomsPerConnection) break;
+            await this.enterRoom(conn, room, 'member', 'auto', undefined);
+          }
+        } finally {
+          if (this.changedWhileOpening.get(conn) === changed) this.changedWhileOpening.delete(conn);
         }
       })().catch((error: unknown) => this.reportError('roomsOf', error, { connectionId: conn.id, user: conn.user.id }));
     }, ROOMS_OF_BACKOFF_MS * 2 ** (attempt - 1));
@@ -2231,8 +2240,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       this.adding.delete(adding.key);
     }
     for (const conn of state.conns) {
-      if (conn.state === 'opening') this.changeWhileOpening(conn, room, false);
-      else this.removeFromRoom(conn, room, true, 'removed');
+      // An opening connection, or one retrying roomsOf: its answer may predate this.
+      if (conn.state === 'opening' || this.changedWhileOpening.has(conn)) this.changeWhileOpening(conn, room, false);
+      if (conn.state !== 'opening') this.removeFromRoom(conn, room, true, 'removed');
     }
   }
 

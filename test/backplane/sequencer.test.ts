@@ -367,6 +367,36 @@ describe('the per-room sequencer', () => {
     expect(bob.of('message').map((m) => m.data)).toEqual(['reached']);
   });
 
+  it('does not put a connection in a room its user was removed from while its retried roomsOf answered', async () => {
+    const table = new MembershipTable({ room: ['bob'] });
+    let calls = 0;
+    const node = new RoomManager({
+      authenticate: () => ({ id: 'unused' }),
+      backplane: new LocalBus().node(),
+      membership: {
+        // The retry reads the table, then answers 100 ms later.
+        roomsOf: async (user) => {
+          if (++calls === 1) throw new Error('database down');
+          const answer = table.roomsOf(user);
+          await settle(100);
+          return answer;
+        },
+        membersOf: (room) => table.membersOf(room),
+      },
+    });
+    managers.push(node);
+    node.on('error', () => undefined);
+    const bob = await openFake(node, 'bob');
+    await settle(550);
+    table.remove('room', 'bob');
+    await node.removeMember('room', 'bob');
+    await settle(200);
+    expect(node.roomsOf(bob.handlers.id)).toEqual([]);
+    bob.receive({ type: 'publish', room: 'room', data: 'after removal', ref: 'p' });
+    await settle(20);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.code])).toEqual([['error', 'forbidden']]);
+  });
+
   it('does not put back a connection that left a room while its retried auto-join was subscribing', async () => {
     const table = new MembershipTable({ room: ['bob'] });
     let calls = 0;
