@@ -207,8 +207,11 @@ interface RoomFeed {
 
 /** An `addMember`, here or announced by another process. */
 interface Addition {
-  /** The room's seq when it was made: its connections get the messages after it. Undefined: what follows their entry. */
-  readonly from: number | undefined;
+  /**
+   * The room's seq when it was made (perhaps still being read): its connections get the
+   * messages after it. Undefined: what follows their entry.
+   */
+  readonly from: MaybePromise<number | undefined>;
 }
 
 /** Additions of one user to one room waiting for their turn; see `RoomManager.adding`. */
@@ -2119,32 +2122,37 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   async addMember(room: string, user: string): Promise<void> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
-    const announced = this.backplane ? this.announceAdd(room, user) : undefined;
-    await this.addLocally(room, user, { from: undefined });
+    // The room's latest seq as the user became a participant: connections of theirs that
+    // enter it late are sent every message after it, whatever follows this call. Those
+    // still connecting here (the fallback cannot reach them yet) and all of theirs on
+    // other processes (which may have to subscribe the room first); those open here are
+    // reached by the fallback until they are in.
+    const from = this.seqNow(room);
+    const announced = this.backplane ? Promise.resolve(from).then((seq) => this.announce({ kind: 'add', room, user, seq })) : undefined;
+    await this.addLocally(room, user, { from: undefined }, { from });
     if (announced) await announced;
   }
 
-  /**
-   * Announces an `addMember` with the room's latest seq: the user's connections on other
-   * processes are sent every message after it, however late they enter the room there
-   * (it may have to be subscribed first, and a broadcast may follow this call at once).
-   * Without it (the history did not answer) they get what follows their entry.
-   */
-  private async announceAdd(room: string, user: string): Promise<void> {
-    let seq: number | undefined;
-    try {
-      seq = await this.history.latestSeq(room);
-    } catch (error) {
+  /** The history's latest seq of `room`; undefined when it did not answer (reported). */
+  private seqNow(room: string): MaybePromise<number | undefined> {
+    const failed = (error: unknown): undefined => {
       this.reportError('backplane.history', error, { room });
+      return undefined;
+    };
+    try {
+      const latest = this.history.latestSeq(room);
+      return latest instanceof Promise ? latest.catch(failed) : latest;
+    } catch (error) {
+      return failed(error);
     }
-    await this.announce({ kind: 'add', room, user, seq });
   }
 
-  private async addLocally(room: string, user: string, addition: Addition): Promise<void> {
+  /** `opening`: the addition an opening connection of the user makes after its welcome. */
+  private async addLocally(room: string, user: string, addition: Addition, opening = addition): Promise<void> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, addition);
+    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, opening);
     await this.bringIn(state, room, addition);
   }
 
@@ -2153,21 +2161,26 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * those that did not leave it, up to their room limit. A `removeMember` made while this
    * waits for its turn wins: the user is not put back.
    */
-  private async bringIn(user: UserState, room: string, { from }: Addition): Promise<void> {
+  private async bringIn(user: UserState, room: string, addition: Addition): Promise<void> {
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
     if (![...user.conns].some(eligible)) return;
     const adding = this.beginAdding(room, user.id);
+    // What the fallback sends them while this waits for its turn is not sent again.
+    const fallback = new Map<ConnState, number | undefined>();
+    for (const conn of user.conns) fallback.set(conn, this.sentOutsideRoom.get(conn)?.get(room));
     try {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
         if (adding.cancelled || ![...user.conns].some(eligible)) return;
+        const from = await addition.from;
         const sent = await this.roomSeq(room);
         const { seq, missed } = await this.missedSince(room, from === undefined ? sent : Math.min(from, sent), sent);
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
-          this.enterWith(conn, room, 'member', seq, missed);
+          const first = this.sentOutsideRoom.get(conn)?.get(room);
+          this.enterWith(conn, room, 'member', seq, first !== fallback.get(conn) ? missed.filter((m) => m.seq < first!) : missed);
         }
       });
     } finally {

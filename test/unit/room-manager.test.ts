@@ -652,6 +652,104 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    let release: () => void = () => undefined;
+    const gate = new Promise<void>((resolve) => (release = resolve));
+    const rooms = manager(table, {
+      membership: {
+        // dave's answer is read before the application adds him.
+        roomsOf: async (user) => {
+          const answer = table.roomsOf(user);
+          if (user.id === 'dave') await gate;
+          return answer;
+        },
+        membersOf: (room) => table.membersOf(room),
+      },
+    });
+    await openFake(rooms, 'alice');
+    await rooms.broadcast('r', 'before');
+    const dave = new FakeConnection();
+    dave.handlers = rooms.open(dave, { id: 'dave' });
+    await settle();
+    table.add('r', 'dave');
+    await rooms.addMember('r', 'dave');
+    await rooms.broadcast('r', 'added');
+    release();
+    await dave.handlers.ready;
+    // Open now, outside the room until its turn comes: the fallback reaches it meanwhile.
+    await rooms.broadcast('r', 'opened');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    await rooms.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 3; i++) await settle(10);
+    await settle(20);
+    expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+    expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 1 }]);
+    expect(dave.of('message').map((m) => [m.seq, m.data])).toEqual([
+      [2, 'added'],
+      [3, 'opened'],
+      [4, 'after'],
+    ]);
+  });
+
+  it('sends an added user a broadcast that waited for the room\'s participants once, by the fallback or as missed', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    let release: () => void = () => undefined;
+    let slow = false;
+    const rooms = manager(table, {
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        membersOf: async (room) => {
+          const answer = table.membersOf(room);
+          if (slow) await new Promise<void>((resolve) => (release = resolve));
+          return answer;
+        },
+      },
+    });
+    await openFake(rooms, 'alice');
+    const dave = await openFake(rooms, 'dave');
+    await rooms.broadcast('r', 'before');
+    // The next broadcast waits for a fresh answer of the loader; dave is added meanwhile.
+    slow = true;
+    await rooms.invalidate('r');
+    const waiting = rooms.broadcast('r', 'waited');
+    await settle();
+    slow = false;
+    table.add('r', 'dave');
+    const added = rooms.addMember('r', 'dave');
+    await settle();
+    release();
+    await waiting;
+    await added;
+    await rooms.broadcast('r', 'after');
+    await settle(20);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['waited', 'after']);
+    expect(dave.of('joined')).toHaveLength(1);
+  });
+
+  it('does not send an added user on another node a broadcast twice that its fallback sent before the notice came', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, { backplane: bus.node(), membershipTtlMs: 20 });
+    await openFake(n1, 'alice');
+    await openFake(n2, 'bob');
+    const dave = await openFake(n2, 'dave');
+    await n1.broadcast('r', 'before');
+    await settle(40);
+    // Node 2's cached participants expired: it asks its loader, which lists dave already.
+    table.add('r', 'dave');
+    const added = n1.addMember('r', 'dave');
+    const sent = n1.broadcast('r', 'right after');
+    await added;
+    await sent;
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    await settle(20);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['right after', 'after']);
+    expect(dave.of('joined')).toHaveLength(1);
+  });
+
   it('keeps the rooms an always-connected user left, for their offline, bounded like the connection’s left rooms', async () => {
     const table = new MembershipTable({ home: ['alice', 'bob'] });
     const rooms = manager(table, { presence: true, maxRoomsPerConnection: 10, joinRate: false });
