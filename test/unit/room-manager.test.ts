@@ -1,5 +1,5 @@
 import { describe, expect, it, vi } from 'vitest';
-import { LocalBus, RoomManager, RoomwireError, type DeliveryReport, type RoomManagerOptions } from '../../src/index.js';
+import { LocalBus, RoomManager, RoomwireError, type DeliveryReport, type MembershipLoader, type RoomManagerOptions } from '../../src/index.js';
 import { FakeConnection, openFake, settle } from '../helpers/fake-connection.js';
 import { MembershipTable } from '../helpers/server.js';
 
@@ -378,19 +378,24 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
   });
 
+  /** A loader whose `membersOf` reads the table when asked and answers when the test calls one of `answers`. */
+  function membersOfHeld(table: MembershipTable): { membership: MembershipLoader; answers: (() => void)[] } {
+    const answers: (() => void)[] = [];
+    const membership: MembershipLoader = {
+      roomsOf: (user) => table.roomsOf(user),
+      membersOf: async (room) => {
+        const answer = table.membersOf(room);
+        await new Promise<void>((resolve) => answers.push(resolve));
+        return answer;
+      },
+    };
+    return { membership, answers };
+  }
+
   it('does not put in a user removed while their addMember waited for the room', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    const answers: (() => void)[] = [];
-    const rooms = manager(table, {
-      membership: {
-        roomsOf: (user) => table.roomsOf(user),
-        membersOf: async (room) => {
-          const answer = table.membersOf(room);
-          await new Promise<void>((resolve) => answers.push(resolve));
-          return answer;
-        },
-      },
-    });
+    const { membership, answers } = membersOfHeld(table);
+    const rooms = manager(table, { membership });
     await openFake(rooms, 'alice');
     const bob = await openFake(rooms, 'bob');
     // A broadcast holds the room while the loader answers: the addMember waits for it.
@@ -420,18 +425,8 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
-    const answers: (() => void)[] = [];
-    const rooms = manager(table, {
-      membership: {
-        roomsOf: (user) => table.roomsOf(user),
-        // Reads the table when asked, answers when the test says so.
-        membersOf: async (room) => {
-          const answer = table.membersOf(room);
-          await new Promise<void>((resolve) => answers.push(resolve));
-          return answer;
-        },
-      },
-    });
+    const { membership, answers } = membersOfHeld(table);
+    const rooms = manager(table, { membership });
     await openFake(rooms, 'alice');
     const bob = await openFake(rooms, 'bob');
     const carol = await openFake(rooms, 'carol');
@@ -610,24 +605,27 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
-  it('brings in a connection that was auto-joining on another node when its user was added', async () => {
-    const table = new MembershipTable({ r: ['alice'] });
+  /** A loader whose `roomsOf` answer for `user` is read at once but held until `release()`: it predates what the test changes meanwhile. */
+  function roomsOfHeldFor(user: string, table: MembershipTable): { membership: MembershipLoader; release: () => void } {
     let release: () => void = () => undefined;
     const gate = new Promise<void>((resolve) => (release = resolve));
+    const membership: MembershipLoader = {
+      roomsOf: async (principal) => {
+        const answer = table.roomsOf(principal);
+        if (principal.id === user) await gate;
+        return answer;
+      },
+      membersOf: (room) => table.membersOf(room),
+    };
+    return { membership, release: () => release() };
+  }
+
+  it('brings in a connection that was auto-joining on another node when its user was added', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const { membership, release } = roomsOfHeldFor('dave', table);
     const bus = new LocalBus();
     const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, {
-      backplane: bus.node(),
-      membership: {
-        // dave's answer is read before the application adds him.
-        roomsOf: async (user) => {
-          const answer = table.roomsOf(user);
-          if (user.id === 'dave') await gate;
-          return answer;
-        },
-        membersOf: (room) => table.membersOf(room),
-      },
-    });
+    const n2 = manager(table, { backplane: bus.node(), membership });
     await openFake(n1, 'alice');
     await n1.broadcast('r', 'before');
     const dave = new FakeConnection();
@@ -654,19 +652,8 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    let release: () => void = () => undefined;
-    const gate = new Promise<void>((resolve) => (release = resolve));
-    const rooms = manager(table, {
-      membership: {
-        // dave's answer is read before the application adds him.
-        roomsOf: async (user) => {
-          const answer = table.roomsOf(user);
-          if (user.id === 'dave') await gate;
-          return answer;
-        },
-        membersOf: (room) => table.membersOf(room),
-      },
-    });
+    const { membership, release } = roomsOfHeldFor('dave', table);
+    const rooms = manager(table, { membership });
     await openFake(rooms, 'alice');
     await rooms.broadcast('r', 'before');
     const dave = new FakeConnection();
