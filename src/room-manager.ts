@@ -36,7 +36,10 @@ export type LeaveReason = 'leave' | 'removed' | 'server';
 export interface RoomManagerEvents {
   /** A connection was authenticated, auto-joined and sent `welcome`. */
   connect: (event: { connectionId: string; user: string; rooms: string[] }) => void;
-  /** A connection closed. */
+  /**
+   * A connection closed: one for every `connect`. A connection that closes before its
+   * `welcome` (its `roomsOf` answer still on its way) raises neither.
+   */
   disconnect: (event: { connectionId: string; user: string; code: number; reason: string }) => void;
   /**
    * A connection entered a room. For the rooms it was auto-joined to (`reason` `auto`), once
@@ -849,7 +852,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (user.conns.size === 0) this.users.delete(user.id);
     this.conns.delete(conn.id);
     if (this.logging) this.logger.debug({ user: user.id, connectionId: conn.id, code, reason }, `connection ${conn.id} of user ${user.id} closed (${code})`);
-    this.notify('disconnect', { connectionId: conn.id, user: user.id, code, reason });
+    // Paired with its `connect`: a connection closed before its welcome raised none.
+    if (wasOpen) this.notify('disconnect', { connectionId: conn.id, user: user.id, code, reason });
     if (this.conns.size === 0) this.drained?.();
   }
 

@@ -945,6 +945,27 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(warnings).toEqual([`closing connection ${flood.handlers.id} of user alice: too many frames before welcome`]);
   });
 
+  it('pairs every connect with one disconnect, and raises neither for a connection closed before its welcome', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    let answer: (rooms: string[]) => void = () => undefined;
+    const rooms = manager(table, {
+      membership: { roomsOf: (user) => (user.id === 'bob' ? new Promise<string[]>((resolve) => (answer = resolve)) : table.roomsOf(user)), membersOf: (room) => table.membersOf(room) },
+    });
+    const events: string[] = [];
+    rooms.on('connect', ({ user }) => events.push(`connect ${user}`));
+    rooms.on('disconnect', ({ user, code }) => events.push(`disconnect ${user} ${code}`));
+    const alice = await openFake(rooms, 'alice');
+    const bob = new FakeConnection();
+    bob.handlers = rooms.open(bob, { id: 'bob' });
+    await settle();
+    bob.handlers.closed(1001, 'gone before welcome');
+    answer([]);
+    alice.handlers.closed(1000, 'bye');
+    await settle();
+    expect(bob.frames).toEqual([]);
+    expect(events).toEqual(['connect alice', 'disconnect alice 1000']);
+  });
+
   it('gives each leave event its reason: leave, removed (removeMember, ensure-participants), server (leave(), a close)', async () => {
     const table = new MembershipTable({ a: ['alice'], b: ['alice'], c: ['alice'], d: ['alice'], e: ['alice'] });
     const rooms = manager(table);
