@@ -655,7 +655,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const joined: string[] = [];
     const entered: string[] = [];
     for (const room of wanted) {
-      if (changed?.get(room) === false) {
+      const change = changed?.get(room);
+      // An addMember made while roomsOf answered may be older than the room's seq now: a
+      // message since it is owed to the connection, and welcome.seqs would count it as seen.
+      // Entered after welcome instead (below), from where the addition stood.
+      const owed = change !== undefined && change !== false && !(typeof change.from === 'number' && change.from >= seqs[room]!);
+      if (change === false || owed) {
         // welcome.seqs speaks of the rooms welcome lists only.
         delete seqs[room];
         continue;

@@ -679,6 +679,32 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
   });
 
+  it('sends a connection still connecting when its user was added the broadcast made right after, when its roomsOf already lists the room', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const { membership, release } = roomsOfHeldFor('dave', table);
+    const rooms = manager(table, { membership });
+    await openFake(rooms, 'alice');
+    await rooms.broadcast('r', 'before');
+    // The database changed first: dave's roomsOf, read as he connects, lists the room.
+    table.add('r', 'dave');
+    const dave = new FakeConnection();
+    dave.handlers = rooms.open(dave, { id: 'dave' });
+    await settle();
+    await rooms.addMember('r', 'dave');
+    await rooms.broadcast('r', 'added');
+    release();
+    await dave.handlers.ready;
+    await rooms.broadcast('r', 'after');
+    await settle(20);
+    // Not counted as seen in welcome.seqs: joined from the seq at addMember, then what followed.
+    expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+    expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 1 }]);
+    expect(dave.of('message').map((m) => [m.seq, m.data])).toEqual([
+      [2, 'added'],
+      [3, 'after'],
+    ]);
+  });
+
   it('sends an added user a broadcast that waited for the room\'s participants once, by the fallback or as missed', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     let release: () => void = () => undefined;
