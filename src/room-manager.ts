@@ -1451,6 +1451,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // well, it would reach the connection again when the feed fetches from its baseline.
       const feed = this.feeds.get(room);
       if (feed) {
+        // Still subscribing, its baseline will be the room's latest seq, this message's or
+        // later: it starts before this message instead, or the feed would skip it as sent.
+        if (!feed.active) feed.startAt = Math.min(feed.startAt ?? message.seq - 1, message.seq - 1);
         this.waiters.set(id, waiter);
         this.accept(feed, message);
         return undefined;

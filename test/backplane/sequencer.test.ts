@@ -269,6 +269,29 @@ describe('the per-room sequencer', () => {
     expect(seqsOf(alice.frames)).toEqual([1, 2, 3]);
   });
 
+  it('delivers a direct broadcast that a connection opening meanwhile handed to its feed still subscribing', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['bob'] });
+    const here = manager(table, bus.node());
+    manager(table, bus.node());
+    const alice = await openFake(here, 'alice');
+    table.add('room', 'alice');
+    await here.invalidate('room');
+    // No feed for the room here: the broadcast takes the direct path. alice's second
+    // connection, opened right after, auto-joins the room and opens its feed first.
+    const sent = here.broadcast('room', 'hi');
+    const second = await openFake(here, 'alice');
+    expect(await sent).toMatchObject({ seq: 1, online: 1, reached: 1, added: 1 });
+    await settle(20);
+    // The open connection is brought in with the message; the second came in after it.
+    expect(alice.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 0],
+      ['message', 1],
+    ]);
+    expect(second.frames[0]).toMatchObject({ type: 'welcome', rooms: ['room'], seqs: { room: 1 } });
+    expect(second.of('message')).toEqual([]);
+  });
+
   it('refills after a reconnect also while a fill is running', async () => {
     const { bus, sender, lossy, bob } = await lossyPair();
     // The history answers slowly, so the gap fill for seq 2 is still running at the reconnect.
