@@ -787,7 +787,7 @@ describe('RoomManager model (property)', () => {
     process.on('unhandledRejection', onUnhandled);
     try {
       await fc.assert(
-        fc.asyncProperty(config, fc.array(step, { minLength: 1, maxLength: Number(process.env.MODEL_LEN ?? 45) }), async (cfg, steps) => {
+        fc.asyncProperty(config, fc.array(step, { minLength: 1, maxLength: Number(process.env.MODEL_LEN ?? 45), size: 'max' }), async (cfg, steps) => {
           const violations = await runModel(cfg, steps);
           await new Promise((resolve) => setTimeout(resolve, 0));
           if (unhandled.length > 0) violations.push(`unhandled rejection: ${String(unhandled.splice(0)[0])}`);
