@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import {
   LocalBus,
   RoomManager,
@@ -13,6 +13,7 @@ import {
   type PublishCid,
   type StoredMessage,
 } from '../../src/index.js';
+import { assertModel, modelSettings } from '../helpers/model.js';
 
 /**
  * A model-based property test of membership across processes: two or three RoomManagers
@@ -41,10 +42,7 @@ import {
  * CLUSTER_RUNS and CLUSTER_LEN (steps per run, 40) widen a hunt.
  */
 
-const SEED = Number.isInteger(Number(process.env.CLUSTER_SEED)) ? Number(process.env.CLUSTER_SEED) : 0xc1_0057;
-const PATH = process.env.CLUSTER_PATH;
-const RUNS = Number(process.env.CLUSTER_RUNS ?? 60);
-const LEN = Number(process.env.CLUSTER_LEN ?? 40);
+const SETTINGS = modelSettings('CLUSTER', { seed: 0xc1_0057, runs: 60, len: 40 });
 
 const USERS = ['ann', 'ben', 'cat', 'dan'] as const;
 const ROOMS = ['r1', 'r2', 'pub'] as const;
@@ -586,22 +584,9 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
 }
 
 describe('RoomManager cluster membership model (property)', () => {
-  it('reaches every participant and nobody removed, on two or three processes with slow loaders and subscriptions', async () => {
-    const unhandled: unknown[] = [];
-    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      await fc.assert(
-        fc.asyncProperty(config, fc.array(step, { minLength: 1, maxLength: LEN, size: 'max' }), async (cfg, steps) => {
-          const violations = await runModel(cfg, steps);
-          await new Promise((resolve) => setTimeout(resolve, 0));
-          if (unhandled.length > 0) violations.push(`unhandled rejection: ${String(unhandled.splice(0)[0])}`);
-          expect(violations).toEqual([]);
-        }),
-        { seed: SEED, numRuns: RUNS, ...(PATH === undefined ? {} : { path: PATH }) },
-      );
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
-  }, Math.max(60_000, RUNS * 400));
+  it(
+    'reaches every participant and nobody removed, on two or three processes with slow loaders and subscriptions',
+    () => assertModel(SETTINGS, config, step, runModel),
+    Math.max(60_000, SETTINGS.runs * 400),
+  );
 });

@@ -1,5 +1,5 @@
 import fc from 'fast-check';
-import { describe, expect, it } from 'vitest';
+import { describe, it } from 'vitest';
 import {
   LocalBus,
   RoomManager,
@@ -9,6 +9,7 @@ import {
   type MembershipLoader,
   type RoomManagerOptions,
 } from '../../src/index.js';
+import { assertModel, modelSettings } from '../helpers/model.js';
 import { MembershipTable } from '../helpers/server.js';
 
 /**
@@ -23,9 +24,7 @@ import { MembershipTable } from '../helpers/server.js';
  * MODEL_RUNS and MODEL_LEN (steps per run, 45) widen a hunt.
  */
 
-const SEED = Number.isInteger(Number(process.env.MODEL_SEED)) ? Number(process.env.MODEL_SEED) : 0x5eed_0001;
-const PATH = process.env.MODEL_PATH;
-const RUNS = Number(process.env.MODEL_RUNS ?? 150);
+const SETTINGS = modelSettings('MODEL', { seed: 0x5eed_0001, runs: 150, len: 45 });
 
 const USERS = ['ann', 'ben', 'cat', 'mal'] as const;
 const ROOMS = ['r1', 'r2', 'r3', 'pub'] as const;
@@ -781,22 +780,9 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
 }
 
 describe('RoomManager model (property)', () => {
-  it('keeps its promises under random operations, on one process and on a LocalBus', async () => {
-    const unhandled: unknown[] = [];
-    const onUnhandled = (reason: unknown): void => void unhandled.push(reason);
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      await fc.assert(
-        fc.asyncProperty(config, fc.array(step, { minLength: 1, maxLength: Number(process.env.MODEL_LEN ?? 45), size: 'max' }), async (cfg, steps) => {
-          const violations = await runModel(cfg, steps);
-          await new Promise((resolve) => setTimeout(resolve, 0));
-          if (unhandled.length > 0) violations.push(`unhandled rejection: ${String(unhandled.splice(0)[0])}`);
-          expect(violations).toEqual([]);
-        }),
-        { seed: SEED, numRuns: RUNS, ...(PATH === undefined ? {} : { path: PATH }) },
-      );
-    } finally {
-      process.off('unhandledRejection', onUnhandled);
-    }
-  }, 60_000);
+  it(
+    'keeps its promises under random operations, on one process and on a LocalBus',
+    () => assertModel(SETTINGS, config, step, runModel),
+    60_000,
+  );
 });
