@@ -401,6 +401,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly adding = new Map<string, Adding>();
   /**
+   * Connections an addition (`addMember`, a `participants` notice) is putting in a room,
+   * waiting for its turn: ensure-participants and the fallback leave them to it, which
+   * sends them, in seq order, what was published since the addition. Usually empty.
+   */
+  private readonly entering = new Map<ConnState, Set<string>>();
+  /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
    * and bounded: the latest `maxRoomsPerConnection` rooms.
@@ -691,6 +697,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (this.logging) {
       this.logger.info({ user: conn.user.id, connectionId: conn.id, rooms: joined.length }, `user ${conn.user.id} auto-joined to ${joined.length} rooms`);
     }
+    // Added while roomsOf answered or the rooms were subscribed: entered next, each told with
+    // `joined`, as addMember does for an open connection. Started before any listener runs,
+    // so a broadcast a listener makes leaves the connection to it (see `entering`).
+    for (const [room, addition] of changed ?? []) {
+      if (!addition || conn.rooms.has(room)) continue;
+      this.bringIn(conn.user, room, addition).catch((error: unknown) => this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }));
+    }
     for (const room of entered) {
       if ((conn.state as ConnState['state']) === 'closed') break;
       if (conn.rooms.has(room)) this.notify('join', { connectionId: conn.id, user: conn.user.id, room, reason: 'auto' });
@@ -698,12 +711,6 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.notify('connect', { connectionId: conn.id, user: conn.user.id, rooms: joined });
     if (this.options.presence) this.afterPresenceChange(conn.user.id, 'online', conn.rooms.keyList(), crossed ?? conn.user.open === 1);
     this.armExpiry(conn);
-    // Added while roomsOf answered or the rooms were subscribed: entered now, each told with
-    // `joined`, as addMember does for an open connection.
-    for (const [room, addition] of changed ?? []) {
-      if (!addition || conn.rooms.has(room)) continue;
-      this.bringIn(conn.user, room, addition).catch((error: unknown) => this.reportError('addMember', error, { connectionId: conn.id, user: conn.user.id, room }));
-    }
     const early = conn.early;
     conn.early = undefined;
     if (early) {
@@ -1870,7 +1877,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
             got = true;
             continue;
           }
-          if (conn.left.has(room)) continue;
+          if (conn.left.has(room) || this.isEntering(conn, room)) continue;
           if (conn.lastFailedId === id) roomFailures--;
           const outcome = this.sendMessage(conn, conn.rooms.get(room), text, message, maxBuffered);
           if (outcome === SENT) {
@@ -1928,7 +1935,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const user = this.users.get(userId);
       if (!user) continue;
       for (const conn of user.conns) {
-        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room)) continue;
+        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.isEntering(conn, room)) continue;
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
@@ -2134,14 +2141,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   async addMember(room: string, user: string): Promise<void> {
     if (!isRoomName(room)) throw new RoomwireError('bad_request', ROOM_NAME_RULE);
-    // The room's latest seq as the user became a participant: connections of theirs that
-    // enter it late are sent every message after it, whatever follows this call. Those
-    // still connecting here (the fallback cannot reach them yet) and all of theirs on
-    // other processes (which may have to subscribe the room first); those open here are
-    // reached by the fallback until they are in.
+    // The room's latest seq as the user became a participant: their connections, here and
+    // on other processes, are sent every message after it, however late they enter the
+    // room (still connecting, behind a broadcast that holds the room, or on a process that
+    // must subscribe it first), whatever follows this call.
     const from = this.seqNow(room);
     const announced = this.backplane ? Promise.resolve(from).then((seq) => this.announce({ kind: 'add', room, user, seq })) : undefined;
-    await this.addLocally(room, user, { from: undefined }, { from });
+    await this.addLocally(room, user, { from });
     if (announced) await announced;
   }
 
@@ -2159,12 +2165,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** `opening`: the addition an opening connection of the user makes after its welcome. */
-  private async addLocally(room: string, user: string, addition: Addition, opening = addition): Promise<void> {
+  private async addLocally(room: string, user: string, addition: Addition): Promise<void> {
     this.membership.add(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, opening);
+    for (const conn of state.conns) if (conn.state === 'opening') this.changeWhileOpening(conn, room, addition);
     await this.bringIn(state, room, addition);
   }
 
@@ -2176,11 +2181,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private async bringIn(user: UserState, room: string, addition: Addition): Promise<void> {
     const eligible = (conn: ConnState): boolean =>
       conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
-    if (![...user.conns].some(eligible)) return;
+    const entering = [...user.conns].filter(eligible);
+    if (entering.length === 0) return;
     const adding = this.beginAdding(room, user.id);
-    // What the fallback sends them while this waits for its turn is not sent again.
-    const fallback = new Map<ConnState, number | undefined>();
-    for (const conn of user.conns) fallback.set(conn, this.sentOutsideRoom.get(conn)?.get(room));
+    // Without a seq to start from, the fallback reaches them until they are in.
+    if (addition.from !== undefined) this.markEntering(entering, room, true);
     try {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2191,13 +2196,29 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
-          const first = this.sentOutsideRoom.get(conn)?.get(room);
-          this.enterWith(conn, room, 'member', seq, first !== fallback.get(conn) ? missed.filter((m) => m.seq < first!) : missed);
+          this.enterWith(conn, room, 'member', seq, missed);
         }
       });
     } finally {
       this.endAdding(adding);
+      this.markEntering(entering, room, false);
     }
+  }
+
+  /** Marks (or clears) connections an addition is putting in `room` (see {@link entering}). */
+  private markEntering(conns: readonly ConnState[], room: string, on: boolean): void {
+    for (const conn of conns) {
+      let rooms = this.entering.get(conn);
+      if (on) {
+        if (!rooms) this.entering.set(conn, (rooms = new Set()));
+        rooms.add(room);
+      } else if (rooms?.delete(room) && rooms.size === 0) this.entering.delete(conn);
+    }
+  }
+
+  /** True when an addition is putting `conn` in `room`: it sends the connection what it missed. */
+  private isEntering(conn: ConnState, room: string): boolean {
+    return this.entering.size > 0 && this.entering.get(conn)?.has(room) === true;
   }
 
   /**
@@ -2421,6 +2442,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const adding = new Map<string, Adding>();
     for (const conn of candidates) if (!adding.has(conn.user.id)) adding.set(conn.user.id, this.beginAdding(room, conn.user.id));
     const wanted = (conn: ConnState): boolean => outside(conn) && adding.get(conn.user.id)?.cancelled === false;
+    this.markEntering(candidates, room, true);
     try {
       await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2435,6 +2457,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);
+      this.markEntering(candidates, room, false);
     }
   }
 

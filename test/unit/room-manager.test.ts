@@ -705,6 +705,47 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
   });
 
+  it('sends a connection still connecting when its user was added what it missed in seq order, whatever broadcasts wait meanwhile', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const held = roomsOfHeldFor('dave', table);
+    const loads = membersOfHeld(table);
+    let holdLoads = false;
+    const rooms = manager(table, {
+      membership: {
+        roomsOf: held.membership.roomsOf,
+        membersOf: (room) => (holdLoads ? loads.membership.membersOf(room) : table.membersOf(room)),
+      },
+    });
+    await openFake(rooms, 'alice');
+    await rooms.broadcast('r', 'before');
+    const dave = new FakeConnection();
+    dave.handlers = rooms.open(dave, { id: 'dave' });
+    await settle();
+    table.add('r', 'dave');
+    await rooms.addMember('r', 'dave');
+    await rooms.broadcast('r', 'while connecting');
+    // The next broadcast waits for a fresh answer of the loader, holding the room.
+    holdLoads = true;
+    await rooms.invalidate('r');
+    const waiting = rooms.broadcast('r', 'held');
+    await settle();
+    holdLoads = false;
+    held.release();
+    await dave.handlers.ready;
+    await settle();
+    loads.answers.splice(0).forEach((answer) => answer());
+    await waiting;
+    await rooms.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 3; i++) await settle(10);
+    await settle(20);
+    expect(dave.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 1],
+      ['message', 2],
+      ['message', 3],
+      ['message', 4],
+    ]);
+  });
+
   it('sends an added user a broadcast that waited for the room\'s participants once, by the fallback or as missed', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     let release: () => void = () => undefined;
