@@ -407,6 +407,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly entering = new Map<ConnState, Set<string>>();
   /**
+   * Another process's `addMember` notices still being checked with the loader, by user: a
+   * connection of theirs that is opening waits for them before its welcome, so that the
+   * addition is recorded in `changedWhileOpening` in time. Entries live only while they wait.
+   */
+  private readonly checkingAdds = new Map<string, Set<Promise<void>>>();
+  /**
    * Per connection, the first seq the fallback sent it in each room it was not in: what
    * a room membership's `firstSeq` is for connections in the room. Rare, so kept apart,
    * and bounded: the latest `maxRoomsPerConnection` rooms.
@@ -651,6 +657,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     // an asynchronous one may answer a seq slightly behind, and a resume from it replays
     // exactly what the client missed.
     const seqs: Record<string, number> = Object.create(null) as Record<string, number>;
+    // An addMember announced by another process before welcome is owed to the connection:
+    // its check with the loader is awaited, or the room's seq read below would count the
+    // messages published since that addMember as seen.
+    for (let checks = this.checkingAdds.get(conn.user.id); checks; checks = this.checkingAdds.get(conn.user.id)) await Promise.all(checks);
     for (const room of wanted) {
       const latest = this.roomSeq(room);
       seqs[room] = latest instanceof Promise ? await latest : latest;
@@ -2337,9 +2347,31 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.invalidate(room);
     if (!this.users.has(user)) return;
     const loaded = this.membership.load(room);
-    const snapshot = loaded instanceof Promise ? await loaded : loaded;
+    if (!(loaded instanceof Promise)) return this.addChecked(room, user, from, attempt, loaded);
+    // Connections of the user opening meanwhile wait for this check (see checkingAdds).
+    let resolve!: () => void;
+    const check = new Promise<void>((r) => (resolve = r));
+    let checks = this.checkingAdds.get(user);
+    if (!checks) this.checkingAdds.set(user, (checks = new Set()));
+    checks.add(check);
+    const checked = (): void => {
+      checks.delete(check);
+      if (checks.size === 0 && this.checkingAdds.get(user) === checks) this.checkingAdds.delete(user);
+      resolve();
+    };
+    let added = RESOLVED;
+    try {
+      // Recorded for opening connections (addLocally's first step) before they go on.
+      added = this.addChecked(room, user, from, attempt, await loaded);
+    } finally {
+      checked();
+    }
+    await added;
+  }
+
+  private addChecked(room: string, user: string, from: number | undefined, attempt: number, snapshot: MembersSnapshot): Promise<void> {
     if (snapshot.stale) this.checkAgain(attempt, (next) => this.addAnnounced(room, user, from, next), { room, user });
-    if (snapshot.users?.has(user) === true) await this.addLocally(room, user, { from });
+    return snapshot.users?.has(user) === true ? this.addLocally(room, user, { from }) : RESOLVED;
   }
 
   /**

@@ -650,6 +650,46 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a connection still connecting, whose roomsOf lists the room, what another node broadcast after its addMember', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    let answer: () => void = () => undefined;
+    let slow = false;
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    // Node 2 checks the addMember notice with a loader that answers late.
+    const n2 = manager(table, {
+      backplane: bus.node(),
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        membersOf: async (room) => {
+          const members = table.membersOf(room);
+          if (slow) await new Promise<void>((resolve) => (answer = resolve));
+          return members;
+        },
+      },
+    });
+    await openFake(n1, 'alice');
+    slow = true;
+    const dave = new FakeConnection();
+    dave.handlers = n2.open(dave, { id: 'dave' });
+    table.add('r', 'dave');
+    await n1.addMember('r', 'dave');
+    // Published once addMember resolved, before node 2's loader confirmed the notice.
+    await n1.broadcast('r', 'added');
+    await settle();
+    answer();
+    await dave.handlers.ready;
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
+    expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 0 }]);
+    expect(dave.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'added']]);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
