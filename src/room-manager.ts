@@ -380,6 +380,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /** The backplane's start; awaited before the first subscribe or publish. */
   private readonly started: Promise<void> | undefined;
   private readonly feeds = new Map<string, RoomFeed>();
+  /**
+   * Seqs of this process's broadcasts into rooms it had no feed for, published and waiting
+   * for their room task to deliver them directly, by room: a feed opened meanwhile starts
+   * before them (see `deliverClustered`). Entries live only while they wait.
+   */
+  private readonly directs = new Map<string, Set<number>>();
   private readonly waiters = new Map<string, DeliveryWaiter>();
   /**
    * Connections of this process that a broadcast made on another one leaves out
@@ -1459,9 +1465,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const waiter = this.waiters.get(id);
     if (!waiter) return delivered;
     this.waiters.delete(id);
+    let directs = this.directs.get(room);
+    if (!directs) this.directs.set(room, (directs = new Set()));
+    directs.add(message.seq);
     const direct = await this.inRoomOrder(room, async () => {
       const loaded = this.membership.load(room);
       const snapshot = loaded instanceof Promise ? await loaded : loaded;
+      directs.delete(message.seq);
+      if (directs.size === 0 && this.directs.get(room) === directs) this.directs.delete(room);
       // A local connection entered the room meanwhile (an earlier direct delivery's
       // ensure-participants, a join, an auto-join), opening its feed: the feed delivers
       // this message in seq order with those published elsewhere, and once. Sent here as
@@ -1518,7 +1529,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const latest = await this.history.latestSeq(room);
       this.feedEpoch ??= this.history.epoch;
       // Opened by a direct delivery: what others published since it, before the
-      // subscription was active, is fetched rather than counted as sent.
+      // subscription was active, is fetched rather than counted as sent. So is a direct
+      // broadcast still waiting for its room task, which hands its message to this feed.
+      for (const seq of this.directs.get(room) ?? []) feed.startAt = Math.min(feed.startAt ?? seq - 1, seq - 1);
       const baseline = feed.startAt !== undefined && feed.startAt < latest ? feed.startAt : latest;
       feed.last = baseline;
       feed.sent = baseline;

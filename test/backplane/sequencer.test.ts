@@ -292,6 +292,47 @@ describe('the per-room sequencer', () => {
     expect(second.of('message')).toEqual([]);
   });
 
+  it('delivers a direct broadcast whose turn came after a connection opening meanwhile had subscribed the room', async () => {
+    const bus = new LocalBus();
+    const table = new MembershipTable({ room: ['bob'] });
+    let answer: () => void = () => undefined;
+    let slow = false;
+    const here = new RoomManager({
+      authenticate: (handshake) => ({ id: handshake.url }),
+      membership: {
+        roomsOf: (user) => table.roomsOf(user),
+        membersOf: async (room) => {
+          const members = table.membersOf(room);
+          if (slow) await new Promise<void>((resolve) => (answer = resolve));
+          return members;
+        },
+      },
+      backplane: bus.node(),
+    });
+    managers.push(here);
+    manager(table, bus.node());
+    const alice = await openFake(here, 'alice');
+    table.add('room', 'alice');
+    await here.invalidate('room');
+    // No feed for the room here: the broadcast takes the direct path and waits for the
+    // loader. alice's second connection auto-joins the room meanwhile, and its feed is
+    // active before the broadcast's turn comes.
+    slow = true;
+    const sent = here.broadcast('room', 'hi');
+    await settle();
+    const second = await openFake(here, 'alice');
+    answer();
+    await sent;
+    await settle(20);
+    // The open connection is brought in with the message; the second gets it once.
+    expect(alice.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 0],
+      ['message', 1],
+    ]);
+    expect(second.frames[0]).toMatchObject({ type: 'welcome', rooms: ['room'], seqs: { room: 0 } });
+    expect(second.of('message').map((m) => m.seq)).toEqual([1]);
+  });
+
   it('refills after a reconnect also while a fill is running', async () => {
     const { bus, sender, lossy, bob } = await lossyPair();
     // The history answers slowly, so the gap fill for seq 2 is still running at the reconnect.
