@@ -784,12 +784,22 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /**
    * Puts a connection in a room in room order and tells it with `joined` carrying the
    * seq the live messages continue from. With a backplane, subscribes the room first.
+   * `from`: the room's seq when its user was found a participant; the connection is sent
+   * the messages after it, as an `addMember`'s are.
    */
-  private async enterRoom(conn: ConnState, room: string, mode: Membership['mode'], reason: JoinReason, ref: string | undefined): Promise<boolean> {
+  private async enterRoom(
+    conn: ConnState,
+    room: string,
+    mode: Membership['mode'],
+    reason: JoinReason,
+    ref: string | undefined,
+    from?: MaybePromise<number | undefined>,
+  ): Promise<boolean> {
     const adding = this.beginAdding(room, conn.user.id);
     try {
       if (this.backplane) await this.openFeed(room);
       return await this.inRoomOrder(room, async () => {
+        const since = from === undefined ? undefined : await from;
         if (conn.state === 'closed') return false;
         if (conn.rooms.has(room)) {
           if (reason !== 'join') return true;
@@ -801,6 +811,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
           // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
           if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+          if (since !== undefined) return this.enterSince(conn, room, reason, adding, since);
           this.addToRoom(conn, room, mode, reason);
         }
         return this.sendJoined(conn, room, ref);
@@ -808,6 +819,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     } finally {
       this.endAdding(adding);
     }
+  }
+
+  /**
+   * Puts `conn` in `room` as a participant, with the messages after `from` it was not sent
+   * by the fallback meanwhile; inside a room-order task.
+   */
+  private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number): Promise<boolean> {
+    const sent = await this.roomSeq(room);
+    const { seq, missed } = await this.missedSince(room, Math.min(from, sent), sent);
+    // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
+    if (conn.rooms.has(room)) return true;
+    if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+    const first = this.sentOutsideRoom.get(conn)?.get(room);
+    this.enterWith(conn, room, reason, seq, first === undefined ? missed : missed.filter((m) => m.seq < first));
+    return true;
   }
 
   /**
@@ -1197,11 +1223,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     return result.data;
   }
 
-  /** A participant whose auto-join failed may still publish: put it in the room first. */
+  /**
+   * A participant whose auto-join failed (or who became one since, without `addMember`)
+   * may still publish: put it in the room first, with the messages published since it was
+   * found a participant. A broadcast made meanwhile on another process counts on this one
+   * to reach the user, and this connection's `joined` may not count it as seen.
+   */
   private async ensurePublisher(conn: ConnState, room: string): Promise<boolean> {
     if (conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+    const from = this.backplane ? this.seqNow(room) : undefined;
     if (!(await this.isParticipant(room, conn.user.id)) || conn.state === 'closed') return false;
-    await this.enterRoom(conn, room, 'member', 'ensure', undefined);
+    await this.enterRoom(conn, room, 'member', 'ensure', undefined, from);
     return conn.rooms.has(room);
   }
 

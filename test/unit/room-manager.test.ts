@@ -690,6 +690,46 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a participant who publishes into a room they are outside what another node broadcast while the check ran', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const held: [(() => void)[], (() => void)[]] = [[], []];
+    let slow = false;
+    const loader = (n: 0 | 1): MembershipLoader => ({
+      roomsOf: (user) => table.roomsOf(user),
+      membersOf: async (room) => {
+        const members = table.membersOf(room);
+        if (slow) await new Promise<void>((resolve) => held[n].push(resolve));
+        return members;
+      },
+    });
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node(), membership: loader(0) });
+    const n2 = manager(table, { backplane: bus.node(), membership: loader(1) });
+    await openFake(n1, 'alice');
+    const dave = await openFake(n2, 'dave');
+    table.add('r', 'dave'); // and no addMember
+    await n1.invalidate('r');
+    slow = true;
+    // dave publishes first: node 2 checks that he is a participant, slowly.
+    dave.receive({ type: 'publish', room: 'r', data: 'mine', ref: 'p' });
+    await settle();
+    // Node 1's broadcast is published at once; its participants notice waits for node 1's loader.
+    const sent = n1.broadcast('r', 'one');
+    await settle();
+    held[1].splice(0).forEach((answer) => answer());
+    for (let i = 0; i < 100 && dave.of('ack').length === 0; i++) await settle(10);
+    held[0].splice(0).forEach((answer) => answer());
+    await sent;
+    await settle(20);
+    expect(dave.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 0],
+      ['message', 1],
+      ['ack', 2],
+    ]);
+    await n1.close();
+    await n2.close();
+  });
+
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
