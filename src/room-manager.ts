@@ -796,6 +796,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     from?: MaybePromise<number | undefined>,
   ): Promise<boolean> {
     const adding = this.beginAdding(room, conn.user.id);
+    // Sent what it missed from `from` on, in order: the broadcasts meanwhile leave it to this.
+    if (from !== undefined) this.markEntering([conn], room, true);
     try {
       if (this.backplane) await this.openFeed(room);
       return await this.inRoomOrder(room, async () => {
@@ -818,21 +820,18 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
     } finally {
       this.endAdding(adding);
+      this.markEntering([conn], room, false);
     }
   }
 
-  /**
-   * Puts `conn` in `room` as a participant, with the messages after `from` it was not sent
-   * by the fallback meanwhile; inside a room-order task.
-   */
+  /** Puts `conn` in `room` as a participant, with the messages after `from`; inside a room-order task. */
   private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number): Promise<boolean> {
     const sent = await this.roomSeq(room);
     const { seq, missed } = await this.missedSince(room, Math.min(from, sent), sent);
     // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
     if (conn.rooms.has(room)) return true;
     if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-    const first = this.sentOutsideRoom.get(conn)?.get(room);
-    this.enterWith(conn, room, reason, seq, first === undefined ? missed : missed.filter((m) => m.seq < first));
+    this.enterWith(conn, room, reason, seq, missed);
     return true;
   }
 
