@@ -407,12 +407,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly adding = new Map<string, Adding>();
   /**
-   * Connections an addition that starts from a known seq (`addMember`, here or announced,
-   * and a publisher found a participant) is putting in a room, waiting for its turn:
-   * ensure-participants and the fallback leave them to it, which sends them, in seq order,
-   * everything published after that seq. Usually empty. (A `participants` notice starts
-   * from the broadcast that found them, later than what this process may broadcast
-   * meanwhile: its connections are left to the fallback until they are in.)
+   * Connections an addition (`addMember`, a `participants` notice) is putting in a room,
+   * waiting for its turn: ensure-participants and the fallback leave them to it, which
+   * sends them, in seq order, what was published since the addition. Usually empty.
    */
   private readonly entering = new Map<ConnState, Set<string>>();
   /**
@@ -2521,6 +2518,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const adding = new Map<string, Adding>();
     for (const conn of candidates) if (!adding.has(conn.user.id)) adding.set(conn.user.id, this.beginAdding(room, conn.user.id));
     const wanted = (conn: ConnState): boolean => outside(conn) && adding.get(conn.user.id)?.cancelled === false;
+    this.markEntering(candidates, room, true);
     try {
       await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2535,6 +2533,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);
+      this.markEntering(candidates, room, false);
     }
   }
 
