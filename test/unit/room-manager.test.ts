@@ -378,19 +378,30 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.frames.filter((f) => f.type === 'error').map((f) => [f.ref, f.code])).toEqual([['p', 'forbidden'], ['r', 'forbidden']]);
   });
 
-  /** A loader whose `membersOf` reads the table when asked and answers when the test calls one of `answers`. */
-  function membersOfHeld(table: MembershipTable): { membership: MembershipLoader; answers: (() => void)[] } {
+  /**
+   * A loader whose `membersOf` reads the table when asked and, while holding (from the
+   * start unless `holding` is false; `hold` switches), answers when the test calls one of
+   * `answers`.
+   */
+  function membersOfHeld(
+    table: MembershipTable,
+    holding = true,
+  ): { membership: MembershipLoader; answers: (() => void)[]; hold: (on: boolean) => void } {
     const answers: (() => void)[] = [];
+    let on = holding;
     const membership: MembershipLoader = {
       roomsOf: (user) => table.roomsOf(user),
       membersOf: async (room) => {
         const answer = table.membersOf(room);
-        await new Promise<void>((resolve) => answers.push(resolve));
+        if (on) await new Promise<void>((resolve) => answers.push(resolve));
         return answer;
       },
     };
-    return { membership, answers };
+    return { membership, answers, hold: (value) => void (on = value) };
   }
+
+  /** Answers every `membersOf` call held so far. */
+  const answerAll = (answers: (() => void)[]): void => answers.splice(0).forEach((answer) => answer());
 
   it('does not put in a user removed while their addMember waited for the room', async () => {
     const table = new MembershipTable({ r: ['alice'] });
@@ -405,7 +416,7 @@ describe('RoomManager core (in-memory connections)', () => {
     const adding = rooms.addMember('r', 'bob');
     table.remove('r', 'bob');
     await rooms.removeMember('r', 'bob');
-    answers.splice(0).forEach((answer) => answer());
+    answerAll(answers);
     await sent;
     await adding;
     expect(bob.frames.slice(1)).toEqual([]);
@@ -413,7 +424,7 @@ describe('RoomManager core (in-memory connections)', () => {
     bob.receive({ type: 'resume', rooms: { r: 0 }, ref: 'r' });
     bob.receive({ type: 'publish', room: 'r', data: 'sneaky', ref: 'p' });
     for (let i = 0; i < 3; i++) {
-      answers.splice(0).forEach((answer) => answer());
+      answerAll(answers);
       await settle();
     }
     expect(bob.frames.slice(1).map((f) => [f.type, f.code, f.ref])).toEqual([
@@ -438,7 +449,7 @@ describe('RoomManager core (in-memory connections)', () => {
     await rooms.invalidate('r');
     const sent = rooms.broadcast('r', 'after removal');
     for (let i = 0; i < 3; i++) {
-      answers.splice(0).forEach((answer) => answer());
+      answerAll(answers);
       await settle();
     }
     expect(await sent).toMatchObject({ participants: 1, removed: 1 });
@@ -549,7 +560,7 @@ describe('RoomManager core (in-memory connections)', () => {
     table.add('r', 'dave');
     await n1.addMember('r', 'dave');
     for (let i = 0; i < 5; i++) {
-      answers.splice(0).forEach((answer) => answer());
+      answerAll(answers);
       await settle(2);
     }
     // Refused as of the first answer, then brought in by the addMember.
@@ -652,24 +663,13 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('sends a connection still connecting, whose roomsOf lists the room, what another node broadcast after its addMember', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    let answer: () => void = () => undefined;
-    let slow = false;
+    const loads = membersOfHeld(table, false);
     const bus = new LocalBus();
     const n1 = manager(table, { backplane: bus.node() });
     // Node 2 checks the addMember notice with a loader that answers late.
-    const n2 = manager(table, {
-      backplane: bus.node(),
-      membership: {
-        roomsOf: (user) => table.roomsOf(user),
-        membersOf: async (room) => {
-          const members = table.membersOf(room);
-          if (slow) await new Promise<void>((resolve) => (answer = resolve));
-          return members;
-        },
-      },
-    });
+    const n2 = manager(table, { backplane: bus.node(), membership: loads.membership });
     await openFake(n1, 'alice');
-    slow = true;
+    loads.hold(true);
     const dave = new FakeConnection();
     dave.handlers = n2.open(dave, { id: 'dave' });
     table.add('r', 'dave');
@@ -677,7 +677,7 @@ describe('RoomManager core (in-memory connections)', () => {
     // Published once addMember resolved, before node 2's loader confirmed the notice.
     await n1.broadcast('r', 'added');
     await settle();
-    answer();
+    answerAll(loads.answers);
     await dave.handlers.ready;
     for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
     expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
@@ -788,14 +788,8 @@ describe('RoomManager core (in-memory connections)', () => {
   it('sends a connection still connecting when its user was added what it missed in seq order, whatever broadcasts wait meanwhile', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const held = roomsOfHeldFor('dave', table);
-    const loads = membersOfHeld(table);
-    let holdLoads = false;
-    const rooms = manager(table, {
-      membership: {
-        roomsOf: held.membership.roomsOf,
-        membersOf: (room) => (holdLoads ? loads.membership.membersOf(room) : table.membersOf(room)),
-      },
-    });
+    const loads = membersOfHeld(table, false);
+    const rooms = manager(table, { membership: { roomsOf: held.membership.roomsOf, membersOf: loads.membership.membersOf } });
     await openFake(rooms, 'alice');
     await rooms.broadcast('r', 'before');
     const dave = new FakeConnection();
@@ -805,15 +799,15 @@ describe('RoomManager core (in-memory connections)', () => {
     await rooms.addMember('r', 'dave');
     await rooms.broadcast('r', 'while connecting');
     // The next broadcast waits for a fresh answer of the loader, holding the room.
-    holdLoads = true;
+    loads.hold(true);
     await rooms.invalidate('r');
     const waiting = rooms.broadcast('r', 'held');
     await settle();
-    holdLoads = false;
+    loads.hold(false);
     held.release();
     await dave.handlers.ready;
     await settle();
-    loads.answers.splice(0).forEach((answer) => answer());
+    answerAll(loads.answers);
     await waiting;
     await rooms.broadcast('r', 'after');
     for (let i = 0; i < 100 && dave.of('message').length < 3; i++) await settle(10);
@@ -828,31 +822,21 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('sends an added user a broadcast that waited for the room\'s participants once, by the fallback or as missed', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    let release: () => void = () => undefined;
-    let slow = false;
-    const rooms = manager(table, {
-      membership: {
-        roomsOf: (user) => table.roomsOf(user),
-        membersOf: async (room) => {
-          const answer = table.membersOf(room);
-          if (slow) await new Promise<void>((resolve) => (release = resolve));
-          return answer;
-        },
-      },
-    });
+    const loads = membersOfHeld(table, false);
+    const rooms = manager(table, { membership: loads.membership });
     await openFake(rooms, 'alice');
     const dave = await openFake(rooms, 'dave');
     await rooms.broadcast('r', 'before');
     // The next broadcast waits for a fresh answer of the loader; dave is added meanwhile.
-    slow = true;
+    loads.hold(true);
     await rooms.invalidate('r');
     const waiting = rooms.broadcast('r', 'waited');
     await settle();
-    slow = false;
+    loads.hold(false);
     table.add('r', 'dave');
     const added = rooms.addMember('r', 'dave');
     await settle();
-    release();
+    answerAll(loads.answers);
     await waiting;
     await added;
     await rooms.broadcast('r', 'after');
