@@ -227,6 +227,9 @@ interface Adding {
   waiting: number;
 }
 
+/** The key of a room and user in `RoomManager.adding`. */
+const addingKey = (room: string, user: string): string => JSON.stringify([room, user]);
+
 /** A local publish waiting for its local delivery. */
 interface DeliveryWaiter {
   /** The connection that does not get the message (the publisher). */
@@ -407,9 +410,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly adding = new Map<string, Adding>();
   /**
-   * Connections an addition (`addMember`, a `participants` notice) is putting in a room,
-   * waiting for its turn: ensure-participants and the fallback leave them to it, which
-   * sends them, in seq order, what was published since the addition. Usually empty.
+   * Connections an addition (`addMember`, a `participants` notice, a publisher found a
+   * participant) is putting in a room, waiting for its turn: ensure-participants and the
+   * fallback leave them to it, which sends them, in seq order, what was published since
+   * the addition. Usually empty.
    */
   private readonly entering = new Map<ConnState, Set<string>>();
   /**
@@ -820,14 +824,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
     } finally {
       this.endAdding(adding);
-      this.markEntering([conn], room, false);
+      if (from !== undefined) this.markEntering([conn], room, false);
     }
   }
 
   /** Puts `conn` in `room` as a participant, with the messages after `from`; inside a room-order task. */
   private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number): Promise<boolean> {
-    const sent = await this.roomSeq(room);
-    const { seq, missed } = await this.missedSince(room, Math.min(from, sent), sent);
+    const { seq, missed } = await this.missedSince(room, from);
     // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
     if (conn.rooms.has(room)) return true;
     if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
@@ -2244,9 +2247,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
         if (adding.cancelled || ![...user.conns].some(eligible)) return;
-        const from = await addition.from;
-        const sent = await this.roomSeq(room);
-        const { seq, missed } = await this.missedSince(room, from === undefined ? sent : Math.min(from, sent), sent);
+        const { seq, missed } = await this.missedSince(room, await addition.from);
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
@@ -2255,7 +2256,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       });
     } finally {
       this.endAdding(adding);
-      this.markEntering(entering, room, false);
+      if (addition.from !== undefined) this.markEntering(entering, room, false);
     }
   }
 
@@ -2276,11 +2277,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /**
-   * The messages of `room` after `from` up to `sent` (what this process has sent live), for
-   * connections entering it late, and the seq their `joined` says: `from`, or `sent` when
-   * the history no longer reaches back that far (reported).
+   * The messages of `room` after `after` up to what this process has sent live, for
+   * connections entering it late, and the seq their `joined` says: `after` (at most what
+   * was sent; undefined: what was sent), or what was sent when the history no longer
+   * reaches back that far (reported).
    */
-  private async missedSince(room: string, from: number, sent: number): Promise<{ seq: number; missed: readonly StoredMessage[] }> {
+  private async missedSince(room: string, after: number | undefined): Promise<{ seq: number; missed: readonly StoredMessage[] }> {
+    const sent = await this.roomSeq(room);
+    const from = after === undefined ? sent : Math.min(after, sent);
     const missed = sent > from ? await this.history.since(room, from, sent) : [];
     if (missed !== null) return { seq: from, missed };
     this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
@@ -2304,7 +2308,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /** Registers an addition of `user` to `room` that waits for its turn (see {@link adding}); end it with `endAdding`. */
   private beginAdding(room: string, user: string): Adding {
-    const key = JSON.stringify([room, user]);
+    const key = addingKey(room, user);
     let adding = this.adding.get(key);
     if (!adding) this.adding.set(key, (adding = { key, cancelled: false, waiting: 0 }));
     adding.waiting++;
@@ -2334,7 +2338,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     this.membership.remove(room, user);
     const state = this.users.get(user);
     if (!state) return;
-    const adding = this.adding.get(JSON.stringify([room, user]));
+    const adding = this.adding.get(addingKey(room, user));
     if (adding) {
       adding.cancelled = true;
       this.adding.delete(adding.key);
@@ -2527,8 +2531,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (snapshot.stale) this.checkAgain(attempt, (next) => this.reachLocally(room, users, seq, next), { room });
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
-        const sent = await this.roomSeq(room);
-        const { seq: joinedAt, missed } = await this.missedSince(room, Math.min(seq - 1, sent), sent);
+        const { seq: joinedAt, missed } = await this.missedSince(room, seq - 1);
         for (const conn of entering) if (wanted(conn)) this.enterWith(conn, room, 'ensure', joinedAt, missed);
       });
     } finally {
