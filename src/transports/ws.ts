@@ -13,6 +13,7 @@ import type { Handshake } from '../authenticator.js';
 import type { RoomManager } from '../room-manager.js';
 import { CloseCode, SUBPROTOCOL } from '../protocol/limits.js';
 import { MAX_TIMER_MS } from '../timeout.js';
+import { textFrame } from './frame.js';
 
 /** The part of an `http.Server` (or `https.Server`) the adapter uses. */
 export interface UpgradeSource {
@@ -91,30 +92,6 @@ const MAX_SLICES = 3_000;
 
 /** Sends a Buffer as a text frame. */
 const TEXT_FRAME = { binary: false } as const;
-
-/**
- * One unmasked WebSocket text frame (RFC 6455, 5.2), header and payload in one buffer:
- * what ws would write for `send(text)`, built once so every recipient of a broadcast
- * gets the same bytes in one socket write.
- */
-function textFrame(text: string): Buffer {
-  const length = Buffer.byteLength(text);
-  const header = length < 126 ? 2 : length < 65_536 ? 4 : 10;
-  const frame = Buffer.allocUnsafe(header + length);
-  frame[0] = 0x81; // FIN, opcode 1 (text)
-  if (header === 2) {
-    frame[1] = length;
-  } else if (header === 4) {
-    frame[1] = 126;
-    frame.writeUInt16BE(length, 2);
-  } else {
-    frame[1] = 127;
-    frame.writeUInt32BE(Math.floor(length / 2 ** 32), 2);
-    frame.writeUInt32BE(length >>> 0, 6);
-  }
-  frame.write(text, header);
-  return frame;
-}
 
 /** The parts of a ws socket's underlying stream that the direct write uses. */
 interface RawStream {
