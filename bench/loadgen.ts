@@ -10,7 +10,7 @@
  *
  * Driven by bench/run.ts over IPC: `connect`, `run`, `close`.
  */
-import { performance } from 'node:perf_hooks';
+import { PerformanceObserver, constants as perfConstants, performance, type PerformanceEntry } from 'node:perf_hooks';
 import type { Redis } from 'ioredis';
 import WebSocket from 'ws';
 import { reportEvent, serveRequests } from './lib/ipc.js';
@@ -128,6 +128,16 @@ export interface RunResult {
   redis: RedisWindow | null;
   /** Why `redis` is null although the request asked for it. */
   redisError: string | undefined;
+  /** The load generator's own garbage collections in the window: its pauses delay every frame it reads meanwhile. */
+  loadgenGc: LoadgenGc;
+}
+
+export interface LoadgenGc {
+  count: number;
+  /** Of which mark-compacts (full collections). */
+  major: number;
+  totalMs: number;
+  maxMs: number;
 }
 
 interface Client {
@@ -163,6 +173,27 @@ let dropped = 0;
 let firstError: string | undefined;
 const latencies = new Float64Array(LATENCY_CAP);
 let latencyCount = 0;
+
+/** This process's garbage collections since the last `gcSince` (bounded: a window holds a few dozen). */
+const collections: PerformanceEntry[] = [];
+new PerformanceObserver((list) => {
+  for (const entry of list.getEntries()) if (collections.length < 10_000) collections.push(entry);
+}).observe({ entryTypes: ['gc'] });
+
+/** The collections that started in [from, to] (performance.now() times), and forgets them all. */
+async function gcBetween(from: number, to: number): Promise<LoadgenGc> {
+  // The observer is told of a collection a little after it ends.
+  await sleep(20);
+  const gc: LoadgenGc = { count: 0, major: 0, totalMs: 0, maxMs: 0 };
+  for (const entry of collections.splice(0)) {
+    if (entry.startTime < from || entry.startTime > to) continue;
+    gc.count++;
+    if ((entry as { detail?: { kind?: number } }).detail?.kind === perfConstants.NODE_PERFORMANCE_GC_MAJOR) gc.major++;
+    gc.totalMs += entry.duration;
+    gc.maxMs = Math.max(gc.maxMs, entry.duration);
+  }
+  return gc;
+}
 
 function startsWith(data: Buffer, prefix: Buffer): boolean {
   return data.length >= prefix.length && data.compare(prefix, 0, prefix.length, 0, prefix.length) === 0;
@@ -423,7 +454,8 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   // With Redis figures, every publish's ack too: the acks are the publishes Redis counts are divided by.
   const ackAll = request.redis !== undefined && kind === 'roomwire';
   while ((received < phase.expected || (ackAll && acks < phase.sent)) && performance.now() < drainUntil) await sleep(5);
-  const windowMs = performance.now() - t0;
+  const t1 = performance.now();
+  const windowMs = t1 - t0;
   const end = Number(process.hrtime.bigint() / 1000n);
   const server1 = readServers(request.serverPids);
   const main1 = request.serverPids.map((pid) => readMainThreadCpu(pid));
@@ -452,6 +484,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
   else if (request.redis) redisError ??= typeof redis0 === 'string' ? redis0 : typeof redis1 === 'string' ? redis1 : 'unknown';
   const sorted = latencies.slice(0, latencyCount).sort();
   const ms = (us: number): number => us / 1000;
+  const loadgenGc = await gcBetween(t0, t1);
   return {
     rate: request.rate,
     sent: phase.sent,
@@ -486,6 +519,7 @@ async function measure(request: RunRequest, redisClient: Redis | undefined, redi
     machine: machineDelta(machine0, machine1),
     redis,
     redisError,
+    loadgenGc,
   };
 }
 

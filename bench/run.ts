@@ -413,10 +413,12 @@ function describeRun(run: RunResult, d: Derived): string {
     run.dropped > 0 ? `${run.dropped} dropped` : '',
     run.sentRate < run.rate * 0.95 ? `load gen. sent only ${fmt(run.sentRate)}/s` : '',
   ].filter(Boolean);
+  const gc = run.loadgenGc;
   return (
     `${fmt(d.deliveriesPerS).padStart(6)} del/s  user ${fmt(d.userUsPerDelivery).padStart(5)} µs (main thread ${fmt(d.mainThreadUserUsPerDelivery).padStart(5)}${procUser(run)})  sys ${fmt(d.systemUsPerDelivery).padStart(5)} µs` +
     `  p50 ${fmt(run.latency.p50Ms)} p99 ${fmt(run.latency.p99Ms)} ms  loss ${fmt(d.lossRatio * 100)}%` +
     `  (cpu: server ${fmt(d.serverCpuPct, 2)}%, load gen. ${fmt(d.loadgenCpuPct, 2)}%, other ${fmt(d.otherCpuPct, 2)}%)` +
+    `  load gen. GC ${gc.count}× (${gc.major} full) ${fmt(gc.totalMs)} ms, max ${fmt(gc.maxMs)}` +
     (extra.length > 0 ? `  ${extra.join(', ')}` : '') +
     (d.otherCpuPct > NOISY_PCT ? '  [noisy]' : '')
   );
