@@ -2043,18 +2043,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (!this.write(conn, conn.socket, text, message)) return FAILED;
     if (membership) {
       if (membership.firstSeq === 0) membership.firstSeq = message.seq;
-    } else {
-      // Sent by the fallback to a connection outside the room: a resume must not send it again.
-      let rooms = this.sentOutsideRoom.get(conn);
-      if (!rooms) this.sentOutsideRoom.set(conn, (rooms = new Map()));
-      if (!rooms.has(message.room)) {
-        // Bounded as its left rooms are: past that, the oldest is forgotten, and a resume
-        // of that room may send a message a second time (the same id), never leave one out.
-        if (rooms.size >= this.options.maxRoomsPerConnection) rooms.delete(rooms.keys().next().value as string);
-        rooms.set(message.room, message.seq);
-      }
-    }
+    } else this.sentOutside(conn, message.room, message.seq);
     return SENT;
+  }
+
+  /** Records that `seq` of `room` was sent to `conn` outside the room: a resume must not send it again. */
+  private sentOutside(conn: ConnState, room: string, seq: number): void {
+    let rooms = this.sentOutsideRoom.get(conn);
+    if (!rooms) this.sentOutsideRoom.set(conn, (rooms = new Map()));
+    if (!rooms.has(room)) {
+      // Bounded as its left rooms are: past that, the oldest is forgotten, and a resume
+      // of that room may send a message a second time (the same id), never leave one out.
+      if (rooms.size >= this.options.maxRoomsPerConnection) rooms.delete(rooms.keys().next().value as string);
+      rooms.set(room, seq);
+    }
   }
 
   /** Writes one broadcast frame; false when the socket is closing, or threw (reported). */
