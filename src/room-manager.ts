@@ -429,6 +429,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly sentOutsideRoom = new WeakMap<ConnState, Map<string, number>>();
   /**
+   * With a backplane: per connection, the rooms its user participates in that it cannot
+   * enter, being at `maxRoomsPerConnection`. The fallback sends it their broadcasts, as on
+   * one process, but only where the room is received: this process keeps these rooms
+   * subscribed while such a connection is open (see `holdOut`). Usually empty.
+   */
+  private readonly heldOut = new Map<ConnState, Set<string>>();
+  /**
    * With presence and a backplane: the rooms of users whose connections here all closed
    * while they stayed online on another process. The `offline` that process announces
    * later goes to these rooms too, as it would to rooms of one process's earlier-closed
@@ -637,24 +644,31 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       return;
     }
     const wanted: string[] = [];
+    // With a backplane, the rooms past the limit: the fallback reaches the connection there
+    // from this process, which receives them for it (see heldOut).
+    const beyond: string[] = [];
     for (const room of rooms) {
       if (!isRoomName(room)) {
         this.logger.warn({ user: conn.user.id, room: String(room).slice(0, 300) }, 'roomsOf returned an invalid room name; skipped');
         continue;
       }
       if (wanted.length >= this.options.maxRoomsPerConnection) {
-        this.logger.warn(
-          { user: conn.user.id, rooms: rooms.length, limit: this.options.maxRoomsPerConnection },
-          `user ${conn.user.id} has more rooms than maxRoomsPerConnection; auto-joined the first ${wanted.length}`,
-        );
-        break;
+        if (beyond.length === 0) {
+          this.logger.warn(
+            { user: conn.user.id, rooms: rooms.length, limit: this.options.maxRoomsPerConnection },
+            `user ${conn.user.id} has more rooms than maxRoomsPerConnection; auto-joined the first ${wanted.length}`,
+          );
+        }
+        if (!this.backplane) break;
+        beyond.push(room);
+        continue;
       }
       wanted.push(room);
     }
     if (this.backplane) {
       // Subscribed before welcome: a message published anywhere after welcome reaches it.
       await this.started;
-      await Promise.all(wanted.map((room) => this.openFeed(room)));
+      await Promise.all([...wanted, ...beyond].map((room) => this.openFeed(room)));
       // It may have closed while the subscriptions were made.
       if ((conn.state as ConnState['state']) === 'closed') {
         this.changedWhileOpening.delete(conn);
@@ -699,6 +713,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       }
       joined.push(room);
     }
+    // A room added or removed meanwhile is left to that change (an addition sends what followed it).
+    for (const room of beyond) if (changed?.get(room) === undefined) this.holdOut(conn, room);
     conn.state = 'open';
     // The rooms an offline goes to should this process crash: where this online goes.
     const crossed = this.backplane?.presence.track(conn.user.id, 1, this.options.presence ? conn.rooms.keyList() : undefined);
@@ -774,8 +790,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           }
           for (const room of rooms) {
             if (!isRoomName(room) || conn.rooms.has(room) || conn.left.has(room) || changed.get(room) === false) continue;
-            if (conn.rooms.size >= this.options.maxRoomsPerConnection) break;
-            await this.enterRoom(conn, room, 'member', 'auto', undefined);
+            // Past its limit, reached by the fallback from this process (see heldOut).
+            if (conn.rooms.size >= this.options.maxRoomsPerConnection) this.holdOut(conn, room);
+            else await this.enterRoom(conn, room, 'member', 'auto', undefined);
           }
         } finally {
           if (this.changedWhileOpening.get(conn) === changed) this.changedWhileOpening.delete(conn);
@@ -904,6 +921,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (this.options.presence) this.afterPresenceChange(user.id, 'offline', this.offlineRoomsOf(conn), crossed ?? user.open === 0);
     }
     for (const room of conn.rooms.keyList()) this.removeFromRoom(conn, room, false, 'server');
+    this.heldOut.delete(conn);
     user.conns.delete(conn);
     if (user.conns.size === 0) this.users.delete(user.id);
     this.conns.delete(conn.id);
@@ -1825,10 +1843,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const backplane = this.backplane;
     if (!backplane) return;
     const now = Date.now();
+    const held = this.heldOut.size > 0 ? this.heldRooms() : undefined;
     for (const feed of [...this.feeds.values()]) {
       if (!feed.active) continue;
       const members = this.rooms.get(feed.room)?.members.size ?? 0;
-      if (members > 0) {
+      if (members > 0 || held?.has(feed.room) === true) {
         feed.idleSince = undefined;
         continue;
       }
@@ -1843,6 +1862,24 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // publisher still gets its ack (the message is stored), with an empty report.
       if (waiter.message && now - waiter.at >= WAITER_TTL_MS) this.releaseWaiter(id, waiter.message);
     }
+  }
+
+  /**
+   * The rooms kept subscribed for connections outside them by their room limit (see
+   * `heldOut`). Drops what no longer needs it first: a connection that entered the room
+   * (the room keeps it), left it, or whose user the cached participants no longer list.
+   */
+  private heldRooms(): Set<string> {
+    const rooms = new Set<string>();
+    for (const [conn, held] of this.heldOut) {
+      for (const room of held) {
+        const users = this.membership.peek(room);
+        if (conn.rooms.has(room) || conn.left.has(room) || (users !== undefined && !users.has(conn.user.id))) held.delete(room);
+        else rooms.add(room);
+      }
+      if (held.size === 0) this.heldOut.delete(conn);
+    }
+    return rooms;
   }
 
   private releaseWaiter(id: string, message: StoredMessage): void {
@@ -1993,7 +2030,11 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (!user) continue;
       for (const conn of user.conns) {
         if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.isEntering(conn, room)) continue;
-        if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
+        if (conn.rooms.size >= this.options.maxRoomsPerConnection) {
+          // The fallback reaches it; in a cluster, only while this process receives the room.
+          if (this.backplane) this.holdOut(conn, room);
+          continue;
+        }
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
         this.send(conn, { type: 'joined', room, seq: seq - 1 });
@@ -2308,6 +2349,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
+  /**
+   * Backplane mode: `conn`'s user participates in `room`, which the connection cannot
+   * enter (its room limit). The fallback sends it the room's broadcasts, as on one
+   * process, from the copies this process receives: the room stays subscribed here until
+   * the connection closes, enters or leaves the room, or its user stops participating
+   * (see `heldRooms`).
+   */
+  private holdOut(conn: ConnState, room: string): void {
+    if (conn.state === 'closed') return;
+    let rooms = this.heldOut.get(conn);
+    if (!rooms) this.heldOut.set(conn, (rooms = new Set()));
+    rooms.add(room);
+    if (!this.feeds.has(room)) void this.openFeed(room).catch(noop);
+  }
+
   /** Registers an addition of `user` to `room` that waits for its turn (see {@link adding}); end it with `endAdding`. */
   private beginAdding(room: string, user: string): Adding {
     const key = addingKey(room, user);
@@ -2349,6 +2405,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // An opening connection, or one retrying roomsOf: its answer may predate this.
       if (conn.state === 'opening' || this.changedWhileOpening.has(conn)) this.changeWhileOpening(conn, room, false);
       if (conn.state !== 'opening') this.removeFromRoom(conn, room, true, 'removed');
+      const held = this.heldOut.size > 0 ? this.heldOut.get(conn) : undefined;
+      if (held?.delete(room) && held.size === 0) this.heldOut.delete(conn);
     }
   }
 

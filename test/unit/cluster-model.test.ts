@@ -569,6 +569,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       changedWhileOpening: Map<unknown, unknown>;
       adding: Map<string, unknown>;
       waiters: Map<string, unknown>;
+      heldOut: Map<unknown, unknown>;
       inflightFrames: number;
     };
     if (internals.conns.size !== 0) fail(`node ${n}: ${internals.conns.size} connections left`);
@@ -577,6 +578,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
     if (internals.changedWhileOpening.size !== 0) fail(`node ${n}: changedWhileOpening holds ${internals.changedWhileOpening.size}`);
     if (internals.adding.size !== 0) fail(`node ${n}: adding holds ${[...internals.adding.keys()].join(',')}`);
     if (internals.waiters.size !== 0) fail(`node ${n}: ${internals.waiters.size} waiters left`);
+    if (internals.heldOut.size !== 0) fail(`node ${n}: heldOut holds ${internals.heldOut.size}`);
     if (internals.inflightFrames !== 0) fail(`node ${n}: ${internals.inflightFrames} frames in flight`);
   });
   await Promise.all(managers.map((manager) => manager.close()));

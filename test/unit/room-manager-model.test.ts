@@ -759,6 +759,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
       adding: Map<string, unknown>;
       waiters: Map<string, unknown>;
       awayRooms: Map<string, unknown>;
+      heldOut: Map<unknown, unknown>;
       inflightFrames: number;
     };
     if (internals.conns.size !== 0) fail(`node ${n}: ${internals.conns.size} connections left`);
@@ -770,6 +771,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
     if (internals.waiters.size !== 0 && !shut.has(n)) fail(`node ${n}: ${internals.waiters.size} waiters left`);
     // A closed process hears no more of the cluster's presence: what it kept is garbage with it.
     if (internals.awayRooms.size !== 0 && !shut.has(n)) fail(`node ${n}: awayRooms holds ${internals.awayRooms.size}`);
+    if (internals.heldOut.size !== 0) fail(`node ${n}: heldOut holds ${internals.heldOut.size}`);
     if (internals.inflightFrames !== 0) fail(`node ${n}: ${internals.inflightFrames} frames in flight`);
   });
   if (bus) {
