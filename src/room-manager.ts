@@ -2275,12 +2275,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /**
    * Puts the user's open connections in `room`, each told with `joined`, in room order:
-   * those that did not leave it, up to their room limit. A `removeMember` made while this
-   * waits for its turn wins: the user is not put back.
+   * those that did not leave it, up to their room limit (past it, with a backplane, they
+   * are held outside it and sent the same messages: see `holdOut`). A `removeMember` made
+   * while this waits for its turn wins: the user is not put back.
    */
   private async bringIn(user: UserState, room: string, addition: Addition): Promise<void> {
     const eligible = (conn: ConnState): boolean =>
-      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
+      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && this.mayReach(conn, room);
     const entering = [...user.conns].filter(eligible);
     if (entering.length === 0) return;
     const adding = this.beginAdding(room, user.id);
@@ -2294,7 +2295,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
-          this.enterWith(conn, room, 'member', seq, missed);
+          this.enterOrHold(conn, room, 'member', seq, missed);
         }
       });
     } finally {
@@ -2350,6 +2351,27 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /**
+   * Whether an addition (`addMember`, a `participants` notice) has to reach `conn`, which
+   * is outside `room`: by putting it in, below its room limit, or, with a backplane, past
+   * it, by holding it outside (see {@link heldOut}). A connection already held outside is
+   * reached by the fallback, and put in by ensure-participants once it has room.
+   */
+  private mayReach(conn: ConnState, room: string): boolean {
+    if (conn.rooms.size < this.options.maxRoomsPerConnection) return !this.isHeldOut(conn, room);
+    return this.backplane !== undefined && !this.isHeldOut(conn, room);
+  }
+
+  private isHeldOut(conn: ConnState, room: string): boolean {
+    return this.heldOut.size > 0 && this.heldOut.get(conn)?.has(room) === true;
+  }
+
+  /** `enterWith`, or for a connection at its room limit `holdOutWith`: what an addition reaching it ends with. */
+  private enterOrHold(conn: ConnState, room: string, reason: JoinReason, seq: number, missed: readonly StoredMessage[]): void {
+    if (conn.rooms.size < this.options.maxRoomsPerConnection) this.enterWith(conn, room, reason, seq, missed);
+    else this.holdOutWith(conn, room, missed);
+  }
+
+  /**
    * Backplane mode: `conn`'s user participates in `room`, which the connection cannot
    * enter (its room limit). The fallback sends it the room's broadcasts, as on one
    * process, from the copies this process receives: the room stays subscribed here until
@@ -2362,6 +2384,14 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (!rooms) this.heldOut.set(conn, (rooms = new Set()));
     rooms.add(room);
     if (!this.feeds.has(room)) void this.openFeed(room).catch(noop);
+  }
+
+  /** Holds `conn` outside `room` (see `holdOut`) and sends it `missed`, as the fallback would have. */
+  private holdOutWith(conn: ConnState, room: string, missed: readonly StoredMessage[]): void {
+    this.holdOut(conn, room);
+    // As sent live, so without a broadcast's excepted connection.
+    for (const m of missed) if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    if (missed.length > 0) this.sentOutside(conn, room, missed[0]!.seq);
   }
 
   /** Registers an addition of `user` to `room` that waits for its turn (see {@link adding}); end it with `endAdding`. */
@@ -2558,11 +2588,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   /**
    * Another process broadcast `seq` into `room` and found `users` among its participants.
    * Connections of theirs here that are outside the room (and did not leave it) enter it,
-   * after this process's own loader agrees, and are sent the messages from `seq` on.
+   * after this process's own loader agrees, and are sent the messages from `seq` on; those
+   * at their room limit are held outside it instead (see `holdOut`), sent the same.
    */
   private async reachLocally(room: string, users: readonly string[], seq: number, attempt = 1): Promise<void> {
     const outside = (conn: ConnState): boolean =>
-      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection;
+      conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && this.mayReach(conn, room);
     const candidates: ConnState[] = [];
     let unknown = false;
     const cached = this.membership.peek(room);
@@ -2592,7 +2623,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
         const { seq: joinedAt, missed } = await this.missedSince(room, seq - 1);
-        for (const conn of entering) if (wanted(conn)) this.enterWith(conn, room, 'ensure', joinedAt, missed);
+        for (const conn of entering) if (wanted(conn)) this.enterOrHold(conn, room, 'ensure', joinedAt, missed);
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);

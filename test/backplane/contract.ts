@@ -195,6 +195,34 @@ export function backplaneContract(name: string, setup: () => Promise<BackplaneFi
       expect(carol.of('joined')).toHaveLength(1);
     });
 
+    it('reaches a participant at its room limit on a node that does not receive the room, once', async () => {
+      // bob and carol may be in two rooms each. bob's roomsOf lists team past his limit;
+      // carol becomes a participant later, and nobody calls addMember. Neither can enter
+      // team, so the fallback sends them its messages, from their node, which receives the
+      // room for them.
+      const table = new MembershipTable({ x: ['bob', 'carol'], y: ['bob', 'carol'], team: ['alice', 'bob'] });
+      const [n1, n2] = await cluster(table, 2, { maxRoomsPerConnection: 2 });
+      const alice = await connect(n1!, 'alice');
+      const bob = await connect(n2!, 'bob');
+      const carol = await connect(n2!, 'carol');
+      expect(bob.welcome.rooms).toEqual(['x', 'y']);
+      await alice.request({ type: 'publish', room: 'team', data: 'first' });
+      await n1!.server.manager.broadcast('team', 'second');
+      expect(await bob.next('message')).toMatchObject({ room: 'team', seq: 1, data: 'first', from: 'alice' });
+      expect(await bob.next('message')).toMatchObject({ room: 'team', seq: 2, data: 'second' });
+
+      table.add('team', 'carol');
+      await n1!.server.manager.invalidate('team');
+      await alice.request({ type: 'publish', room: 'team', data: 'finds carol' });
+      expect(await carol.next('message')).toMatchObject({ room: 'team', seq: 3, data: 'finds carol' });
+      await n1!.server.manager.broadcast('team', 'fourth');
+      for (const client of [bob, carol]) await client.next('message', (m) => m.seq === 4);
+      await bob.quiet(200);
+      expect(messages(bob).map((m) => m.seq)).toEqual([1, 2, 3, 4]);
+      expect(messages(carol).map((m) => m.seq)).toEqual([3, 4]);
+      for (const client of [bob, carol]) expect(client.of('joined')).toEqual([]);
+    });
+
     it('finds a participant added after the room was cached, once the cache expires', async () => {
       const table = new MembershipTable({ team: ['alice', 'bob'] });
       const [n1, , n3] = await cluster(table, 3, { membershipTtlMs: 300 });

@@ -143,6 +143,70 @@ describe('a participant at its room limit on another process', () => {
     await n2.close();
   });
 
+  it.each(['on the broadcasting node', 'on its own node'] as const)('is reached from the broadcast made right after addMember %s, once', async (where) => {
+    const table = new MembershipTable({ x: ['bob'], y: ['bob'], r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, bus);
+    const n2 = manager(table, bus);
+    await openFake(n1, 'alice');
+    const bob = await openFake(n2, 'bob');
+    await n1.broadcast('r', 'before');
+    table.add('r', 'bob');
+    await (where === 'on the broadcasting node' ? n1 : n2).addMember('r', 'bob');
+    await n1.broadcast('r', 'added');
+    await n1.broadcast('r', 'after');
+    expect(await messagesOf(bob, 2)).toEqual([
+      ['r', 2, 'added'],
+      ['r', 3, 'after'],
+    ]);
+    expect(bob.of('joined')).toEqual([]);
+    // A resume does not send again what it was sent outside the room.
+    bob.receive({ type: 'resume', rooms: { r: 1 }, ref: 'x' });
+    for (let i = 0; i < 100 && bob.of('resumed').length === 0; i++) await settle(10);
+    expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { r: { replayed: 0 } }, ref: 'x' }]);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('is left out of a broadcast that excepts it among those it is sent after addMember', async () => {
+    const table = new MembershipTable({ x: ['bob'], y: ['bob'], r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, bus);
+    const n2 = manager(table, bus);
+    await openFake(n1, 'alice');
+    const bob = await openFake(n2, 'bob');
+    table.add('r', 'bob');
+    await n1.addMember('r', 'bob');
+    // Published while node 2 may still be checking the notice: sent with what bob missed.
+    await n1.broadcast('r', 'his own', { except: bob.handlers.id });
+    await n1.broadcast('r', 'for bob');
+    expect(await messagesOf(bob, 1)).toEqual([['r', 2, 'for bob']]);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('is reached from the broadcast that finds its user a participant, without addMember', async () => {
+    const table = new MembershipTable({ x: ['bob'], y: ['bob'], r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, bus);
+    const n2 = manager(table, bus);
+    await openFake(n1, 'alice');
+    const bob = await openFake(n2, 'bob');
+    await n1.broadcast('r', 'before');
+    table.add('r', 'bob');
+    // Node 1 asks its loader again at its next broadcast, finds bob and tells node 2.
+    await n1.invalidate('r');
+    await n1.broadcast('r', 'found');
+    await messagesOf(bob, 1);
+    await n1.broadcast('r', 'after');
+    expect(await messagesOf(bob, 2)).toEqual([
+      ['r', 2, 'found'],
+      ['r', 3, 'after'],
+    ]);
+    await n1.close();
+    await n2.close();
+  });
+
   it('is reached after its own node broadcast into the room, which no connection there was in', async () => {
     const table = new MembershipTable({ x: ['bob'], y: ['bob'], r: ['alice'] });
     const bus = new LocalBus();
