@@ -76,7 +76,11 @@ export interface RoomManagerOptions {
    * (before `publishSchema` and `onPublish`); a larger one gets `too_large`. @default 65536
    */
   maxMessageBytes?: number | undefined;
-  /** Rooms one connection may be in. @default 1000 */
+  /**
+   * Rooms one connection may be in. A participant's connection at the limit enters no
+   * more rooms; the fallback sends it the broadcasts of its other rooms directly (with a
+   * backplane, its process receives those rooms for it). @default 1000
+   */
   maxRoomsPerConnection?: number | undefined;
   /** Open connections one user may have; one more is refused with 403 at the upgrade. @default 100 */
   maxConnectionsPerUser?: number | undefined;
