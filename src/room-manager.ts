@@ -1529,6 +1529,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       // ensure-participants, a join, an auto-join), opening its feed: the feed delivers
       // this message in seq order with those published elsewhere, and once. Sent here as
       // well, it would reach the connection again when the feed fetches from its baseline.
+      // A feed dropped meanwhile (close(), say) delivers nothing more (see deliverFromFeed):
+      // without one here, this task is the only delivery.
       const feed = this.feeds.get(room);
       if (feed) {
         // Still subscribing, its baseline will be the room's latest seq, this message's or
@@ -1810,6 +1812,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   private deliverFromFeed(feed: RoomFeed, message: StoredMessage, snapshot: MembersSnapshot, waiter: DeliveryWaiter | undefined): void {
+    // A feed no longer in `feeds` delivers nothing more: whatever dropped it (close(), a
+    // restarted numbering, the idle sweep) ended its turn, and a direct delivery that finds
+    // no feed sends its message itself. Delivered here too, a message this feed had already
+    // fetched and queued behind that direct delivery's room task would go out twice.
+    if (this.feeds.get(feed.room) !== feed) {
+      if (this.remoteExcepts.size > 0) this.remoteExcepts.delete(message.id);
+      waiter?.resolve({ message, report: this.emptyReport(message) });
+      return;
+    }
     const report = this.fanOut(message, snapshot, waiter?.except ?? this.takeRemoteExcept(message.id), encodeData(message.data));
     if (message.seq > feed.sent) feed.sent = message.seq;
     if (waiter) {

@@ -690,6 +690,30 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('delivers once a broadcast that waited for the loader while close() dropped the feed a connection opened meanwhile', async () => {
+    const table = new MembershipTable({ r: ['ann'] });
+    const { membership, answers } = membersOfHeld(table);
+    const rooms = manager(table, { backplane: new LocalBus().node(), membership });
+    const emitted: number[] = [];
+    const reports: number[] = [];
+    rooms.on('message', (message) => emitted.push(message.seq));
+    rooms.on('delivery', (report) => reports.push(report.seq));
+    // No feed for r here: the broadcast takes the direct path, and its room task waits for the loader.
+    const sent = rooms.broadcast('r', 'one');
+    await settle();
+    // ann's auto-join opens r's feed, which starts before the waiting broadcast, fetches it
+    // and queues its own delivery behind that room task.
+    const ann = await openFake(rooms, 'ann');
+    expect(ann.frames[0]).toMatchObject({ type: 'welcome', rooms: ['r'], seqs: { r: 0 } });
+    // close() drops the feed; then the loader answers and the broadcast's turn comes.
+    await rooms.close();
+    answerAll(answers);
+    expect(await sent).toMatchObject({ seq: 1 });
+    await settle(10);
+    expect(emitted).toEqual([1]);
+    expect(reports).toEqual([1]);
+  });
+
   it('sends a participant who publishes into a room they are outside what another node broadcast while the check ran', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const held: [(() => void)[], (() => void)[]] = [[], []];
