@@ -1380,6 +1380,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           if (feed?.active && (until === undefined || feed.sent < until)) until = feed.sent;
         }
         let messages = otherEpoch && afterSeq > 0 ? null : await this.history.since(room, afterSeq, until);
+        // Read access is judged again as the answer goes out, after the last wait: while this
+        // waited for its turn or the history, the connection may have been taken out of the
+        // room (a server-side leave(), a removal), and told `left`. Out of the room only a
+        // participant may still read it; a connection that was in it by admission (canJoin,
+        // join()) may not, and its replay would follow that `left`.
+        if (!conn.rooms.has(room) && !(await this.isParticipant(room, conn.user.id))) {
+          this.sendError(conn, 'forbidden', 'not allowed to read this room', { ref, room });
+          return;
+        }
         if (messages === null) {
           this.sendError(conn, 'history_gap', 'history no longer reaches back that far; refetch this room', { ref, room });
           return;

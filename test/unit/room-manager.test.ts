@@ -517,6 +517,45 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { a: { replayed: 2 } }, ref: 'r' }]);
   });
 
+  it('answers forbidden, not a replay after its left, a resume of a room a connection was admitted to and taken out of meanwhile', async () => {
+    const table = new MembershipTable({ a: ['alice'] });
+    table.canJoinRooms.add('pub');
+    const rooms = manager(table);
+    const bob = await openFake(rooms, 'bob');
+    await rooms.broadcast('pub', 'before');
+    expect(await rooms.join(bob.handlers.id, 'pub')).toBe(true);
+    // The resume reads the history; the application takes bob out of pub meanwhile.
+    bob.receive({ type: 'resume', rooms: { pub: 0 }, ref: 'r' });
+    expect(rooms.leave(bob.handlers.id, 'pub')).toBe(true);
+    await settle();
+    // Admitted, not a participant: out of the room it may not read it (docs/protocol.md, note 15).
+    expect(bob.frames.slice(1).map((f) => [f.type, f.code ?? f.seq, f.ref])).toEqual([
+      ['joined', 1, undefined],
+      ['left', undefined, undefined],
+      ['error', 'forbidden', 'r'],
+      ['resumed', undefined, 'r'],
+    ]);
+    expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: {}, ref: 'r' }]);
+  });
+
+  it('still replays a room to a participant taken out of it while its resume read the history', async () => {
+    const table = new MembershipTable({ a: ['bob'] });
+    const rooms = manager(table);
+    const bob = await openFake(rooms, 'bob');
+    bob.receive({ type: 'leave', room: 'a' });
+    await rooms.broadcast('a', 'missed');
+    bob.receive({ type: 'join', room: 'a', ref: 'j' });
+    await settle();
+    bob.receive({ type: 'resume', rooms: { a: 0 }, ref: 'r' });
+    expect(rooms.leave(bob.handlers.id, 'a')).toBe(true);
+    await settle();
+    // Leaving is not losing read access for a participant (docs/protocol.md, note 15).
+    expect(bob.frames.filter((f) => f.ref === 'r').map((f) => [f.type, f.data])).toEqual([
+      ['message', 'missed'],
+      ['resumed', undefined],
+    ]);
+  });
+
   it('does not replay what a node sent live to a participant it found for another node’s broadcast', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const bus = new LocalBus();
