@@ -176,6 +176,8 @@ interface ConnModel {
   readonly replays: Map<string, Map<string, { seq: number; id: string }[]>>;
   /** Joins this connection asked for whose user was not a participant: an entry is admitted. */
   readonly asked: Map<string, string>;
+  /** Seqs of broadcasts that left it out (`except`), per room: it knows them, as a publisher knows its own. */
+  readonly excepted: Map<string, Set<number>>;
 }
 
 interface Pending {
@@ -283,7 +285,11 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
 
   const closeStay = (conn: ConnModel, roomName: string, stay: Stay, why: string): void => {
     if (conn.dirty) return;
-    const seqs = [...stay.seqs].filter((s) => s > stay.start).sort((a, b) => a - b);
+    // A broadcast that left it out is no hole, also when its report came before the stay began
+    // (a joined after the broadcast resolved on another process, before its copy arrived here).
+    const top = Math.max(0, ...stay.seqs);
+    const excepted = [...(conn.excepted.get(roomName) ?? [])].filter((s) => s < top && !stay.seqs.has(s));
+    const seqs = [...stay.seqs, ...excepted].filter((s) => s > stay.start).sort((a, b) => a - b);
     for (let i = 0; i < seqs.length; i++) {
       if (seqs[i] !== stay.start + i + 1) {
         fail(`conn ${conn.n} (${conn.user}) room ${roomName}: stay from ${stay.start} has a hole (${why}): ${seqs.join(',')}`);
@@ -495,6 +501,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
             liveIds: new Set(),
             replays: new Map(),
             asked: new Map(),
+            excepted: new Map(),
           };
           conns.push(model);
           // An expiring one is closed with 1008 a moment after its welcome.
@@ -629,6 +636,9 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
               if (except) {
                 except.stays.get(r)?.seqs.add(report.seq);
                 except.live.get(r)?.add(report.seq);
+                const excepted = except.excepted.get(r) ?? new Set<number>();
+                excepted.add(report.seq);
+                except.excepted.set(r, excepted);
               }
             }),
             'broadcast',
