@@ -227,8 +227,29 @@ interface Adding {
   waiting: number;
 }
 
+/** An addition's hold on a connection it is putting in a room; see `RoomManager.entering`. */
+interface EnteringMark {
+  /** How many additions hold it (a `participants` notice and an `addMember`, say). */
+  holders: number;
+  /** The lowest seq a broadcast left the connection out of while it was held; Infinity: none yet. */
+  leftOut: number;
+}
+
 /** The key of a room and user in `RoomManager.adding`. */
 const addingKey = (room: string, user: string): string => JSON.stringify([room, user]);
+
+/** What `RoomManager.missedSince` read: the messages after `seq` up to `sent`, what the room's connections here were sent. */
+interface MissedRead {
+  readonly seq: number;
+  readonly missed: readonly StoredMessage[];
+  readonly sent: number;
+}
+
+/** The part of `read` for a connection that starts after `after` (undefined: after `read.sent`), at or past `read.seq`. */
+function narrowMissed(read: MissedRead, after: number | undefined): { seq: number; missed: readonly StoredMessage[] } {
+  const seq = Math.max(read.seq, after === undefined ? read.sent : Math.min(after, read.sent));
+  return seq === read.seq ? read : { seq, missed: read.missed.filter((m) => m.seq > seq) };
+}
 
 /** A local publish waiting for its local delivery. */
 interface DeliveryWaiter {
@@ -414,8 +435,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * participant) is putting in a room, waiting for its turn: ensure-participants and the
    * fallback leave them to it, which sends them, in seq order, what was published since
    * the addition. Usually empty.
+   *
+   * The addition's own starting seq does not bound what it owes. It is the seq at the
+   * `addMember` call, or, for a `participants` notice, just before the other process's
+   * broadcast that found the user; a broadcast this process makes meanwhile may come
+   * earlier, to a user who was a participant before it (a change told with `invalidate`),
+   * and leave the connection out all the same. So every broadcast that leaves a marked
+   * connection out records its seq in the mark (`leftOut`), and the addition starts the
+   * connection before the lowest one if that is earlier than its own seq (`entryStart`).
+   * That is sound because everything happens in room order: the broadcasts that leave it
+   * out run before the addition's task, which sends `joined` at its start, then the
+   * history from there up to what this process has sent, then the live messages. While
+   * marked, the connection is outside the room and the fallback skips it: it got none of
+   * the messages after its start, and now gets each of them once, in seq order.
    */
-  private readonly entering = new Map<ConnState, Set<string>>();
+  private readonly entering = new Map<ConnState, Map<string, EnteringMark>>();
   /**
    * Another process's `addMember` notices still being checked with the loader, by user: a
    * connection of theirs that is opening waits for them before its welcome, so that the
@@ -817,7 +851,8 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
           // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
           if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-          if (since !== undefined) return this.enterSince(conn, room, reason, adding, since);
+          // Marked as entering, it was perhaps left out of broadcasts meanwhile: sent those too.
+          if (from !== undefined) return this.enterSince(conn, room, reason, adding, since);
           this.addToRoom(conn, room, mode, reason);
         }
         return this.sendJoined(conn, room, ref);
@@ -828,9 +863,9 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Puts `conn` in `room` as a participant, with the messages after `from`; inside a room-order task. */
-  private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number): Promise<boolean> {
-    const { seq, missed } = await this.missedSince(room, from);
+  /** Puts `conn` in `room` as a participant, with the messages after `from` (see `entryStart`); inside a room-order task. */
+  private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number | undefined): Promise<boolean> {
+    const { seq, missed } = await this.missedSince(room, this.entryStart(conn, room, from));
     // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
     if (conn.rooms.has(room)) return true;
     if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
@@ -1934,7 +1969,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
             got = true;
             continue;
           }
-          if (conn.left.has(room) || this.isEntering(conn, room)) continue;
+          if (conn.left.has(room) || this.leftToEntry(conn, room, seq)) continue;
           if (conn.lastFailedId === id) roomFailures--;
           const outcome = this.sendMessage(conn, conn.rooms.get(room), text, message, maxBuffered);
           if (outcome === SENT) {
@@ -1992,7 +2027,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const user = this.users.get(userId);
       if (!user) continue;
       for (const conn of user.conns) {
-        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.isEntering(conn, room)) continue;
+        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.leftToEntry(conn, room, seq)) continue;
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
@@ -2247,10 +2282,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
         if (adding.cancelled || ![...user.conns].some(eligible)) return;
-        const { seq, missed } = await this.missedSince(room, await addition.from);
+        const from = await addition.from;
+        const read = await this.missedSince(room, this.lowestStart([...user.conns].filter(eligible), room, from));
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
+          const { seq, missed } = narrowMissed(read, this.entryStart(conn, room, from));
           this.enterWith(conn, room, 'member', seq, missed);
         }
       });
@@ -2260,20 +2297,55 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Marks (or clears) connections an addition is putting in `room` (see {@link entering}). */
+  /** Marks (or clears) connections an addition is putting in `room` (see {@link entering}); one clear per mark. */
   private markEntering(conns: readonly ConnState[], room: string, on: boolean): void {
     for (const conn of conns) {
       let rooms = this.entering.get(conn);
+      const mark = rooms?.get(room);
       if (on) {
-        if (!rooms) this.entering.set(conn, (rooms = new Set()));
-        rooms.add(room);
-      } else if (rooms?.delete(room) && rooms.size === 0) this.entering.delete(conn);
+        if (mark) mark.holders++;
+        else {
+          if (!rooms) this.entering.set(conn, (rooms = new Map()));
+          rooms.set(room, { holders: 1, leftOut: Number.POSITIVE_INFINITY });
+        }
+      } else if (rooms && mark && --mark.holders === 0) {
+        rooms.delete(room);
+        if (rooms.size === 0) this.entering.delete(conn);
+      }
     }
   }
 
-  /** True when an addition is putting `conn` in `room`: it sends the connection what it missed. */
-  private isEntering(conn: ConnState, room: string): boolean {
-    return this.entering.size > 0 && this.entering.get(conn)?.has(room) === true;
+  /**
+   * True when an addition is putting `conn` in `room`: the broadcast of `seq` leaves the
+   * connection to it, and the addition sends it this message too (see {@link entering}).
+   */
+  private leftToEntry(conn: ConnState, room: string, seq: number): boolean {
+    if (this.entering.size === 0) return false;
+    const mark = this.entering.get(conn)?.get(room);
+    if (!mark) return false;
+    if (seq < mark.leftOut) mark.leftOut = seq;
+    return true;
+  }
+
+  /**
+   * The seq after which an addition sends `conn` the messages of `room`, inside the
+   * addition's room-order task: its own `after` (undefined: what was sent), or the one
+   * before the first broadcast that left the connection to it, if earlier (see {@link entering}).
+   */
+  private entryStart(conn: ConnState, room: string, after: number | undefined): number | undefined {
+    const leftOut = this.entering.get(conn)?.get(room)?.leftOut ?? Number.POSITIVE_INFINITY;
+    if (leftOut === Number.POSITIVE_INFINITY) return after;
+    return after === undefined ? leftOut - 1 : Math.min(after, leftOut - 1);
+  }
+
+  /** The earliest {@link entryStart} of `conns`: one history read serves them all (see {@link narrowMissed}). */
+  private lowestStart(conns: readonly ConnState[], room: string, after: number | undefined): number | undefined {
+    let lowest = after;
+    for (const conn of conns) {
+      const start = this.entryStart(conn, room, after);
+      if (start !== undefined && (lowest === undefined || start < lowest)) lowest = start;
+    }
+    return lowest;
   }
 
   /**
@@ -2282,13 +2354,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * was sent; undefined: what was sent), or what was sent when the history no longer
    * reaches back that far (reported).
    */
-  private async missedSince(room: string, after: number | undefined): Promise<{ seq: number; missed: readonly StoredMessage[] }> {
+  private async missedSince(room: string, after: number | undefined): Promise<MissedRead> {
     const sent = await this.roomSeq(room);
     const from = after === undefined ? sent : Math.min(after, sent);
     const missed = sent > from ? await this.history.since(room, from, sent) : [];
-    if (missed !== null) return { seq: from, missed };
+    if (missed !== null) return { seq: from, missed, sent };
     this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
-    return { seq: sent, missed: [] };
+    return { seq: sent, missed: [], sent };
   }
 
   /** Puts `conn` in `room`, tells it with `joined` at `seq` and sends it `missed`, the messages after it, as sent live. */
@@ -2531,8 +2603,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (snapshot.stale) this.checkAgain(attempt, (next) => this.reachLocally(room, users, seq, next), { room });
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
-        const { seq: joinedAt, missed } = await this.missedSince(room, seq - 1);
-        for (const conn of entering) if (wanted(conn)) this.enterWith(conn, room, 'ensure', joinedAt, missed);
+        const read = await this.missedSince(room, this.lowestStart(entering, room, seq - 1));
+        for (const conn of entering) {
+          if (!wanted(conn)) continue;
+          const { seq: joinedAt, missed } = narrowMissed(read, this.entryStart(conn, room, seq - 1));
+          this.enterWith(conn, room, 'ensure', joinedAt, missed);
+        }
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);

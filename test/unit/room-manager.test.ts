@@ -730,6 +730,45 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a participant a participants notice brings in what this node broadcast to them while the notice waited', async () => {
+    const table = new MembershipTable({ r: ['cat'] });
+    const loads = membersOfHeld(table, false);
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node(), membership: loads.membership });
+    const n2 = manager(table, { backplane: bus.node() });
+    const cat = await openFake(n1, 'cat');
+    const ann = await openFake(n1, 'ann');
+    table.add('r', 'ann'); // and no addMember
+    await n1.invalidate('r');
+    // Node 1 broadcasts after the change: seq 1 waits for node 1's loader.
+    loads.hold(true);
+    const one = n1.broadcast('r', 'one');
+    await settle();
+    // Node 2 broadcasts seq 2, finds ann, and tells node 1: the notice starts her after seq 1.
+    await n2.broadcast('r', 'two');
+    await settle();
+    loads.hold(false);
+    for (let i = 0; i < 5; i++) {
+      answerAll(loads.answers);
+      await settle(2);
+    }
+    await one;
+    for (let i = 0; i < 100 && ann.of('message').length < 2; i++) await settle(10);
+    await settle(20);
+    // Seq 1 left her to the notice's entry, which sends it too, before seq 2.
+    expect(ann.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 0],
+      ['message', 1],
+      ['message', 2],
+    ]);
+    expect(cat.of('message').map((m) => m.data)).toEqual(['one', 'two']);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && ann.of('message').length < 3; i++) await settle(10);
+    expect(ann.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
