@@ -233,6 +233,11 @@ interface EnteringMark {
   holders: number;
   /** The lowest seq a broadcast left the connection out of while it was held; Infinity: none yet. */
   leftOut: number;
+  /**
+   * Seqs of broadcasts made meanwhile that leave this connection out anyway (it caused
+   * them: `except`): the addition does not send them either. Usually undefined.
+   */
+  excepted: Set<number> | undefined;
 }
 
 /** The key of a room and user in `RoomManager.adding`. */
@@ -1907,7 +1912,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (users) {
       const stamp = cached ? cached.stamp : -1;
       if (!survey || survey.topology !== this.topology || survey.stamp !== stamp || stamp < 0) {
-        [added, removed] = this.reconcile(state, users, seq);
+        [added, removed] = this.reconcile(state, users, seq, except);
         survey = this.surveyRoom(room, users, stamp);
         state.survey = survey;
       }
@@ -2019,7 +2024,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * not leave) and takes out those whose user is no longer a participant.
    * @returns how many connections were added and removed.
    */
-  private reconcile(state: RoomState, users: ReadonlySet<string>, seq: number): [added: number, removed: number] {
+  private reconcile(state: RoomState, users: ReadonlySet<string>, seq: number, except: ConnState | undefined): [added: number, removed: number] {
     const room = state.name;
     let added = 0;
     let removed = 0;
@@ -2027,7 +2032,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const user = this.users.get(userId);
       if (!user) continue;
       for (const conn of user.conns) {
-        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.leftToEntry(conn, room, seq)) continue;
+        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.leftToEntry(conn, room, seq, conn === except)) continue;
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
@@ -2306,7 +2311,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (mark) mark.holders++;
         else {
           if (!rooms) this.entering.set(conn, (rooms = new Map()));
-          rooms.set(room, { holders: 1, leftOut: Number.POSITIVE_INFINITY });
+          rooms.set(room, { holders: 1, leftOut: Number.POSITIVE_INFINITY, excepted: undefined });
         }
       } else if (rooms && mark && --mark.holders === 0) {
         rooms.delete(room);
@@ -2317,13 +2322,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /**
    * True when an addition is putting `conn` in `room`: the broadcast of `seq` leaves the
-   * connection to it, and the addition sends it this message too (see {@link entering}).
+   * connection to it, and the addition sends it this message too (see {@link entering}),
+   * unless the connection is the one the broadcast leaves out (`excepted`).
    */
-  private leftToEntry(conn: ConnState, room: string, seq: number): boolean {
+  private leftToEntry(conn: ConnState, room: string, seq: number, excepted = false): boolean {
     if (this.entering.size === 0) return false;
     const mark = this.entering.get(conn)?.get(room);
     if (!mark) return false;
-    if (seq < mark.leftOut) mark.leftOut = seq;
+    if (excepted) (mark.excepted ??= new Set()).add(seq);
+    else if (seq < mark.leftOut) mark.leftOut = seq;
     return true;
   }
 
@@ -2367,8 +2374,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   private enterWith(conn: ConnState, room: string, reason: JoinReason, seq: number, missed: readonly StoredMessage[]): void {
     this.addToRoom(conn, room, 'member', reason);
     this.send(conn, { type: 'joined', room, seq });
-    // As sent live, so without a broadcast's excepted connection.
-    for (const m of missed) if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    // As sent live, so without a broadcast's excepted connection (one of this process
+    // leaves its mark a note instead: the history does not name it).
+    const excepted = this.entering.get(conn)?.get(room)?.excepted;
+    for (const m of missed) {
+      if (m.except !== conn.id && !excepted?.has(m.seq)) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    }
     // Sent live: a resume must not send them again (nor one after a leave).
     const membership = conn.rooms.get(room);
     if (missed.length > 0 && membership && membership.firstSeq === 0) {

@@ -434,6 +434,64 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
   });
 
+  it('does not send a publisher its own message when it is removed and added again while the publish waits for the room', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const { membership, answers } = membersOfHeld(table, false);
+    const rooms = manager(table, { membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await rooms.invalidate('r');
+    // bob's publish holds the room while the loader answers; it has no seq yet.
+    const loads = membersOfHeld(table);
+    Object.assign(membership, { membersOf: loads.membership.membersOf });
+    bob.receive({ type: 'publish', room: 'r', data: 'mine', ref: 'p' });
+    await settle();
+    table.remove('r', 'bob');
+    await rooms.removeMember('r', 'bob');
+    table.add('r', 'bob');
+    // From the room's seq now, 0: the addition waits for the publish, which leaves bob out.
+    const adding = rooms.addMember('r', 'bob');
+    answerAll(loads.answers);
+    answerAll(answers);
+    await adding;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['left', undefined],
+      ['ack', 1],
+      ['joined', 0],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+  });
+
+  it('does not send a publisher its own message when it is removed and added again while the published message waits for the room, with a backplane', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const loads = membersOfHeld(table, false);
+    const rooms = manager(table, { backplane: new LocalBus().node(), membership: loads.membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await rooms.invalidate('r');
+    // bob's message has its seq, 1; its delivery here waits for the loader.
+    loads.hold(true);
+    bob.receive({ type: 'publish', room: 'r', data: 'mine', ref: 'p' });
+    await settle();
+    table.remove('r', 'bob');
+    await rooms.removeMember('r', 'bob');
+    table.add('r', 'bob');
+    // From the room's seq now, 1: the delivery that leaves bob out comes first.
+    const adding = rooms.addMember('r', 'bob');
+    loads.hold(false);
+    answerAll(loads.answers);
+    await adding;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['left', undefined],
+      ['ack', 1],
+      ['joined', 1],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+    await rooms.close();
+  });
+
   it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
     const { membership, answers } = membersOfHeld(table);
