@@ -1912,7 +1912,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (users) {
       const stamp = cached ? cached.stamp : -1;
       if (!survey || survey.topology !== this.topology || survey.stamp !== stamp || stamp < 0) {
-        [added, removed] = this.reconcile(state, users, seq, except);
+        [added, removed] = this.reconcile(state, users, seq, except, cached?.since);
         survey = this.surveyRoom(room, users, stamp);
         state.survey = survey;
       }
@@ -2024,7 +2024,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * not leave) and takes out those whose user is no longer a participant.
    * @returns how many connections were added and removed.
    */
-  private reconcile(state: RoomState, users: ReadonlySet<string>, seq: number, except: ConnState | undefined): [added: number, removed: number] {
+  private reconcile(
+    state: RoomState,
+    users: ReadonlySet<string>,
+    seq: number,
+    except: ConnState | undefined,
+    since: number | undefined,
+  ): [added: number, removed: number] {
     const room = state.name;
     let added = 0;
     let removed = 0;
@@ -2034,6 +2040,15 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       for (const conn of user.conns) {
         if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.leftToEntry(conn, room, seq, conn === except)) continue;
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) continue;
+        // Found by participants loaded after an `invalidate` made at `since`: the messages
+        // published since then are owed too, and this process may never have had them (it
+        // did not receive the room), while the notice of the broadcast elsewhere that found
+        // the user first is still on its way. Handed to an entry as such a notice's are,
+        // from `since` on. Not one the fallback kept sending what it missed.
+        if (since !== undefined && since < seq - 1 && !this.sentOutsideRoom.get(conn)?.has(room)) {
+          this.reachLocally(room, [userId], since + 1).catch((error: unknown) => this.reportError('ensure', error, { room }));
+          if (this.leftToEntry(conn, room, seq, conn === except)) continue;
+        }
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
         this.send(conn, { type: 'joined', room, seq: seq - 1 });
@@ -2442,14 +2457,34 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /**
    * Forgets the cached participants of `room`; the next broadcast asks the loader again.
-   * With a backplane, every process forgets them.
+   * With a backplane, every process forgets them, and a participant your change added
+   * is sent every message published after this call, on whichever process their
+   * connections are, once a broadcast finds them there.
    *
    * @returns a promise that never rejects: it resolves at once without a backplane, and
    * with one once the other processes were told (a failure is an `error` event).
    */
   invalidate(room: string): Promise<void> {
+    if (!this.backplane) {
+      this.membership.invalidate(room);
+      return RESOLVED;
+    }
+    // The room's seq as the change was made, as addMember's: a participant a broadcast
+    // finds outside the room after this, on any process, is sent the messages after it
+    // (see `reconcile`), though that process may not have received the room meanwhile.
+    const from = this.seqNow(room);
+    if (!(from instanceof Promise)) {
+      this.membership.invalidate(room, from);
+      return this.announce({ kind: 'invalidate', room, seq: from })?.catch(noop) ?? RESOLVED;
+    }
     this.membership.invalidate(room);
-    return this.announce({ kind: 'invalidate', room })?.catch(noop) ?? RESOLVED;
+    return from
+      .then((seq) => {
+        // Forgotten again once the seq is known: an answer asked for meanwhile would not carry it.
+        this.membership.invalidate(room, seq);
+        return this.announce({ kind: 'invalidate', room, seq });
+      })
+      .catch(noop);
   }
 
   /**
@@ -2532,7 +2567,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         this.membership.invalidate(change.room);
         return;
       case 'invalidate':
-        this.membership.invalidate(change.room);
+        this.membership.invalidate(change.room, change.seq);
         return;
       case 'rejoined':
         // Told again with the next broadcast into each room.

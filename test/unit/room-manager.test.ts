@@ -827,6 +827,36 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a participant added with invalidate what another node broadcast while this node did not receive the room', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, { backplane: bus.node() });
+    const alice = await openFake(n1, 'alice');
+    // dan, alone on node 2, is outside the room: node 2 does not receive it.
+    const dan = await openFake(n2, 'dan');
+    await n2.broadcast('r', 'before');
+    table.add('r', 'dan'); // and no addMember
+    await n1.invalidate('r');
+    // Both nodes broadcast at once. Node 2's own broadcast, seq 3, finds dan before node 1's
+    // notice about seq 2, which node 2 never received, reaches it.
+    const sent = [n1.broadcast('r', 'one'), n2.broadcast('r', 'two')];
+    await Promise.all(sent);
+    for (let i = 0; i < 100 && dan.of('message').length < 2; i++) await settle(10);
+    await settle(20);
+    expect(dan.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 1],
+      ['message', 2],
+      ['message', 3],
+    ]);
+    expect(alice.of('message').map((m) => m.seq)).toEqual([1, 2, 3]);
+    await n2.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dan.of('message').length < 3; i++) await settle(10);
+    expect(dan.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
