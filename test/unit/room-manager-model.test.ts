@@ -176,6 +176,8 @@ interface ConnModel {
   readonly replays: Map<string, Map<string, { seq: number; id: string }[]>>;
   /** Joins this connection asked for whose user was not a participant: an entry is admitted. */
   readonly asked: Map<string, string>;
+  /** Per room, the seqs of broadcasts it was excepted from: known to it, as its own publishes' are. */
+  readonly excepted: Map<string, Set<number>>;
 }
 
 interface Pending {
@@ -305,7 +307,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
         const seqs = frame.seqs as Record<string, number>;
         for (const r of frame.rooms as string[]) {
           if (!isParticipant(r, conn.user) && !removing.has(`${r}|${conn.user}`)) fail(`conn ${conn.n} (${conn.user}): auto-joined to ${r}, not a participant`);
-          conn.stays.set(r, { start: seqs[r] ?? 0, seqs: new Set(), lastMessage: seqs[r] ?? 0, admitted: false });
+          conn.stays.set(r, { start: seqs[r] ?? 0, seqs: new Set(conn.excepted.get(r)), lastMessage: seqs[r] ?? 0, admitted: false });
         }
         break;
       }
@@ -319,7 +321,13 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
         if (!admitted && !isParticipant(roomName, conn.user) && !conn.asked.has(roomName) && !removing.has(`${roomName}|${conn.user}`)) {
           fail(`conn ${conn.n} (${conn.user}): joined ${roomName} without being a participant`);
         }
-        conn.stays.set(roomName, { start: frame.seq as number, seqs: new Set(), lastMessage: frame.seq as number, admitted: admitted || conn.asked.has(roomName) });
+        // A broadcast it was excepted from may have resolved before this stay began, after its seq.
+        conn.stays.set(roomName, {
+          start: frame.seq as number,
+          seqs: new Set(conn.excepted.get(roomName)),
+          lastMessage: frame.seq as number,
+          admitted: admitted || conn.asked.has(roomName),
+        });
         if (ref !== undefined) conn.left.delete(roomName);
         break;
       }
@@ -492,6 +500,7 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
             liveIds: new Set(),
             replays: new Map(),
             asked: new Map(),
+            excepted: new Map(),
           };
           conns.push(model);
           // An expiring one is closed with 1008 a moment after its welcome.
@@ -624,6 +633,9 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
               id = report.id;
               // The excepted connection caused it: like a publisher, it knows the seq.
               if (except) {
+                let excepted = except.excepted.get(r);
+                if (!excepted) except.excepted.set(r, (excepted = new Set()));
+                excepted.add(report.seq);
                 except.stays.get(r)?.seqs.add(report.seq);
                 except.live.get(r)?.add(report.seq);
               }
