@@ -231,6 +231,8 @@ interface Adding {
 interface EnteringMark {
   /** How many additions hold it (a `participants` notice and an `addMember`, say). */
   holders: number;
+  /** The lowest seq its additions start after, where known; Infinity: none known. */
+  from: number;
   /** The lowest seq a broadcast left the connection out of while it was held; Infinity: none yet. */
   leftOut: number;
   /**
@@ -436,10 +438,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly adding = new Map<string, Adding>();
   /**
-   * Connections an addition (`addMember`, a `participants` notice, a publisher found a
-   * participant) is putting in a room, waiting for its turn: ensure-participants and the
-   * fallback leave them to it, which sends them, in seq order, what was published since
-   * the addition. Usually empty.
+   * Connections an addition (`addMember`, here or another process's while this one checks
+   * it, a `participants` notice, a publisher found a participant) is putting in a room,
+   * waiting for its turn: ensure-participants and the fallback leave them to it, which
+   * sends them, in seq order, what was published since the addition. Any other entry
+   * that comes first (a join of the connection's own) starts it where the additions do,
+   * and they then find it in. Usually empty.
    *
    * The addition's own starting seq does not bound what it owes. It is the seq at the
    * `addMember` call, or, for a `participants` notice, just before the other process's
@@ -447,9 +451,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * earlier, to a user who was a participant before it (a change told with `invalidate`),
    * and leave the connection out all the same. So every broadcast that leaves a marked
    * connection out records its seq in the mark (`leftOut`), and the addition starts the
-   * connection before the lowest one if that is earlier than its own seq (`entryStart`).
+   * connection before the lowest one if that is earlier than its own seq (`entryStart`;
+   * the lowest start of all the additions holding the mark, too, `from`).
    * That is sound because everything happens in room order: the broadcasts that leave it
-   * out run before the addition's task, which sends `joined` at its start, then the
+   * out run before the entry's task, which sends `joined` at its start, then the
    * history from there up to what this process has sent, then the live messages. While
    * marked, the connection is outside the room and the fallback skips it: it got none of
    * the messages after its start, and now gets each of them once, in seq order.
@@ -840,7 +845,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   ): Promise<boolean> {
     const adding = this.beginAdding(room, conn.user.id);
     // Sent what it missed from `from` on, in order: the broadcasts meanwhile leave it to this.
-    if (from !== undefined) this.markEntering([conn], room, true);
+    if (from !== undefined) this.markEntering([conn], room, true, from);
     try {
       if (this.backplane) await this.openFeed(room);
       return await this.inRoomOrder(room, async () => {
@@ -856,8 +861,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
           // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
           if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-          // Marked as entering, it was perhaps left out of broadcasts meanwhile: sent those too.
-          if (from !== undefined) return this.enterSince(conn, room, reason, adding, since);
+          // Marked as entering (its own `from`, or another addition waiting: a join made as
+          // another process's addMember is checked), it is owed the messages from where
+          // the additions start, and was perhaps left out of broadcasts meanwhile.
+          if (from !== undefined || this.isEntering(conn, room)) return this.enterSince(conn, room, mode, reason, ref, adding, since);
           this.addToRoom(conn, room, mode, reason);
         }
         return this.sendJoined(conn, room, ref);
@@ -868,13 +875,22 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Puts `conn` in `room` as a participant, with the messages after `from` (see `entryStart`); inside a room-order task. */
-  private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number | undefined): Promise<boolean> {
+  /** Puts `conn` in `room`, with the messages after `from` (see `entryStart`), answering `ref`; inside a room-order task. */
+  private async enterSince(
+    conn: ConnState,
+    room: string,
+    mode: Membership['mode'],
+    reason: JoinReason,
+    ref: string | undefined,
+    adding: Adding,
+    from: number | undefined,
+  ): Promise<boolean> {
     const { seq, missed } = await this.missedSince(room, this.entryStart(conn, room, from));
     // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
-    if (conn.rooms.has(room)) return true;
-    if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-    this.enterWith(conn, room, reason, seq, missed);
+    if (conn.rooms.has(room)) return reason === 'join' ? this.sendJoined(conn, room, ref) : true;
+    if (conn.state === 'closed' || adding.cancelled || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+    if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
+    this.enterWith(conn, room, reason, seq, missed, mode, ref);
     return true;
   }
 
@@ -2297,7 +2313,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (entering.length === 0) return;
     const adding = this.beginAdding(room, user.id);
     // Without a seq to start from, the fallback reaches them until they are in.
-    if (addition.from !== undefined) this.markEntering(entering, room, true);
+    if (addition.from !== undefined) this.markEntering(entering, room, true, addition.from);
     try {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2317,16 +2333,22 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Marks (or clears) connections an addition is putting in `room` (see {@link entering}); one clear per mark. */
-  private markEntering(conns: readonly ConnState[], room: string, on: boolean): void {
+  /**
+   * Marks (or clears) connections an addition is putting in `room` (see {@link entering});
+   * one clear per mark. `from`: the seq the addition starts after, when already known.
+   */
+  private markEntering(conns: readonly ConnState[], room: string, on: boolean, from?: MaybePromise<number | undefined>): void {
+    const after = typeof from === 'number' ? from : Number.POSITIVE_INFINITY;
     for (const conn of conns) {
       let rooms = this.entering.get(conn);
       const mark = rooms?.get(room);
       if (on) {
-        if (mark) mark.holders++;
-        else {
+        if (mark) {
+          mark.holders++;
+          if (after < mark.from) mark.from = after;
+        } else {
           if (!rooms) this.entering.set(conn, (rooms = new Map()));
-          rooms.set(room, { holders: 1, leftOut: Number.POSITIVE_INFINITY, excepted: undefined });
+          rooms.set(room, { holders: 1, from: after, leftOut: Number.POSITIVE_INFINITY, excepted: undefined });
         }
       } else if (rooms && mark && --mark.holders === 0) {
         rooms.delete(room);
@@ -2350,14 +2372,23 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /**
-   * The seq after which an addition sends `conn` the messages of `room`, inside the
-   * addition's room-order task: its own `after` (undefined: what was sent), or the one
-   * before the first broadcast that left the connection to it, if earlier (see {@link entering}).
+   * The seq after which an entry sends `conn` the messages of `room`, inside the entry's
+   * room-order task: its own `after` (undefined: what was sent), or, if earlier, where
+   * another addition putting the connection in starts, or the one before the first
+   * broadcast that left the connection to them (see {@link entering}). Whichever entry
+   * comes first owes what they all do.
    */
   private entryStart(conn: ConnState, room: string, after: number | undefined): number | undefined {
-    const leftOut = this.entering.get(conn)?.get(room)?.leftOut ?? Number.POSITIVE_INFINITY;
-    if (leftOut === Number.POSITIVE_INFINITY) return after;
-    return after === undefined ? leftOut - 1 : Math.min(after, leftOut - 1);
+    const mark = this.entering.get(conn)?.get(room);
+    if (!mark) return after;
+    const start = Math.min(mark.from, mark.leftOut - 1);
+    if (start === Number.POSITIVE_INFINITY) return after;
+    return after === undefined ? start : Math.min(after, start);
+  }
+
+  /** True when an addition is putting `conn` in `room` (see {@link entering}). */
+  private isEntering(conn: ConnState, room: string): boolean {
+    return this.entering.size > 0 && this.entering.get(conn)?.has(room) === true;
   }
 
   /** The earliest {@link entryStart} of `conns`: one history read serves them all (see {@link narrowMissed}). */
@@ -2386,9 +2417,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   }
 
   /** Puts `conn` in `room`, tells it with `joined` at `seq` and sends it `missed`, the messages after it, as sent live. */
-  private enterWith(conn: ConnState, room: string, reason: JoinReason, seq: number, missed: readonly StoredMessage[]): void {
-    this.addToRoom(conn, room, 'member', reason);
-    this.send(conn, { type: 'joined', room, seq });
+  private enterWith(
+    conn: ConnState,
+    room: string,
+    reason: JoinReason,
+    seq: number,
+    missed: readonly StoredMessage[],
+    mode: Membership['mode'] = 'member',
+    ref?: string,
+  ): void {
+    this.addToRoom(conn, room, mode, reason);
+    this.send(conn, { type: 'joined', room, seq, ...(ref === undefined ? {} : { ref }) });
     // As sent live, so without a broadcast's excepted connection (one of this process
     // leaves its mark a note instead: the history does not name it).
     const excepted = this.entering.get(conn)?.get(room)?.excepted;
@@ -2511,7 +2550,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private async addAnnounced(room: string, user: string, from: number | undefined, attempt = 1): Promise<void> {
     this.membership.invalidate(room);
-    if (!this.users.has(user)) return;
+    const state = this.users.get(user);
+    if (!state) return;
+    // Its open connections are owed the messages after `from` from now on, whatever puts
+    // them in the room first (a join of theirs, say): marked while the loader is asked.
+    const open =
+      from === undefined
+        ? []
+        : [...state.conns].filter(
+            (conn) => conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection,
+          );
+    this.markEntering(open, room, true, from);
+    try {
+      await this.checkAnnounced(room, user, from, attempt);
+    } finally {
+      this.markEntering(open, room, false);
+    }
+  }
+
+  private async checkAnnounced(room: string, user: string, from: number | undefined, attempt: number): Promise<void> {
     const loaded = this.membership.load(room);
     if (!(loaded instanceof Promise)) return this.addChecked(room, user, from, attempt, loaded);
     // Connections of the user opening meanwhile wait for this check (see checkingAdds).
@@ -2640,7 +2697,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const adding = new Map<string, Adding>();
     for (const conn of candidates) if (!adding.has(conn.user.id)) adding.set(conn.user.id, this.beginAdding(room, conn.user.id));
     const wanted = (conn: ConnState): boolean => outside(conn) && adding.get(conn.user.id)?.cancelled === false;
-    this.markEntering(candidates, room, true);
+    this.markEntering(candidates, room, true, seq - 1);
     try {
       await this.openFeed(room);
       await this.inRoomOrder(room, async () => {

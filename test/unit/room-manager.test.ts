@@ -857,6 +857,52 @@ describe('RoomManager core (in-memory connections)', () => {
     await n2.close();
   });
 
+  it('sends a connection whose join raced another node’s addMember what was published once the addMember resolved', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    table.canJoinRooms.add('r');
+    const here = membersOfHeld(table, false);
+    const there = membersOfHeld(table, false);
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node(), membership: here.membership });
+    const n2 = manager(table, { backplane: bus.node(), membership: { ...there.membership, canJoin: (user, room) => table.canJoin(user, room) } });
+    await openFake(n1, 'alice');
+    const dave = await openFake(n2, 'dave');
+    // dave's join is decided on an answer from before his addMember: admitted, not a member.
+    there.hold(true);
+    dave.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    table.add('r', 'dave');
+    await n1.addMember('r', 'dave');
+    // Published once addMember resolved; node 1's participants notice waits for its loader.
+    here.hold(true);
+    const sent = n1.broadcast('r', 'added');
+    await settle();
+    // The join's answer comes first: node 2 subscribes the room after seq 1 and puts dave in,
+    // while it still checks the addMember notice.
+    answerAll(there.answers);
+    for (let i = 0; i < 100 && dave.of('joined').length === 0; i++) await settle(10);
+    here.hold(false);
+    there.hold(false);
+    for (let i = 0; i < 5; i++) {
+      answerAll(here.answers);
+      answerAll(there.answers);
+      await settle(2);
+    }
+    await sent;
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    await settle(20);
+    // Not joined at 1, past a message it never got: the notice's seq holds for the join too.
+    expect(dave.frames.slice(1).map((f) => [f.type, f.seq, f.ref])).toEqual([
+      ['joined', 0, 'j'],
+      ['message', 1, undefined],
+    ]);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
