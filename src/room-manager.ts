@@ -1118,17 +1118,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         overLimit();
         return;
       }
+      // The connection asks to be in the room from now on, not once the loader answered:
+      // an addMember or ensure-participants meanwhile puts it in (with what follows) as
+      // one that never left, and this join is then answered as a join of a room it is in.
+      const hadLeft = conn.left.has(room);
+      if (hadLeft) (conn.left as Set<string>).delete(room);
       let mode: Membership['mode'] = 'member';
       if (!(await this.isParticipant(room, conn.user.id))) {
         if (!(await this.canJoin(conn, room))) {
+          if (hadLeft && !conn.rooms.has(room)) markLeft(conn, room, this.options.maxRoomsPerConnection);
           this.sendError(conn, 'forbidden', 'not allowed to join this room', { ref, room });
           return;
         }
         mode = 'admitted';
       }
       if (conn.state === 'closed') return;
-      const hadLeft = conn.left.has(room);
-      if (hadLeft) (conn.left as Set<string>).delete(room);
       if (await this.enterRoom(conn, room, mode, 'join', ref)) return;
       if ((conn.state as ConnState['state']) === 'closed') return;
       // Not joined after all. A join that did not happen does not undo the connection's leave.

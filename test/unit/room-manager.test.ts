@@ -492,6 +492,34 @@ describe('RoomManager core (in-memory connections)', () => {
     await rooms.close();
   });
 
+  it('puts in a connection whose join of a room it had left waits for the loader when its user is added meanwhile', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const { membership, answers } = membersOfHeld(table);
+    const rooms = manager(table, { membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    bob.receive({ type: 'leave', room: 'r', ref: 'l' });
+    // The join waits for the loader; bob asked to be in the room from now on.
+    bob.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    table.add('r', 'bob');
+    await rooms.addMember('r', 'bob');
+    const sent = rooms.broadcast('r', 'added');
+    for (let i = 0; i < 5; i++) {
+      answerAll(answers);
+      await settle();
+    }
+    await sent;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq, f.ref])).toEqual([
+      ['left', undefined, 'l'],
+      ['joined', 0, undefined],
+      ['message', 1, undefined],
+      ['joined', 1, 'j'],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['added']);
+  });
+
   it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
     const { membership, answers } = membersOfHeld(table);
