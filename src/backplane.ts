@@ -33,6 +33,12 @@ export type MembershipChange =
       readonly kind: 'invalidate';
       /** The room whose cached participants are forgotten. */
       readonly room: string;
+      /**
+       * The room's latest seq when it was announced: a participant the next answer of the
+       * loader lists is sent the messages after it, as an `add`'s user is, when a broadcast
+       * finds their connection outside the room. Without it, what follows their entry.
+       */
+      readonly seq?: number | undefined;
     }
   | {
       /**

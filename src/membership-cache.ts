@@ -15,6 +15,11 @@ export interface CachedMembers {
   readonly members: ReadonlySet<string> | undefined;
   /** Changes whenever `members` change: lets a caller reuse work derived from an unchanged set. */
   readonly stamp: number;
+  /**
+   * Given to `invalidate` before this answer was asked for: the room's seq when a change
+   * the answer may show was made (the lowest, if more than one). Undefined: none.
+   */
+  readonly since: number | undefined;
 }
 
 interface Entry {
@@ -33,6 +38,7 @@ interface Entry {
   /** Changes whenever `members` does. */
   stamp: number;
   stale: boolean;
+  since: number | undefined;
 }
 
 /** Options of {@link MembershipCache}. */
@@ -52,6 +58,8 @@ export interface MembershipCacheOptions {
  */
 export class MembershipCache {
   private readonly entries = new Map<string, Entry>();
+  /** The `since` of each room's invalidations not answered yet, for its next answer (see {@link CachedMembers.since}). */
+  private readonly sinces = new Map<string, number>();
   private stamps = 0;
   private readonly now: () => number;
 
@@ -94,8 +102,19 @@ export class MembershipCache {
     this.apply(room, false, user);
   }
 
-  /** Forgets the cached answer for `room`: the next broadcast asks the loader again. */
-  invalidate(room: string): void {
+  /**
+   * Forgets the cached answer for `room`: the next broadcast asks the loader again.
+   * `since`: the room's seq when the change this is for was made; the next answer carries
+   * it, until a newer one is asked for.
+   */
+  invalidate(room: string, since?: number): void {
+    if (since !== undefined) {
+      const pending = this.sinces.get(room);
+      this.sinces.delete(room);
+      // As many rooms as the cache keeps; the oldest is forgotten first.
+      if (this.sinces.size >= this.options.maxRooms) this.sinces.delete(this.sinces.keys().next().value as string);
+      this.sinces.set(room, pending === undefined ? since : Math.min(pending, since));
+    }
     const entry = this.entries.get(room);
     if (!entry) return;
     if (entry.loading) {
@@ -145,6 +164,7 @@ export class MembershipCache {
       generation: 0,
       stamp: ++this.stamps,
       stale: false,
+      since: undefined,
     };
     this.entries.set(room, entry);
     return entry;
@@ -167,6 +187,8 @@ export class MembershipCache {
 
   private async fetch(room: string, entry: Entry): Promise<void> {
     const generation = entry.generation;
+    // Asked after these invalidations: its answer may show their changes.
+    const since = this.sinces.get(room);
     // Only changes made from now on can be missing from the loader's answer: the
     // application changes its data before it calls addMember or removeMember.
     const ops: [add: boolean, user: string][] = [];
@@ -185,7 +207,10 @@ export class MembershipCache {
       entry.members = members;
       entry.stamp = ++this.stamps;
       entry.stale = false;
+      entry.since = since;
       entry.expiresAt = generation === entry.generation ? this.now() + this.options.ttlMs : 0;
+      // Invalidated again meanwhile: the next answer carries the lowest `since` too.
+      if (generation === entry.generation && since !== undefined && this.sinces.get(room) === since) this.sinces.delete(room);
     } catch (error) {
       entry.stale = true;
       entry.expiresAt = 0;

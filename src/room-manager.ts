@@ -227,8 +227,36 @@ interface Adding {
   waiting: number;
 }
 
+/** An addition's hold on a connection it is putting in a room; see `RoomManager.entering`. */
+interface EnteringMark {
+  /** How many additions hold it (a `participants` notice and an `addMember`, say). */
+  holders: number;
+  /** The lowest seq its additions start after, where known; Infinity: none known. */
+  from: number;
+  /** The lowest seq a broadcast left the connection out of while it was held; Infinity: none yet. */
+  leftOut: number;
+  /**
+   * Seqs of broadcasts made meanwhile that leave this connection out anyway (it caused
+   * them: `except`): the addition does not send them either. Usually undefined.
+   */
+  excepted: Set<number> | undefined;
+}
+
 /** The key of a room and user in `RoomManager.adding`. */
 const addingKey = (room: string, user: string): string => JSON.stringify([room, user]);
+
+/** What `RoomManager.missedSince` read: the messages after `seq` up to `sent`, what the room's connections here were sent. */
+interface MissedRead {
+  readonly seq: number;
+  readonly missed: readonly StoredMessage[];
+  readonly sent: number;
+}
+
+/** The part of `read` for a connection that starts after `after` (undefined: after `read.sent`), at or past `read.seq`. */
+function narrowMissed(read: MissedRead, after: number | undefined): { seq: number; missed: readonly StoredMessage[] } {
+  const seq = Math.max(read.seq, after === undefined ? read.sent : Math.min(after, read.sent));
+  return seq === read.seq ? read : { seq, missed: read.missed.filter((m) => m.seq > seq) };
+}
 
 /** A local publish waiting for its local delivery. */
 interface DeliveryWaiter {
@@ -410,12 +438,28 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private readonly adding = new Map<string, Adding>();
   /**
-   * Connections an addition (`addMember`, a `participants` notice, a publisher found a
-   * participant) is putting in a room, waiting for its turn: ensure-participants and the
-   * fallback leave them to it, which sends them, in seq order, what was published since
-   * the addition. Usually empty.
+   * Connections an addition (`addMember`, here or another process's while this one checks
+   * it, a `participants` notice, a publisher found a participant) is putting in a room,
+   * waiting for its turn: ensure-participants and the fallback leave them to it, which
+   * sends them, in seq order, what was published since the addition. Any other entry
+   * that comes first (a join of the connection's own) starts it where the additions do,
+   * and they then find it in. Usually empty.
+   *
+   * The addition's own starting seq does not bound what it owes. It is the seq at the
+   * `addMember` call, or, for a `participants` notice, just before the other process's
+   * broadcast that found the user; a broadcast this process makes meanwhile may come
+   * earlier, to a user who was a participant before it (a change told with `invalidate`),
+   * and leave the connection out all the same. So every broadcast that leaves a marked
+   * connection out records its seq in the mark (`leftOut`), and the addition starts the
+   * connection before the lowest one if that is earlier than its own seq (`entryStart`;
+   * the lowest start of all the additions holding the mark, too, `from`).
+   * That is sound because everything happens in room order: the broadcasts that leave it
+   * out run before the entry's task, which sends `joined` at its start, then the
+   * history from there up to what this process has sent, then the live messages. While
+   * marked, the connection is outside the room and the fallback skips it: it got none of
+   * the messages after its start, and now gets each of them once, in seq order.
    */
-  private readonly entering = new Map<ConnState, Set<string>>();
+  private readonly entering = new Map<ConnState, Map<string, EnteringMark>>();
   /**
    * Another process's `addMember` notices still being checked with the loader, by user: a
    * connection of theirs that is opening waits for them before its welcome, so that the
@@ -818,7 +862,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
   ): Promise<boolean> {
     const adding = this.beginAdding(room, conn.user.id);
     // Sent what it missed from `from` on, in order: the broadcasts meanwhile leave it to this.
-    if (from !== undefined) this.markEntering([conn], room, true);
+    if (from !== undefined) this.markEntering([conn], room, true, from);
     try {
       if (this.backplane) await this.openFeed(room);
       return await this.inRoomOrder(room, async () => {
@@ -834,7 +878,10 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
           if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
           // Rooms entered meanwhile (addMember, ensure-participants) may have reached the limit.
           if (conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-          if (since !== undefined) return this.enterSince(conn, room, reason, adding, since);
+          // Marked as entering (its own `from`, or another addition waiting: a join made as
+          // another process's addMember is checked), it is owed the messages from where
+          // the additions start, and was perhaps left out of broadcasts meanwhile.
+          if (from !== undefined || this.isEntering(conn, room)) return this.enterSince(conn, room, mode, reason, ref, adding, since);
           this.addToRoom(conn, room, mode, reason);
         }
         return this.sendJoined(conn, room, ref);
@@ -845,13 +892,22 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Puts `conn` in `room` as a participant, with the messages after `from`; inside a room-order task. */
-  private async enterSince(conn: ConnState, room: string, reason: JoinReason, adding: Adding, from: number): Promise<boolean> {
-    const { seq, missed } = await this.missedSince(room, from);
+  /** Puts `conn` in `room`, with the messages after `from` (see `entryStart`), answering `ref`; inside a room-order task. */
+  private async enterSince(
+    conn: ConnState,
+    room: string,
+    mode: Membership['mode'],
+    reason: JoinReason,
+    ref: string | undefined,
+    adding: Adding,
+    from: number | undefined,
+  ): Promise<boolean> {
+    const { seq, missed } = await this.missedSince(room, this.entryStart(conn, room, from));
     // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
-    if (conn.rooms.has(room)) return true;
-    if (conn.state === 'closed' || adding.cancelled || conn.left.has(room) || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
-    this.enterWith(conn, room, reason, seq, missed);
+    if (conn.rooms.has(room)) return reason === 'join' ? this.sendJoined(conn, room, ref) : true;
+    if (conn.state === 'closed' || adding.cancelled || conn.rooms.size >= this.options.maxRoomsPerConnection) return false;
+    if (reason !== 'join' && reason !== 'server' && conn.left.has(room)) return false;
+    this.enterWith(conn, room, reason, seq, missed, mode, ref);
     return true;
   }
 
@@ -1080,17 +1136,21 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         overLimit();
         return;
       }
+      // The connection asks to be in the room from now on, not once the loader answered:
+      // an addMember or ensure-participants meanwhile puts it in (with what follows) as
+      // one that never left, and this join is then answered as a join of a room it is in.
+      const hadLeft = conn.left.has(room);
+      if (hadLeft) (conn.left as Set<string>).delete(room);
       let mode: Membership['mode'] = 'member';
       if (!(await this.isParticipant(room, conn.user.id))) {
         if (!(await this.canJoin(conn, room))) {
+          if (hadLeft && !conn.rooms.has(room)) markLeft(conn, room, this.options.maxRoomsPerConnection);
           this.sendError(conn, 'forbidden', 'not allowed to join this room', { ref, room });
           return;
         }
         mode = 'admitted';
       }
       if (conn.state === 'closed') return;
-      const hadLeft = conn.left.has(room);
-      if (hadLeft) (conn.left as Set<string>).delete(room);
       if (await this.enterRoom(conn, room, mode, 'join', ref)) return;
       if ((conn.state as ConnState['state']) === 'closed') return;
       // Not joined after all. A join that did not happen does not undo the connection's leave.
@@ -1929,7 +1989,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (users) {
       const stamp = cached ? cached.stamp : -1;
       if (!survey || survey.topology !== this.topology || survey.stamp !== stamp || stamp < 0) {
-        [added, removed] = this.reconcile(state, users, seq);
+        [added, removed] = this.reconcile(state, users, seq, except, cached?.since);
         survey = this.surveyRoom(room, users, stamp);
         state.survey = survey;
       }
@@ -1991,7 +2051,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
             got = true;
             continue;
           }
-          if (conn.left.has(room) || this.isEntering(conn, room)) continue;
+          if (conn.left.has(room) || this.leftToEntry(conn, room, seq)) continue;
           if (conn.lastFailedId === id) roomFailures--;
           const outcome = this.sendMessage(conn, conn.rooms.get(room), text, message, maxBuffered);
           if (outcome === SENT) {
@@ -2041,7 +2101,13 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * not leave) and takes out those whose user is no longer a participant.
    * @returns how many connections were added and removed.
    */
-  private reconcile(state: RoomState, users: ReadonlySet<string>, seq: number): [added: number, removed: number] {
+  private reconcile(
+    state: RoomState,
+    users: ReadonlySet<string>,
+    seq: number,
+    except: ConnState | undefined,
+    since: number | undefined,
+  ): [added: number, removed: number] {
     const room = state.name;
     let added = 0;
     let removed = 0;
@@ -2049,11 +2115,20 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
       const user = this.users.get(userId);
       if (!user) continue;
       for (const conn of user.conns) {
-        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.isEntering(conn, room)) continue;
+        if (conn.state !== 'open' || conn.rooms.has(room) || conn.left.has(room) || this.leftToEntry(conn, room, seq, conn === except)) continue;
         if (conn.rooms.size >= this.options.maxRoomsPerConnection) {
           // The fallback reaches it; in a cluster, only while this process receives the room.
           if (this.backplane) this.holdOut(conn, room);
           continue;
+        }
+        // Found by participants loaded after an `invalidate` made at `since`: the messages
+        // published since then are owed too, and this process may never have had them (it
+        // did not receive the room), while the notice of the broadcast elsewhere that found
+        // the user first is still on its way. Handed to an entry as such a notice's are,
+        // from `since` on. Not one the fallback kept sending what it missed.
+        if (since !== undefined && since < seq - 1 && !this.sentOutsideRoom.get(conn)?.has(room)) {
+          this.reachLocally(room, [userId], since + 1).catch((error: unknown) => this.reportError('ensure', error, { room }));
+          if (this.leftToEntry(conn, room, seq, conn === except)) continue;
         }
         this.addToRoom(conn, room, 'member', 'ensure');
         // Its seq tells the client where the room stands; the message follows.
@@ -2306,15 +2381,17 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     if (entering.length === 0) return;
     const adding = this.beginAdding(room, user.id);
     // Without a seq to start from, the fallback reaches them until they are in.
-    if (addition.from !== undefined) this.markEntering(entering, room, true);
+    if (addition.from !== undefined) this.markEntering(entering, room, true, addition.from);
     try {
       if (this.backplane) await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
         if (adding.cancelled || ![...user.conns].some(eligible)) return;
-        const { seq, missed } = await this.missedSince(room, await addition.from);
+        const from = await addition.from;
+        const read = await this.missedSince(room, this.lowestStart([...user.conns].filter(eligible), room, from));
         // Checked again after the reads: a removal, a leave or a close may have come meanwhile.
         for (const conn of user.conns) {
           if (adding.cancelled || !eligible(conn)) continue;
+          const { seq, missed } = narrowMissed(read, this.entryStart(conn, room, from));
           this.enterOrHold(conn, room, 'member', seq, missed);
         }
       });
@@ -2324,20 +2401,72 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     }
   }
 
-  /** Marks (or clears) connections an addition is putting in `room` (see {@link entering}). */
-  private markEntering(conns: readonly ConnState[], room: string, on: boolean): void {
+  /**
+   * Marks (or clears) connections an addition is putting in `room` (see {@link entering});
+   * one clear per mark. `from`: the seq the addition starts after, when already known.
+   */
+  private markEntering(conns: readonly ConnState[], room: string, on: boolean, from?: MaybePromise<number | undefined>): void {
+    const after = typeof from === 'number' ? from : Number.POSITIVE_INFINITY;
     for (const conn of conns) {
       let rooms = this.entering.get(conn);
+      const mark = rooms?.get(room);
       if (on) {
-        if (!rooms) this.entering.set(conn, (rooms = new Set()));
-        rooms.add(room);
-      } else if (rooms?.delete(room) && rooms.size === 0) this.entering.delete(conn);
+        if (mark) {
+          mark.holders++;
+          if (after < mark.from) mark.from = after;
+        } else {
+          if (!rooms) this.entering.set(conn, (rooms = new Map()));
+          rooms.set(room, { holders: 1, from: after, leftOut: Number.POSITIVE_INFINITY, excepted: undefined });
+        }
+      } else if (rooms && mark && --mark.holders === 0) {
+        rooms.delete(room);
+        if (rooms.size === 0) this.entering.delete(conn);
+      }
     }
   }
 
-  /** True when an addition is putting `conn` in `room`: it sends the connection what it missed. */
+  /**
+   * True when an addition is putting `conn` in `room`: the broadcast of `seq` leaves the
+   * connection to it, and the addition sends it this message too (see {@link entering}),
+   * unless the connection is the one the broadcast leaves out (`excepted`).
+   */
+  private leftToEntry(conn: ConnState, room: string, seq: number, excepted = false): boolean {
+    if (this.entering.size === 0) return false;
+    const mark = this.entering.get(conn)?.get(room);
+    if (!mark) return false;
+    if (excepted) (mark.excepted ??= new Set()).add(seq);
+    else if (seq < mark.leftOut) mark.leftOut = seq;
+    return true;
+  }
+
+  /**
+   * The seq after which an entry sends `conn` the messages of `room`, inside the entry's
+   * room-order task: its own `after` (undefined: what was sent), or, if earlier, where
+   * another addition putting the connection in starts, or the one before the first
+   * broadcast that left the connection to them (see {@link entering}). Whichever entry
+   * comes first owes what they all do.
+   */
+  private entryStart(conn: ConnState, room: string, after: number | undefined): number | undefined {
+    const mark = this.entering.get(conn)?.get(room);
+    if (!mark) return after;
+    const start = Math.min(mark.from, mark.leftOut - 1);
+    if (start === Number.POSITIVE_INFINITY) return after;
+    return after === undefined ? start : Math.min(after, start);
+  }
+
+  /** True when an addition is putting `conn` in `room` (see {@link entering}). */
   private isEntering(conn: ConnState, room: string): boolean {
     return this.entering.size > 0 && this.entering.get(conn)?.has(room) === true;
+  }
+
+  /** The earliest {@link entryStart} of `conns`: one history read serves them all (see {@link narrowMissed}). */
+  private lowestStart(conns: readonly ConnState[], room: string, after: number | undefined): number | undefined {
+    let lowest = after;
+    for (const conn of conns) {
+      const start = this.entryStart(conn, room, after);
+      if (start !== undefined && (lowest === undefined || start < lowest)) lowest = start;
+    }
+    return lowest;
   }
 
   /**
@@ -2346,21 +2475,33 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    * was sent; undefined: what was sent), or what was sent when the history no longer
    * reaches back that far (reported).
    */
-  private async missedSince(room: string, after: number | undefined): Promise<{ seq: number; missed: readonly StoredMessage[] }> {
+  private async missedSince(room: string, after: number | undefined): Promise<MissedRead> {
     const sent = await this.roomSeq(room);
     const from = after === undefined ? sent : Math.min(after, sent);
     const missed = sent > from ? await this.history.since(room, from, sent) : [];
-    if (missed !== null) return { seq: from, missed };
+    if (missed !== null) return { seq: from, missed, sent };
     this.reportError('ensure', new Error(`room ${room}: messages after ${from} are no longer in the history`), { room });
-    return { seq: sent, missed: [] };
+    return { seq: sent, missed: [], sent };
   }
 
   /** Puts `conn` in `room`, tells it with `joined` at `seq` and sends it `missed`, the messages after it, as sent live. */
-  private enterWith(conn: ConnState, room: string, reason: JoinReason, seq: number, missed: readonly StoredMessage[]): void {
-    this.addToRoom(conn, room, 'member', reason);
-    this.send(conn, { type: 'joined', room, seq });
-    // As sent live, so without a broadcast's excepted connection.
-    for (const m of missed) if (m.except !== conn.id) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+  private enterWith(
+    conn: ConnState,
+    room: string,
+    reason: JoinReason,
+    seq: number,
+    missed: readonly StoredMessage[],
+    mode: Membership['mode'] = 'member',
+    ref?: string,
+  ): void {
+    this.addToRoom(conn, room, mode, reason);
+    this.send(conn, { type: 'joined', room, seq, ...(ref === undefined ? {} : { ref }) });
+    // As sent live, so without a broadcast's excepted connection (one of this process
+    // leaves its mark a note instead: the history does not name it).
+    const excepted = this.entering.get(conn)?.get(room)?.excepted;
+    for (const m of missed) {
+      if (m.except !== conn.id && !excepted?.has(m.seq)) this.send(conn, { type: 'message', room, id: m.id, seq: m.seq, from: m.from, data: m.data, ts: m.ts });
+    }
     // Sent live: a resume must not send them again (nor one after a leave).
     const membership = conn.rooms.get(room);
     if (missed.length > 0 && membership && membership.firstSeq === 0) {
@@ -2469,14 +2610,34 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
 
   /**
    * Forgets the cached participants of `room`; the next broadcast asks the loader again.
-   * With a backplane, every process forgets them.
+   * With a backplane, every process forgets them, and a participant your change added
+   * is sent every message published after this call, on whichever process their
+   * connections are, once a broadcast finds them there.
    *
    * @returns a promise that never rejects: it resolves at once without a backplane, and
    * with one once the other processes were told (a failure is an `error` event).
    */
   invalidate(room: string): Promise<void> {
+    if (!this.backplane) {
+      this.membership.invalidate(room);
+      return RESOLVED;
+    }
+    // The room's seq as the change was made, as addMember's: a participant a broadcast
+    // finds outside the room after this, on any process, is sent the messages after it
+    // (see `reconcile`), though that process may not have received the room meanwhile.
+    const from = this.seqNow(room);
+    if (!(from instanceof Promise)) {
+      this.membership.invalidate(room, from);
+      return this.announce({ kind: 'invalidate', room, seq: from })?.catch(noop) ?? RESOLVED;
+    }
     this.membership.invalidate(room);
-    return this.announce({ kind: 'invalidate', room })?.catch(noop) ?? RESOLVED;
+    return from
+      .then((seq) => {
+        // Forgotten again once the seq is known: an answer asked for meanwhile would not carry it.
+        this.membership.invalidate(room, seq);
+        return this.announce({ kind: 'invalidate', room, seq });
+      })
+      .catch(noop);
   }
 
   /**
@@ -2503,7 +2664,25 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
    */
   private async addAnnounced(room: string, user: string, from: number | undefined, attempt = 1): Promise<void> {
     this.membership.invalidate(room);
-    if (!this.users.has(user)) return;
+    const state = this.users.get(user);
+    if (!state) return;
+    // Its open connections are owed the messages after `from` from now on, whatever puts
+    // them in the room first (a join of theirs, say): marked while the loader is asked.
+    const open =
+      from === undefined
+        ? []
+        : [...state.conns].filter(
+            (conn) => conn.state === 'open' && !conn.rooms.has(room) && !conn.left.has(room) && conn.rooms.size < this.options.maxRoomsPerConnection,
+          );
+    this.markEntering(open, room, true, from);
+    try {
+      await this.checkAnnounced(room, user, from, attempt);
+    } finally {
+      this.markEntering(open, room, false);
+    }
+  }
+
+  private async checkAnnounced(room: string, user: string, from: number | undefined, attempt: number): Promise<void> {
     const loaded = this.membership.load(room);
     if (!(loaded instanceof Promise)) return this.addChecked(room, user, from, attempt, loaded);
     // Connections of the user opening meanwhile wait for this check (see checkingAdds).
@@ -2559,7 +2738,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         this.membership.invalidate(change.room);
         return;
       case 'invalidate':
-        this.membership.invalidate(change.room);
+        this.membership.invalidate(change.room, change.seq);
         return;
       case 'rejoined':
         // Told again with the next broadcast into each room.
@@ -2633,7 +2812,7 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
     const adding = new Map<string, Adding>();
     for (const conn of candidates) if (!adding.has(conn.user.id)) adding.set(conn.user.id, this.beginAdding(room, conn.user.id));
     const wanted = (conn: ConnState): boolean => outside(conn) && adding.get(conn.user.id)?.cancelled === false;
-    this.markEntering(candidates, room, true);
+    this.markEntering(candidates, room, true, seq - 1);
     try {
       await this.openFeed(room);
       await this.inRoomOrder(room, async () => {
@@ -2642,8 +2821,12 @@ export class RoomManager extends EventEmitter<RoomManagerEvents> {
         if (snapshot.stale) this.checkAgain(attempt, (next) => this.reachLocally(room, users, seq, next), { room });
         const entering = candidates.filter((conn) => wanted(conn) && snapshot.users?.has(conn.user.id) === true);
         if (entering.length === 0) return;
-        const { seq: joinedAt, missed } = await this.missedSince(room, seq - 1);
-        for (const conn of entering) if (wanted(conn)) this.enterOrHold(conn, room, 'ensure', joinedAt, missed);
+        const read = await this.missedSince(room, this.lowestStart(entering, room, seq - 1));
+        for (const conn of entering) {
+          if (!wanted(conn)) continue;
+          const { seq: joinedAt, missed } = narrowMissed(read, this.entryStart(conn, room, seq - 1));
+          this.enterOrHold(conn, room, 'ensure', joinedAt, missed);
+        }
       });
     } finally {
       for (const entry of adding.values()) this.endAdding(entry);

@@ -297,6 +297,30 @@ describe('MembershipCache: add, remove, invalidate', () => {
     expect(await load(cache, 'general')).toEqual({ users: [], stale: false });
     expect(loader.calls).toHaveLength(2);
   });
+
+  it("an invalidate's since goes with the next answer asked for after it, not one already in flight", async () => {
+    const { cache, loader } = setup();
+    const before = loader.later();
+    const first = load(cache, 'general');
+    cache.invalidate('general', 7);
+    cache.invalidate('general', 9);
+    before.resolve(['alice']);
+    await first;
+    expect(cache.cached('general')?.since).toBeUndefined();
+    // The lowest of the two, kept while the answer after them fails.
+    loader.rejects(new Error('down')).answer(['alice', 'bob']);
+    await load(cache, 'general');
+    expect(cache.cached('general')?.since).toBeUndefined();
+    await load(cache, 'general');
+    expect(cache.cached('general')?.since).toBe(7);
+    cache.add('general', 'carol');
+    expect(cache.cached('general')?.since).toBe(7);
+    // Answered once: an invalidate without a since leaves none for the answer after it.
+    cache.invalidate('general');
+    loader.answer(['alice']);
+    await load(cache, 'general');
+    expect(cache.cached('general')?.since).toBeUndefined();
+  });
 });
 
 describe('MembershipCache: loader failures', () => {

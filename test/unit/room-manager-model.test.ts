@@ -629,9 +629,11 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
           const except = excepted;
           const p = managerOf(n).broadcast(r, { key: null, n: counter }, excepted ? { except: excepted.socket.handlers.id } : {});
           let id: string | undefined;
+          let stale = false;
           const q = track(
             p.then((report) => {
               id = report.id;
+              stale = report.stale;
               // The excepted connection caused it: like a publisher, it knows the seq.
               if (except) {
                 except.stays.get(r)?.seqs.add(report.seq);
@@ -647,7 +649,9 @@ async function runModel(cfg: Config, steps: Step[]): Promise<string[]> {
           );
           if (!wait) break;
           await q;
-          if (!quiet || id === undefined) break;
+          // A loader call that failed (flaky) leaves the last known participants, or none, and
+          // the report says so: which call fails depends on how many came before.
+          if (!quiet || id === undefined || stale) break;
           // The other processes deliver their copies a moment later.
           for (let i = 0; i < 5; i++) await new Promise((resolve) => setTimeout(resolve, 0));
           if (inflight.size > 0) break;

@@ -434,6 +434,92 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
   });
 
+  it('does not send a publisher its own message when it is removed and added again while the publish waits for the room', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const { membership, answers } = membersOfHeld(table, false);
+    const rooms = manager(table, { membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await rooms.invalidate('r');
+    // bob's publish holds the room while the loader answers; it has no seq yet.
+    const loads = membersOfHeld(table);
+    Object.assign(membership, { membersOf: loads.membership.membersOf });
+    bob.receive({ type: 'publish', room: 'r', data: 'mine', ref: 'p' });
+    await settle();
+    table.remove('r', 'bob');
+    await rooms.removeMember('r', 'bob');
+    table.add('r', 'bob');
+    // From the room's seq now, 0: the addition waits for the publish, which leaves bob out.
+    const adding = rooms.addMember('r', 'bob');
+    answerAll(loads.answers);
+    answerAll(answers);
+    await adding;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['left', undefined],
+      ['ack', 1],
+      ['joined', 0],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+  });
+
+  it('does not send a publisher its own message when it is removed and added again while the published message waits for the room, with a backplane', async () => {
+    const table = new MembershipTable({ r: ['alice', 'bob'] });
+    const loads = membersOfHeld(table, false);
+    const rooms = manager(table, { backplane: new LocalBus().node(), membership: loads.membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    await rooms.invalidate('r');
+    // bob's message has its seq, 1; its delivery here waits for the loader.
+    loads.hold(true);
+    bob.receive({ type: 'publish', room: 'r', data: 'mine', ref: 'p' });
+    await settle();
+    table.remove('r', 'bob');
+    await rooms.removeMember('r', 'bob');
+    table.add('r', 'bob');
+    // From the room's seq now, 1: the delivery that leaves bob out comes first.
+    const adding = rooms.addMember('r', 'bob');
+    loads.hold(false);
+    answerAll(loads.answers);
+    await adding;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['left', undefined],
+      ['ack', 1],
+      ['joined', 1],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+    await rooms.close();
+  });
+
+  it('puts in a connection whose join of a room it had left waits for the loader when its user is added meanwhile', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const { membership, answers } = membersOfHeld(table);
+    const rooms = manager(table, { membership });
+    const alice = await openFake(rooms, 'alice');
+    const bob = await openFake(rooms, 'bob');
+    bob.receive({ type: 'leave', room: 'r', ref: 'l' });
+    // The join waits for the loader; bob asked to be in the room from now on.
+    bob.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    table.add('r', 'bob');
+    await rooms.addMember('r', 'bob');
+    const sent = rooms.broadcast('r', 'added');
+    for (let i = 0; i < 5; i++) {
+      answerAll(answers);
+      await settle();
+    }
+    await sent;
+    await settle(10);
+    expect(bob.frames.slice(1).map((f) => [f.type, f.seq, f.ref])).toEqual([
+      ['left', undefined, 'l'],
+      ['joined', 0, undefined],
+      ['message', 1, undefined],
+      ['joined', 1, 'j'],
+    ]);
+    expect(alice.of('message').map((m) => m.data)).toEqual(['added']);
+  });
+
   it('takes out a user the loader stopped listing when invalidate came while a load of the room was in flight', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
     const { membership, answers } = membersOfHeld(table);
@@ -789,6 +875,121 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 1],
       ['ack', 2],
     ]);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('sends a participant a participants notice brings in what this node broadcast to them while the notice waited', async () => {
+    const table = new MembershipTable({ r: ['cat'] });
+    const loads = membersOfHeld(table, false);
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node(), membership: loads.membership });
+    const n2 = manager(table, { backplane: bus.node() });
+    const cat = await openFake(n1, 'cat');
+    const ann = await openFake(n1, 'ann');
+    table.add('r', 'ann'); // and no addMember
+    await n1.invalidate('r');
+    // Node 1 broadcasts after the change: seq 1 waits for node 1's loader.
+    loads.hold(true);
+    const one = n1.broadcast('r', 'one');
+    await settle();
+    // Node 2 broadcasts seq 2, finds ann, and tells node 1: the notice starts her after seq 1.
+    await n2.broadcast('r', 'two');
+    await settle();
+    loads.hold(false);
+    for (let i = 0; i < 5; i++) {
+      answerAll(loads.answers);
+      await settle(2);
+    }
+    await one;
+    for (let i = 0; i < 100 && ann.of('message').length < 2; i++) await settle(10);
+    await settle(20);
+    // Seq 1 left her to the notice's entry, which sends it too, before seq 2.
+    expect(ann.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 0],
+      ['message', 1],
+      ['message', 2],
+    ]);
+    expect(cat.of('message').map((m) => m.data)).toEqual(['one', 'two']);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && ann.of('message').length < 3; i++) await settle(10);
+    expect(ann.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('sends a participant added with invalidate what another node broadcast while this node did not receive the room', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node() });
+    const n2 = manager(table, { backplane: bus.node() });
+    const alice = await openFake(n1, 'alice');
+    // dan, alone on node 2, is outside the room: node 2 does not receive it.
+    const dan = await openFake(n2, 'dan');
+    await n2.broadcast('r', 'before');
+    table.add('r', 'dan'); // and no addMember
+    await n1.invalidate('r');
+    // Both nodes broadcast at once. Node 2's own broadcast, seq 3, finds dan before node 1's
+    // notice about seq 2, which node 2 never received, reaches it.
+    const sent = [n1.broadcast('r', 'one'), n2.broadcast('r', 'two')];
+    await Promise.all(sent);
+    for (let i = 0; i < 100 && dan.of('message').length < 2; i++) await settle(10);
+    await settle(20);
+    expect(dan.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+      ['joined', 1],
+      ['message', 2],
+      ['message', 3],
+    ]);
+    expect(alice.of('message').map((m) => m.seq)).toEqual([1, 2, 3]);
+    await n2.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dan.of('message').length < 3; i++) await settle(10);
+    expect(dan.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await n1.close();
+    await n2.close();
+  });
+
+  it('sends a connection whose join raced another node’s addMember what was published once the addMember resolved', async () => {
+    const table = new MembershipTable({ r: ['alice'] });
+    table.canJoinRooms.add('r');
+    const here = membersOfHeld(table, false);
+    const there = membersOfHeld(table, false);
+    const bus = new LocalBus();
+    const n1 = manager(table, { backplane: bus.node(), membership: here.membership });
+    const n2 = manager(table, { backplane: bus.node(), membership: { ...there.membership, canJoin: (user, room) => table.canJoin(user, room) } });
+    await openFake(n1, 'alice');
+    const dave = await openFake(n2, 'dave');
+    // dave's join is decided on an answer from before his addMember: admitted, not a member.
+    there.hold(true);
+    dave.receive({ type: 'join', room: 'r', ref: 'j' });
+    await settle();
+    table.add('r', 'dave');
+    await n1.addMember('r', 'dave');
+    // Published once addMember resolved; node 1's participants notice waits for its loader.
+    here.hold(true);
+    const sent = n1.broadcast('r', 'added');
+    await settle();
+    // The join's answer comes first: node 2 subscribes the room after seq 1 and puts dave in,
+    // while it still checks the addMember notice.
+    answerAll(there.answers);
+    for (let i = 0; i < 100 && dave.of('joined').length === 0; i++) await settle(10);
+    here.hold(false);
+    there.hold(false);
+    for (let i = 0; i < 5; i++) {
+      answerAll(here.answers);
+      answerAll(there.answers);
+      await settle(2);
+    }
+    await sent;
+    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    await settle(20);
+    // Not joined at 1, past a message it never got: the notice's seq holds for the join too.
+    expect(dave.frames.slice(1).map((f) => [f.type, f.seq, f.ref])).toEqual([
+      ['joined', 0, 'j'],
+      ['message', 1, undefined],
+    ]);
+    await n1.broadcast('r', 'after');
+    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
     await n1.close();
     await n2.close();
   });
