@@ -58,3 +58,8 @@ export async function openFake(manager: RoomManager, user: string): Promise<Fake
 export function settle(ms = 0): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
+
+/** Waits until `conn` has received `count` message frames, or gives up after about a second. */
+export async function untilMessages(conn: FakeConnection, count: number): Promise<void> {
+  for (let i = 0; i < 100 && conn.of('message').length < count; i++) await settle(10);
+}

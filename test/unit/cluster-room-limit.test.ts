@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest';
 import { LocalBus, RoomManager, type RoomManagerOptions } from '../../src/index.js';
-import { openFake, settle, type FakeConnection } from '../helpers/fake-connection.js';
+import { openFake, settle, untilMessages, type FakeConnection } from '../helpers/fake-connection.js';
 import { MembershipTable } from '../helpers/server.js';
 
 /**
@@ -41,7 +41,7 @@ async function twoNodes(inR: string[], extra: Partial<RoomManagerOptions> = {}):
 
 /** Waits until `conn` has `count` messages (or gives up after a second), then a little more for any extra. */
 async function messagesOf(conn: FakeConnection, count: number): Promise<unknown[]> {
-  for (let i = 0; i < 100 && conn.of('message').length < count; i++) await settle(10);
+  await untilMessages(conn, count);
   await settle(30);
   return conn.of('message').map((m) => [m.room, m.seq, m.data]);
 }

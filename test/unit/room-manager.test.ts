@@ -1,10 +1,32 @@
 import { describe, expect, it, vi } from 'vitest';
 import { LocalBus, RoomManager, RoomwireError, type DeliveryReport, type MembershipLoader, type RoomManagerOptions } from '../../src/index.js';
-import { FakeConnection, openFake, settle } from '../helpers/fake-connection.js';
+import { FakeConnection, openFake, settle, untilMessages } from '../helpers/fake-connection.js';
 import { MembershipTable } from '../helpers/server.js';
 
 function manager(table: MembershipTable, options: Partial<RoomManagerOptions> = {}): RoomManager {
   return new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, ...options });
+}
+
+/**
+ * bob, removed and added again while his own publish of 'mine' waited: he is told `left`,
+ * his ack, and `joined` at `joinedAt`, and never sent his own message; alice gets it.
+ */
+async function expectOwnLeftOut(adding: Promise<unknown>, bob: FakeConnection, alice: FakeConnection, joinedAt: number): Promise<void> {
+  await adding;
+  await settle(10);
+  expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
+    ['left', undefined],
+    ['ack', 1],
+    ['joined', joinedAt],
+  ]);
+  expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+}
+
+/** A broadcast of 'after' into r, once a race is over, reaches `conn` as any other: its messages' data are then `data`. */
+async function expectAfter(node: RoomManager, conn: FakeConnection, data: unknown[]): Promise<void> {
+  await node.broadcast('r', 'after');
+  await untilMessages(conn, data.length);
+  expect(conn.of('message').map((m) => m.data)).toEqual(data);
 }
 
 describe('RoomManager core (in-memory connections)', () => {
@@ -453,14 +475,7 @@ describe('RoomManager core (in-memory connections)', () => {
     const adding = rooms.addMember('r', 'bob');
     answerAll(loads.answers);
     answerAll(answers);
-    await adding;
-    await settle(10);
-    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
-      ['left', undefined],
-      ['ack', 1],
-      ['joined', 0],
-    ]);
-    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+    await expectOwnLeftOut(adding, bob, alice, 0);
   });
 
   it('does not send a publisher its own message when it is removed and added again while the published message waits for the room, with a backplane', async () => {
@@ -481,14 +496,7 @@ describe('RoomManager core (in-memory connections)', () => {
     const adding = rooms.addMember('r', 'bob');
     loads.hold(false);
     answerAll(loads.answers);
-    await adding;
-    await settle(10);
-    expect(bob.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
-      ['left', undefined],
-      ['ack', 1],
-      ['joined', 1],
-    ]);
-    expect(alice.of('message').map((m) => m.data)).toEqual(['mine']);
+    await expectOwnLeftOut(adding, bob, alice, 1);
     await rooms.close();
   });
 
@@ -651,7 +659,7 @@ describe('RoomManager core (in-memory connections)', () => {
     const bob = await openFake(n2, 'bob');
     table.add('r', 'bob'); // and no addMember: node 1's broadcast finds bob, node 2 brings him in
     await n1.broadcast('r', 'one');
-    for (let i = 0; i < 100 && bob.of('message').length === 0; i++) await settle(10);
+    await untilMessages(bob, 1);
     expect(bob.of('message').map((m) => m.data)).toEqual(['one']);
     bob.receive({ type: 'resume', rooms: { r: 0 }, ref: 'x' });
     for (let i = 0; i < 100 && bob.of('resumed').length === 0; i++) await settle(10);
@@ -690,9 +698,7 @@ describe('RoomManager core (in-memory connections)', () => {
     }
     // Refused as of the first answer, then brought in by the addMember.
     expect(dave.frames.slice(1).map((f) => f.type)).toEqual(['error', 'joined']);
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['after']);
+    await expectAfter(n1, dave, ['after']);
     await n1.close();
     await n2.close();
   });
@@ -734,9 +740,7 @@ describe('RoomManager core (in-memory connections)', () => {
       ['joined', 1],
       ['message', 2],
     ]);
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['while the loader was down', 'after']);
+    await expectAfter(n1, dave, ['while the loader was down', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -774,14 +778,12 @@ describe('RoomManager core (in-memory connections)', () => {
     await settle();
     release();
     await dave.handlers.ready;
-    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    await untilMessages(dave, 1);
     expect(dave.frames.map((f) => f.type)).toEqual(['welcome', 'joined', 'message']);
     expect(dave.frames[0]).toMatchObject({ rooms: [] });
     expect(dave.frames[1]).toEqual({ type: 'joined', room: 'r', seq: 1 });
     expect(dave.frames[2]).toMatchObject({ seq: 2, data: 'added' });
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
+    await expectAfter(n1, dave, ['added', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -804,13 +806,11 @@ describe('RoomManager core (in-memory connections)', () => {
     await settle();
     answerAll(loads.answers);
     await dave.handlers.ready;
-    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    await untilMessages(dave, 1);
     expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
     expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 0 }]);
     expect(dave.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'added']]);
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
+    await expectAfter(n1, dave, ['added', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -902,7 +902,7 @@ describe('RoomManager core (in-memory connections)', () => {
       await settle(2);
     }
     await one;
-    for (let i = 0; i < 100 && ann.of('message').length < 2; i++) await settle(10);
+    await untilMessages(ann, 2);
     await settle(20);
     // Seq 1 left her to the notice's entry, which sends it too, before seq 2.
     expect(ann.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
@@ -911,9 +911,7 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 2],
     ]);
     expect(cat.of('message').map((m) => m.data)).toEqual(['one', 'two']);
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && ann.of('message').length < 3; i++) await settle(10);
-    expect(ann.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await expectAfter(n1, ann, ['one', 'two', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -933,7 +931,7 @@ describe('RoomManager core (in-memory connections)', () => {
     // notice about seq 2, which node 2 never received, reaches it.
     const sent = [n1.broadcast('r', 'one'), n2.broadcast('r', 'two')];
     await Promise.all(sent);
-    for (let i = 0; i < 100 && dan.of('message').length < 2; i++) await settle(10);
+    await untilMessages(dan, 2);
     await settle(20);
     expect(dan.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
       ['joined', 1],
@@ -941,9 +939,7 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 3],
     ]);
     expect(alice.of('message').map((m) => m.seq)).toEqual([1, 2, 3]);
-    await n2.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dan.of('message').length < 3; i++) await settle(10);
-    expect(dan.of('message').map((m) => m.data)).toEqual(['one', 'two', 'after']);
+    await expectAfter(n2, dan, ['one', 'two', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -980,16 +976,14 @@ describe('RoomManager core (in-memory connections)', () => {
       await settle(2);
     }
     await sent;
-    for (let i = 0; i < 100 && dave.of('message').length === 0; i++) await settle(10);
+    await untilMessages(dave, 1);
     await settle(20);
     // Not joined at 1, past a message it never got: the notice's seq holds for the join too.
     expect(dave.frames.slice(1).map((f) => [f.type, f.seq, f.ref])).toEqual([
       ['joined', 0, 'j'],
       ['message', 1, undefined],
     ]);
-    await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
-    expect(dave.of('message').map((m) => m.data)).toEqual(['added', 'after']);
+    await expectAfter(n1, dave, ['added', 'after']);
     await n1.close();
     await n2.close();
   });
@@ -1010,9 +1004,9 @@ describe('RoomManager core (in-memory connections)', () => {
     await dave.handlers.ready;
     // Open now, outside the room until its turn comes: the fallback reaches it meanwhile.
     await rooms.broadcast('r', 'opened');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    await untilMessages(dave, 2);
     await rooms.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 3; i++) await settle(10);
+    await untilMessages(dave, 3);
     await settle(20);
     expect(dave.frames[0]).toMatchObject({ type: 'welcome', rooms: [] });
     expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 1 }]);
@@ -1074,7 +1068,7 @@ describe('RoomManager core (in-memory connections)', () => {
     answerAll(loads.answers);
     await waiting;
     await rooms.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 3; i++) await settle(10);
+    await untilMessages(dave, 3);
     await settle(20);
     expect(dave.frames.slice(1).map((f) => [f.type, f.seq])).toEqual([
       ['joined', 1],
@@ -1126,7 +1120,7 @@ describe('RoomManager core (in-memory connections)', () => {
     await added;
     await sent;
     await n1.broadcast('r', 'after');
-    for (let i = 0; i < 100 && dave.of('message').length < 2; i++) await settle(10);
+    await untilMessages(dave, 2);
     await settle(20);
     expect(dave.of('message').map((m) => m.data)).toEqual(['right after', 'after']);
     expect(dave.of('joined')).toHaveLength(1);
