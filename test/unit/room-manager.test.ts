@@ -1,10 +1,24 @@
-import { describe, expect, it, vi } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { LocalBus, RoomManager, RoomwireError, type DeliveryReport, type MembershipLoader, type RoomManagerOptions } from '../../src/index.js';
 import { FakeConnection, openFake, settle, untilMessages } from '../helpers/fake-connection.js';
 import { MembershipTable } from '../helpers/server.js';
 
+/** The managers a test made, closed after it (closing twice is harmless). */
+const made: RoomManager[] = [];
+afterEach(async () => {
+  for (const rooms of made.splice(0)) await rooms.close();
+});
+
 function manager(table: MembershipTable, options: Partial<RoomManagerOptions> = {}): RoomManager {
-  return new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, ...options });
+  const rooms = new RoomManager({ authenticate: () => ({ id: 'unused' }), membership: table, ...options });
+  made.push(rooms);
+  return rooms;
+}
+
+/** Two managers on one LocalBus, each with its own further options. */
+function twoNodes(table: MembershipTable, one: Partial<RoomManagerOptions> = {}, two: Partial<RoomManagerOptions> = {}): [RoomManager, RoomManager] {
+  const bus = new LocalBus();
+  return [manager(table, { backplane: bus.node(), ...one }), manager(table, { backplane: bus.node(), ...two })];
 }
 
 /**
@@ -652,9 +666,7 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('does not replay what a node sent live to a participant it found for another node’s broadcast', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, { backplane: bus.node() });
+    const [n1, n2] = twoNodes(table);
     await openFake(n1, 'alice');
     const bob = await openFake(n2, 'bob');
     table.add('r', 'bob'); // and no addMember: node 1's broadcast finds bob, node 2 brings him in
@@ -665,8 +677,6 @@ describe('RoomManager core (in-memory connections)', () => {
     for (let i = 0; i < 100 && bob.of('resumed').length === 0; i++) await settle(10);
     expect(bob.of('resumed')).toEqual([{ type: 'resumed', rooms: { r: { replayed: 0 } }, ref: 'x' }]);
     expect(bob.of('message')).toHaveLength(1);
-    await n1.close();
-    await n2.close();
   });
 
   it('brings in a user added on another node while this node had a load of the room in flight', async () => {
@@ -680,9 +690,7 @@ describe('RoomManager core (in-memory connections)', () => {
         return answer;
       },
     };
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, { backplane: bus.node(), membership: slow });
+    const [n1, n2] = twoNodes(table, {}, { membership: slow });
     await openFake(n1, 'alice');
     await n1.broadcast('r', 'before');
     // dave, alone on node 2, asks to join before he is a participant: node 2 loads the room.
@@ -699,8 +707,6 @@ describe('RoomManager core (in-memory connections)', () => {
     // Refused as of the first answer, then brought in by the addMember.
     expect(dave.frames.slice(1).map((f) => f.type)).toEqual(['error', 'joined']);
     await expectAfter(n1, dave, ['after']);
-    await n1.close();
-    await n2.close();
   });
 
   it.each(['addMember', 'a participants notice'] as const)('brings in a user another node found once the loader answers again, after %s it failed to check', async (how) => {
@@ -741,8 +747,6 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 2],
     ]);
     await expectAfter(n1, dave, ['while the loader was down', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   /** A loader whose `roomsOf` answer for `user` is read at once but held until `release()`: it predates what the test changes meanwhile. */
@@ -763,9 +767,7 @@ describe('RoomManager core (in-memory connections)', () => {
   it('brings in a connection that was auto-joining on another node when its user was added', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const { membership, release } = roomsOfHeldFor('dave', table);
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, { backplane: bus.node(), membership });
+    const [n1, n2] = twoNodes(table, {}, { membership });
     await openFake(n1, 'alice');
     await n1.broadcast('r', 'before');
     const dave = new FakeConnection();
@@ -784,17 +786,13 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(dave.frames[1]).toEqual({ type: 'joined', room: 'r', seq: 1 });
     expect(dave.frames[2]).toMatchObject({ seq: 2, data: 'added' });
     await expectAfter(n1, dave, ['added', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   it('sends a connection still connecting, whose roomsOf lists the room, what another node broadcast after its addMember', async () => {
     const table = new MembershipTable({ r: ['alice'] });
     const loads = membersOfHeld(table, false);
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
     // Node 2 checks the addMember notice with a loader that answers late.
-    const n2 = manager(table, { backplane: bus.node(), membership: loads.membership });
+    const [n1, n2] = twoNodes(table, {}, { membership: loads.membership });
     await openFake(n1, 'alice');
     loads.hold(true);
     const dave = new FakeConnection();
@@ -811,8 +809,6 @@ describe('RoomManager core (in-memory connections)', () => {
     expect(dave.of('joined')).toEqual([{ type: 'joined', room: 'r', seq: 0 }]);
     expect(dave.of('message').map((m) => [m.seq, m.data])).toEqual([[1, 'added']]);
     await expectAfter(n1, dave, ['added', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   it('delivers once a broadcast that waited for the loader while close() dropped the feed a connection opened meanwhile', async () => {
@@ -851,9 +847,7 @@ describe('RoomManager core (in-memory connections)', () => {
         return members;
       },
     });
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node(), membership: loader(0) });
-    const n2 = manager(table, { backplane: bus.node(), membership: loader(1) });
+    const [n1, n2] = twoNodes(table, { membership: loader(0) }, { membership: loader(1) });
     await openFake(n1, 'alice');
     const dave = await openFake(n2, 'dave');
     table.add('r', 'dave'); // and no addMember
@@ -875,16 +869,12 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 1],
       ['ack', 2],
     ]);
-    await n1.close();
-    await n2.close();
   });
 
   it('sends a participant a participants notice brings in what this node broadcast to them while the notice waited', async () => {
     const table = new MembershipTable({ r: ['cat'] });
     const loads = membersOfHeld(table, false);
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node(), membership: loads.membership });
-    const n2 = manager(table, { backplane: bus.node() });
+    const [n1, n2] = twoNodes(table, { membership: loads.membership });
     const cat = await openFake(n1, 'cat');
     const ann = await openFake(n1, 'ann');
     table.add('r', 'ann'); // and no addMember
@@ -912,15 +902,11 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
     expect(cat.of('message').map((m) => m.data)).toEqual(['one', 'two']);
     await expectAfter(n1, ann, ['one', 'two', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   it('sends a participant added with invalidate what another node broadcast while this node did not receive the room', async () => {
     const table = new MembershipTable({ r: ['alice'] });
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, { backplane: bus.node() });
+    const [n1, n2] = twoNodes(table);
     const alice = await openFake(n1, 'alice');
     // dan, alone on node 2, is outside the room: node 2 does not receive it.
     const dan = await openFake(n2, 'dan');
@@ -940,8 +926,6 @@ describe('RoomManager core (in-memory connections)', () => {
     ]);
     expect(alice.of('message').map((m) => m.seq)).toEqual([1, 2, 3]);
     await expectAfter(n2, dan, ['one', 'two', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   it('sends a connection whose join raced another node’s addMember what was published once the addMember resolved', async () => {
@@ -949,9 +933,7 @@ describe('RoomManager core (in-memory connections)', () => {
     table.canJoinRooms.add('r');
     const here = membersOfHeld(table, false);
     const there = membersOfHeld(table, false);
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node(), membership: here.membership });
-    const n2 = manager(table, { backplane: bus.node(), membership: { ...there.membership, canJoin: (user, room) => table.canJoin(user, room) } });
+    const [n1, n2] = twoNodes(table, { membership: here.membership }, { membership: { ...there.membership, canJoin: (user, room) => table.canJoin(user, room) } });
     await openFake(n1, 'alice');
     const dave = await openFake(n2, 'dave');
     // dave's join is decided on an answer from before his addMember: admitted, not a member.
@@ -984,8 +966,6 @@ describe('RoomManager core (in-memory connections)', () => {
       ['message', 1, undefined],
     ]);
     await expectAfter(n1, dave, ['added', 'after']);
-    await n1.close();
-    await n2.close();
   });
 
   it('sends a connection still connecting when its user was added the broadcast made right after, once', async () => {
@@ -1105,9 +1085,7 @@ describe('RoomManager core (in-memory connections)', () => {
 
   it('does not send an added user on another node a broadcast twice that its fallback sent before the notice came', async () => {
     const table = new MembershipTable({ r: ['alice', 'bob'] });
-    const bus = new LocalBus();
-    const n1 = manager(table, { backplane: bus.node() });
-    const n2 = manager(table, { backplane: bus.node(), membershipTtlMs: 20 });
+    const [n1, n2] = twoNodes(table, {}, { membershipTtlMs: 20 });
     await openFake(n1, 'alice');
     await openFake(n2, 'bob');
     const dave = await openFake(n2, 'dave');
